@@ -1,0 +1,83 @@
+"""Provider metadata that Airflow's ProvidersManager reads through the entry point.
+
+Kept free of imports so that provider discovery (which every Airflow process
+does at start-up) costs nothing beyond building this dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_INTEGRATION = "RunComfy"
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe the provider; ``package-name`` must equal the distribution name."""
+    from airflow_provider_runcomfy import __version__
+
+    return {
+        "package-name": "airflow-provider-runcomfy",
+        "name": "RunComfy",
+        "description": "Run RunComfy Model API image and video models from Airflow (https://www.runcomfy.com/).",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": _INTEGRATION,
+                "external-doc-url": "https://docs.runcomfy.com/",
+                "tags": ["service"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["airflow_provider_runcomfy.operators.runcomfy"],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["airflow_provider_runcomfy.sensors.runcomfy"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["airflow_provider_runcomfy.hooks.runcomfy"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["airflow_provider_runcomfy.triggers.runcomfy"],
+            }
+        ],
+        "connection-types": [
+            {
+                "hook-class-name": "airflow_provider_runcomfy.hooks.runcomfy.RunComfyHook",
+                "hook-name": "RunComfy",
+                "connection-type": "runcomfy",
+                "conn-fields": {
+                    "connect_timeout": {
+                        "label": "Connect timeout (seconds)",
+                        "schema": {"type": ["number", "null"], "default": 10},
+                    },
+                    "read_timeout": {
+                        "label": "Read timeout (seconds)",
+                        "schema": {"type": ["number", "null"], "default": 60},
+                    },
+                    "max_retries": {
+                        "label": "Retries of status/result/cancel calls",
+                        "schema": {"type": ["integer", "null"], "default": 4},
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login", "extra", "description"],
+                    "relabeling": {"password": "API token", "host": "Base URL"},
+                    "placeholders": {
+                        "password": "token from your RunComfy profile page",
+                        "host": "https://model-api.runcomfy.net",
+                    },
+                },
+            }
+        ],
+    }

@@ -16,6 +16,7 @@ class RunComfyError(Exception):
     :param error_code: RunComfy's numeric ``error_code`` when the API sent one.
     :param status_code: the HTTP status when there was a response.
     :param request_id: the RunComfy request concerned, when known.
+    :param retry_after: RunComfy's ``Retry-After`` hint in seconds, when it gave one.
     """
 
     #: Whether the same call may succeed if repeated later (rate limit, outage).
@@ -28,15 +29,20 @@ class RunComfyError(Exception):
         error_code: int | None = None,
         status_code: int | None = None,
         request_id: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.error_code = error_code
         self.status_code = status_code
         self.request_id = request_id
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r}, error_code={self.error_code!r}, status_code={self.status_code!r})"
+        return (
+            f"{type(self).__name__}({self.message!r}, "
+            f"error_code={self.error_code!r}, status_code={self.status_code!r})"
+        )
 
 
 class InvalidInputError(RunComfyError, ValueError):
@@ -76,10 +82,6 @@ class RateLimitedError(RunComfyError):
 
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.retry_after = retry_after
-
 
 class ServerError(RunComfyError):
     """RunComfy failed on its side (5xx, 500001); reads may be retried."""
@@ -88,9 +90,17 @@ class ServerError(RunComfyError):
 
 
 class TransportError(RunComfyError):
-    """The request did not complete: connection refused, reset, or timed out."""
+    """The request did not complete: connection refused, reset, or timed out.
+
+    ``request_sent`` is False only when the connection was never made, which is
+    the one transport failure after which a submit can safely be repeated.
+    """
 
     retryable = True
+
+    def __init__(self, message: str, *, request_sent: bool = True, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.request_sent = request_sent
 
 
 class SubmitOutcomeUnknownError(RunComfyError):

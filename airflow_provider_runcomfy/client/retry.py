@@ -1,0 +1,120 @@
+"""When a failed call is repeated, and after how long: the one place that decides it.
+
+Reads (status, result, model info) and cancel are safe to repeat, so they are
+retried on rate limits, server errors and transport errors. A submit is a
+paid action and RunComfy has no idempotency key, so it is repeated only when
+the request provably never reached RunComfy (the connection was never made)
+or RunComfy refused it with 429 -- never after a read timeout or a 5xx, when
+the job may already exist.
+
+Built on tenacity (shipped with Airflow) so that the sync and async clients
+share one policy object and differ only in how they sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from tenacity import (
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+)
+
+from airflow_provider_runcomfy.client.errors import RateLimitedError, RunComfyError, TransportError
+
+log = logging.getLogger("airflow_provider_runcomfy.client")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long a call is retried.
+
+    :param max_attempts: attempts in all, the first included (1 disables retries).
+    :param initial_backoff: the backoff ceiling of the first retry, in seconds; it doubles each time.
+    :param max_backoff: the largest backoff ceiling, in seconds ("full jitter" sleeps a random
+        time between 0 and the ceiling, so many clients do not retry in lockstep).
+    :param max_retry_after: the longest ``Retry-After`` honoured, in seconds; a longer hint is cut.
+    :param max_total: the whole call, retries and sleeps included, ends within this many seconds.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.5
+    max_backoff: float = 8.0
+    max_retry_after: float = 60.0
+    max_total: float = 120.0
+
+    def backoff(self, retry_number: int, retry_after: float | None = None) -> float:
+        """Seconds to sleep before retry number ``retry_number`` (1-based)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        ceiling = min(self.max_backoff, self.initial_backoff * 2 ** (retry_number - 1))
+        return random.uniform(0, ceiling)
+
+    def tenacity_kwargs(self, *, idempotent: bool, what: str) -> dict[str, Any]:
+        """Arguments for ``tenacity.Retrying``/``AsyncRetrying`` implementing this policy."""
+        return {
+            "stop": stop_after_attempt(self.max_attempts) | stop_before_delay(self.max_total),
+            "wait": self._wait,
+            "retry": retry_if_exception(is_retryable if idempotent else is_safe_to_resubmit),
+            "before_sleep": _log_retry(what, self.max_attempts),
+            "reraise": True,
+        }
+
+    def _wait(self, retry_state: RetryCallState) -> float:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        retry_after = getattr(error, "retry_after", None)
+        return self.backoff(retry_state.attempt_number, retry_after)
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether repeating a read or cancel may succeed: rate limit, server error or transport error."""
+    return isinstance(error, RunComfyError) and error.retryable
+
+
+def is_safe_to_resubmit(error: BaseException) -> bool:
+    """Whether a submit may be repeated without risk of a second job: it never reached RunComfy."""
+    if isinstance(error, RateLimitedError):
+        return True
+    return isinstance(error, TransportError) and not error.request_sent
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Read a ``Retry-After`` header, in seconds or as an HTTP date; ``None`` if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _log_retry(what: str, max_attempts: int) -> Callable[[RetryCallState], None]:
+    def before_sleep(retry_state: RetryCallState) -> None:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        sleep = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        log.warning(
+            "RunComfy %s failed (%s); retry %d of %d in %.1f s",
+            what,
+            error,
+            retry_state.attempt_number,
+            max_attempts - 1,
+            sleep,
+        )
+
+    return before_sleep

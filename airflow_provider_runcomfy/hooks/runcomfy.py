@@ -1,0 +1,163 @@
+"""``RunComfyHook``: an Airflow connection turned into a RunComfy client.
+
+The hook only reads the connection and builds clients; every request,
+retry and error message lives in ``airflow_provider_runcomfy.client``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_runcomfy.client import (
+    AsyncRunComfyClient,
+    CancelResponse,
+    ModelInfo,
+    RequestResult,
+    RequestStatus,
+    RetryPolicy,
+    RunComfyClient,
+    RunComfyError,
+    SubmitResponse,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+#: The model whose info page ``test_connection`` reads: a cheap, authenticated, unbilled call.
+_PROBE_MODEL = "blackforestlabs/flux-1-kontext/pro/edit"
+
+
+class RunComfyHook(BaseHook):
+    """Speaks the RunComfy Model API with the token of an Airflow connection.
+
+    The connection (type ``runcomfy``) keeps the API token as its **password**;
+    its **host** may override the base URL (``https://model-api.runcomfy.net``;
+    ``http://`` only for a loopback host such as the emulator); its extras may set
+    ``connect_timeout``, ``read_timeout`` (seconds) and ``max_retries``.
+
+    :param runcomfy_conn_id: the Airflow connection to use.
+    """
+
+    conn_name_attr = "runcomfy_conn_id"
+    default_conn_name = "runcomfy_default"
+    conn_type = "runcomfy"
+    hook_name = "RunComfy"
+
+    def __init__(self, runcomfy_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.runcomfy_conn_id = runcomfy_conn_id
+
+    # -- clients --------------------------------------------------------------------------------
+
+    def client_kwargs(self, conn: Connection) -> dict[str, Any]:
+        """Client settings from a connection; the token goes in as ``token``, never logged."""
+        extra = _extras(conn)
+        max_retries = _number(extra, "max_retries")
+        return {
+            "token": conn.password or "",
+            "base_url": _base_url(conn),
+            "connect_timeout": _number(extra, "connect_timeout"),
+            "read_timeout": _number(extra, "read_timeout"),
+            "retry": RetryPolicy(max_attempts=int(max_retries) + 1) if max_retries is not None else None,
+            "credential_hint": f"the password (API token) of Airflow connection {self.runcomfy_conn_id!r}",
+        }
+
+    @cached_property
+    def client(self) -> RunComfyClient:
+        """The blocking client, built once per hook."""
+        return RunComfyClient(**self.client_kwargs(self.get_connection(self.runcomfy_conn_id)))
+
+    def get_conn(self) -> RunComfyClient:
+        """The blocking client (Airflow's usual hook entry point)."""
+        return self.client
+
+    async def aget_client(self, **kwargs: Any) -> AsyncRunComfyClient:
+        """An asyncio client; reads the connection with the async API (triggers must not block)."""
+        conn = await self.aget_connection(self.runcomfy_conn_id)
+        return AsyncRunComfyClient(**self.client_kwargs(conn), **kwargs)
+
+    # -- blocking calls -------------------------------------------------------------------------
+
+    def submit(self, model_id: str, payload: Mapping[str, Any]) -> SubmitResponse:
+        """Start a job (paid); see ``RunComfyClient.submit``."""
+        return self.client.submit(model_id, payload)
+
+    def get_status(self, request_id: str) -> RequestStatus:
+        """Read a job's state."""
+        return self.client.get_status(request_id)
+
+    def get_result(self, request_id: str) -> RequestResult:
+        """Read a job's outcome and outputs."""
+        return self.client.get_result(request_id)
+
+    def cancel(self, request_id: str) -> CancelResponse:
+        """Cancel a queued job."""
+        return self.client.cancel(request_id)
+
+    def get_model(self, model_id: str) -> ModelInfo:
+        """Read a model's info and price."""
+        return self.client.get_model(model_id)
+
+    # -- async twins ----------------------------------------------------------------------------
+
+    async def asubmit(self, model_id: str, payload: Mapping[str, Any]) -> SubmitResponse:
+        """Async ``submit``."""
+        async with await self.aget_client() as client:
+            return await client.submit(model_id, payload)
+
+    async def aget_status(self, request_id: str) -> RequestStatus:
+        """Async ``get_status``."""
+        async with await self.aget_client() as client:
+            return await client.get_status(request_id)
+
+    async def aget_result(self, request_id: str) -> RequestResult:
+        """Async ``get_result``."""
+        async with await self.aget_client() as client:
+            return await client.get_result(request_id)
+
+    async def acancel(self, request_id: str) -> CancelResponse:
+        """Async ``cancel``."""
+        async with await self.aget_client() as client:
+            return await client.cancel(request_id)
+
+    # -- connection form ------------------------------------------------------------------------
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Read one model's info with the token: proves the base URL and the token, costs nothing."""
+        try:
+            self.get_model(_PROBE_MODEL)
+        except RunComfyError as error:
+            return False, error.message
+        return True, f"Connected to RunComfy at {self.client.base_url}; the API token was accepted."
+
+
+def _extras(conn: Connection) -> dict[str, Any]:
+    extra = conn.extra_dejson or {}
+    # Connection forms may store extras with the legacy ``extra__runcomfy__`` prefix.
+    return {key.removeprefix("extra__runcomfy__"): value for key, value in extra.items()}
+
+
+def _number(extra: Mapping[str, Any], key: str) -> float | None:
+    value = extra.get(key)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Connection extra {key!r} must be a number, not {value!r}.") from None
+
+
+def _base_url(conn: Connection) -> str | None:
+    """The base URL from the connection's host (with its port when given separately)."""
+    host = (conn.host or "").strip()
+    if not host:
+        return None
+    if (conn.port and "://" in host and host.count(":") < 2) or (conn.port and "://" not in host):
+        host = f"{host}:{conn.port}"
+    if conn.schema and "://" not in host:
+        host = f"{conn.schema}://{host}"
+    return host

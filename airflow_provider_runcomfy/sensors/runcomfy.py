@@ -1,0 +1,88 @@
+"""``RunComfyRequestSensor``: waits for a RunComfy request submitted elsewhere.
+
+Typical use: one task submits (and pushes ``request_id`` to XCom), another
+waits with ``request_id="{{ ti.xcom_pull(task_ids='submit', key='request_id') }}"``.
+The wait and the outcome handling are the operators' own (``RunComfyWaitMixin``),
+so the sensor returns the same result shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.bases.sensor import BaseSensorOperator, PokeReturnValue
+
+from airflow_provider_runcomfy.client import RunComfyError, validate_request_id
+from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+from airflow_provider_runcomfy.operators.runcomfy import RunComfyWaitMixin, fail
+from airflow_provider_runcomfy.triggers.runcomfy import result_event
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class RunComfyRequestSensor(RunComfyWaitMixin, BaseSensorOperator):
+    """Waits until a RunComfy request finishes; succeeds with its outputs, fails with its error.
+
+    Deferrable by default: the wait runs in the triggerer. With ``deferrable=False`` it
+    pokes like any sensor (``mode="reschedule"`` frees the worker slot between pokes).
+    The sensor does not cancel the request when it times out or is killed: the job
+    belongs to whoever submitted it.
+
+    :param request_id: the request to wait for (templated).
+    :param model_id: the model, when known, carried into the result (templated).
+    :param runcomfy_conn_id: the Airflow connection holding the API token.
+    :param deferrable: wait in the triggerer instead of poking from a worker.
+    :param poll_interval: seconds between status polls (also the sensor's ``poke_interval``).
+    :param timeout: seconds to wait before failing (the sensor's usual ``timeout``).
+    """
+
+    template_fields: Sequence[str] = ("request_id", "model_id")
+    ui_color = "#e8e0ff"
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        model_id: str | None = None,
+        runcomfy_conn_id: str = RunComfyHook.default_conn_name,
+        deferrable: bool = True,
+        poll_interval: float = 5.0,
+        timeout: float = 3600,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poll_interval, timeout=timeout, **kwargs)
+        self.request_id = request_id
+        self.model_id = model_id
+        self.runcomfy_conn_id = runcomfy_conn_id
+        self.deferrable = deferrable
+        self.poll_interval = float(poll_interval)
+
+    def execute(self, context: Context) -> Any:
+        """Defer to the trigger, or poke in the worker when not deferrable."""
+        try:
+            validate_request_id(self.request_id)
+        except RunComfyError as error:
+            fail(error)
+        if not self.deferrable:
+            return super().execute(context)
+        self.wait_for(context, self.request_id, self.model_id)
+
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        """One look at the request: not yet, or its finished outcome."""
+        try:
+            if self.hook.get_status(self.request_id).status.is_waiting:
+                return False
+            result = self.hook.get_result(self.request_id)
+        except RunComfyError as error:
+            fail(error)
+        if result.status.is_waiting:
+            return False
+        return PokeReturnValue(True, self.execute_complete(context, result_event(result, self.model_id)))
+
+    def cancel_request(self, request_id: str, *, why: str) -> None:
+        """The sensor never cancels: the request belongs to the task that submitted it."""
+        self.log.info(
+            "Not cancelling RunComfy request %s (%s): this sensor does not own it.", request_id, why
+        )

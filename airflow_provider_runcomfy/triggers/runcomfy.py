@@ -1,0 +1,199 @@
+"""``RunComfyRequestTrigger``: waits for a RunComfy job in the triggerer, holding no worker slot.
+
+The event it fires is the whole hand-over back to the task: Airflow 3.3.2's
+``dags test`` drops ``defer(kwargs=...)`` on resume, so everything the task
+needs (request id, model id, outcome, outputs) travels in the event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_runcomfy.client import (
+    AsyncRunComfyClient,
+    JobTimeoutError,
+    RequestResult,
+    RequestState,
+    RequestStatus,
+    RunComfyError,
+)
+from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+
+#: What a finished ``/result`` status means for the task, as the event's ``status``.
+EVENT_STATUS = {
+    RequestState.SUCCEEDED: "succeeded",
+    RequestState.FAILED: "failed",
+    RequestState.CANCELLED: "cancelled",
+}
+
+
+def result_event(result: RequestResult, model_id: str | None) -> dict[str, Any]:
+    """The event (and the task's return value, for a success) of a finished job.
+
+    Small by construction: ids, state, timestamps and output URLs, never files.
+    """
+    status = EVENT_STATUS.get(result.status, "error")
+    event: dict[str, Any] = {
+        "status": status,
+        "request_id": result.request_id,
+        "model_id": model_id or result.model_id,
+        "outputs": result.output_urls,
+        "output": result.output,
+        "created_at": result.created_at,
+        "finished_at": result.finished_at,
+    }
+    if status == "failed":
+        reason = result.error_message or "RunComfy gave no reason"
+        event["message"] = f"RunComfy request {result.request_id} failed: {reason}"
+    elif status == "cancelled":
+        event["message"] = f"RunComfy request {result.request_id} was cancelled before it ran."
+    else:
+        event["message"] = f"RunComfy request {result.request_id} {status}."
+    return event
+
+
+def error_event(error: RunComfyError, request_id: str, model_id: str | None) -> dict[str, Any]:
+    """The event of a wait that ended without an outcome: a timeout, or an error polling RunComfy."""
+    return {
+        "status": "timeout" if isinstance(error, JobTimeoutError) else "error",
+        "request_id": request_id,
+        "model_id": model_id,
+        "message": error.message,
+        "error_type": type(error).__name__,
+    }
+
+
+class RunComfyRequestTrigger(BaseTrigger):
+    """Polls a RunComfy request until it finishes, then fires one small event.
+
+    :param request_id: the RunComfy request to wait for.
+    :param runcomfy_conn_id: the Airflow connection holding the token (the token itself is
+        never a trigger argument: trigger arguments are stored in the metadata database).
+    :param poll_interval: seconds between status polls.
+    :param deadline: wall-clock time (``time.time()``) at which the wait gives up with a
+        ``timeout`` event; absolute, so that a triggerer restart does not reset it.
+    :param model_id: the model the request runs, carried into the event.
+    :param max_consecutive_errors: transient poll failures in a row tolerated before an ``error`` event.
+    :param cancel_on_kill: cancel the job when a user marks the deferred task failed or
+        success, or clears it.
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        runcomfy_conn_id: str = RunComfyHook.default_conn_name,
+        poll_interval: float = 5.0,
+        deadline: float | None = None,
+        model_id: str | None = None,
+        max_consecutive_errors: int = 3,
+        cancel_on_kill: bool = True,
+    ) -> None:
+        super().__init__()
+        self.request_id = request_id
+        self.runcomfy_conn_id = runcomfy_conn_id
+        self.poll_interval = poll_interval
+        self.deadline = deadline
+        self.model_id = model_id
+        self.max_consecutive_errors = max_consecutive_errors
+        self.cancel_on_kill = cancel_on_kill
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Class path and arguments; ``cls(**kwargs)`` rebuilds the trigger after a restart."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "request_id": self.request_id,
+                "runcomfy_conn_id": self.runcomfy_conn_id,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "model_id": self.model_id,
+                "max_consecutive_errors": self.max_consecutive_errors,
+                "cancel_on_kill": self.cancel_on_kill,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Wait for the job and yield its outcome (or ``timeout``/``error``) as one event."""
+        try:
+            async with await self._client() as client:
+                result = await client.wait_for_result(
+                    self.request_id,
+                    poll_interval=self.poll_interval,
+                    deadline=self.deadline,
+                    on_status=self._log_status,
+                    max_consecutive_errors=self.max_consecutive_errors,
+                )
+            event = result_event(result, self.model_id)
+        except RunComfyError as error:
+            event = error_event(error, self.request_id, self.model_id)
+        yield TriggerEvent(event)
+
+    async def on_kill(self) -> None:
+        """Cancel the job when a user killed the deferred task -- but not when the trigger only moved.
+
+        Airflow 3.3.2 can call ``on_kill`` when a trigger is reassigned to another
+        triggerer; the task is then still ``deferred``, and its job must go on.
+        """
+        if not self.cancel_on_kill:
+            return
+        state = await self._task_state()
+        if state == "deferred":
+            self.log.info(
+                "RunComfy request %s: the task is still deferred (the trigger moved to another "
+                "triggerer); not cancelling.",
+                self.request_id,
+            )
+            return
+        self.log.info("Task is now %s: cancelling RunComfy request %s.", state, self.request_id)
+        async with await self._client() as client:
+            response = await client.cancel(self.request_id)
+        self.log.info(describe_cancel(self.request_id, response.cancelled))
+
+    async def _client(self) -> AsyncRunComfyClient:
+        return await RunComfyHook(self.runcomfy_conn_id).aget_client()
+
+    def _log_status(self, status: RequestStatus) -> None:
+        position = f" (queue position {status.queue_position})" if status.queue_position is not None else ""
+        self.log.info("RunComfy request %s is %s%s.", self.request_id, status.status.value, position)
+
+    async def _task_state(self) -> str | None:
+        """The task instance's state now, through the triggerer's task-state API; None if unknown."""
+        ti = self.task_instance
+        if ti is None:
+            return None
+        try:
+            from airflow.sdk.execution_time import task_runner
+            from airflow.sdk.execution_time.comms import GetTaskStates
+
+            map_index = ti.map_index if ti.map_index is not None and ti.map_index >= 0 else None
+            response = await task_runner.SUPERVISOR_COMMS.asend(
+                GetTaskStates(
+                    dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=map_index
+                )
+            )
+            states = getattr(response, "task_states", {}).get(ti.run_id, {})
+            key = ti.task_id if map_index is None else f"{ti.task_id}_{map_index}"
+            state = states.get(key)
+        except Exception as error:
+            self.log.warning("Could not read the task's state (%s); assuming it was killed.", error)
+            return None
+        return str(state.value if hasattr(state, "value") else state) if state is not None else "none"
+
+
+def describe_cancel(request_id: str, cancelled: bool) -> str:
+    """What a cancel achieved, in words a user can act on."""
+    if cancelled:
+        return f"RunComfy request {request_id} was cancelled; it will not be billed."
+    return (
+        f"RunComfy request {request_id} could not be cancelled: it is already running or finished "
+        "(RunComfy will finish and bill it)."
+    )
+
+
+def deadline_after(seconds: float | None) -> float | None:
+    """A wall-clock deadline ``seconds`` from now, or None for no deadline."""
+    return None if seconds is None else time.time() + float(seconds)

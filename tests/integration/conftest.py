@@ -1,0 +1,127 @@
+"""Real Airflow for integration tests: a throwaway AIRFLOW_HOME, ``airflow dags test``, real HTTP.
+
+One metadata DB (SQLite) is migrated per test session; each test runs a DAG
+with ``airflow dags test`` in a subprocess -- the way a user checks a DAG --
+against the emulator started by the ``runcomfy_emulator`` fixture, then
+reads task states and XComs back from the DB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+@dataclass
+class DagRun:
+    """What ``airflow dags test`` did: its output, and the DB to read states and XComs from."""
+
+    dag_id: str
+    returncode: int
+    output: str
+    db: Path
+
+    def _query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.db) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    @property
+    def run_id(self) -> str:
+        rows = self._query(
+            "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", self.dag_id
+        )
+        assert rows, f"no run of {self.dag_id} in the DB; output:\n{self.output[-3000:]}"
+        return str(rows[0][0])
+
+    @property
+    def state(self) -> str:
+        rows = self._query("SELECT state FROM dag_run WHERE run_id = ? AND dag_id = ?", self.run_id, self.dag_id)
+        return str(rows[0][0])
+
+    def task_states(self) -> dict[str, str]:
+        """``task_id`` (``task_id[i]`` for mapped) -> state, for the latest run."""
+        rows = self._query(
+            "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
+            self.dag_id,
+            self.run_id,
+        )
+        return {(t if m < 0 else f"{t}[{m}]"): s for t, m, s in rows}
+
+    def xcom(self, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+        rows = self._query(
+            "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = ? AND key = ? AND map_index = ?",
+            self.dag_id,
+            self.run_id,
+            task_id,
+            key,
+            map_index,
+        )
+        if not rows:
+            return None
+        value = rows[0][0]
+        return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+class AirflowEnv:
+    """A migrated AIRFLOW_HOME whose dags folder holds the examples and the test DAGs."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.dags = home / "dags"
+        self.dags.mkdir(parents=True)
+        for folder in (REPO / "dags_examples", REPO / "tests" / "integration" / "dags"):
+            for path in folder.glob("*.py"):
+                shutil.copy(path, self.dags / path.name)
+        self.env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "PYTHONWARNINGS": "ignore::DeprecationWarning",
+        }
+        self.db = home / "airflow.db"
+
+    def airflow(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [AIRFLOW, *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def dags_test(
+        self, dag_id: str, *, conf: dict[str, Any] | None = None, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> DagRun:
+        args = ["dags", "test", dag_id]
+        if conf is not None:
+            args += ["-c", json.dumps(conf)]
+        proc = self.airflow(*args, env=env, timeout=timeout)
+        return DagRun(dag_id, proc.returncode, proc.stdout + proc.stderr, self.db)
+
+
+@pytest.fixture(scope="session")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowEnv]:
+    """One migrated Airflow per session (SQLite), with the pool the batch example uses."""
+    env = AirflowEnv(tmp_path_factory.mktemp("airflow-home"))
+    migrated = env.airflow("db", "migrate")
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    pool = env.airflow("pools", "set", "runcomfy", "4", "RunComfy concurrency")
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    yield env

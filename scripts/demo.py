@@ -47,7 +47,9 @@ def main() -> int:
             "prompt": "She is now holding an orange umbrella and smiling",
         }
         print(f"Running `airflow dags test {DAG_ID}` (log: {HOME / 'dags-test.log'}) ...")
-        proc = _run([airflow, "dags", "test", DAG_ID, "-c", json.dumps(conf)], env, log=HOME / "dags-test.log")
+        proc = _run(
+            [airflow, "dags", "test", DAG_ID, "-c", json.dumps(conf)], env, log=HOME / "dags-test.log"
+        )
         result = _latest_return_value(HOME / "airflow.db", DAG_ID, "edit")
         if proc.returncode != 0 or not result:
             print(proc.stdout[-4000:] + proc.stderr[-4000:])

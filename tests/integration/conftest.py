@@ -14,7 +14,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,9 @@ class DagRun:
 
     @property
     def state(self) -> str:
-        rows = self._query("SELECT state FROM dag_run WHERE run_id = ? AND dag_id = ?", self.run_id, self.dag_id)
+        rows = self._query(
+            "SELECT state FROM dag_run WHERE run_id = ? AND dag_id = ?", self.run_id, self.dag_id
+        )
         return str(rows[0][0])
 
     def task_states(self) -> dict[str, str]:
@@ -96,7 +97,9 @@ class AirflowEnv:
         }
         self.db = home / "airflow.db"
 
-    def airflow(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def airflow(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [AIRFLOW, *args],
             env={**self.env, **(env or {})},
@@ -107,7 +110,12 @@ class AirflowEnv:
         )
 
     def dags_test(
-        self, dag_id: str, *, conf: dict[str, Any] | None = None, env: dict[str, str] | None = None, timeout: float = 300
+        self,
+        dag_id: str,
+        *,
+        conf: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 300,
     ) -> DagRun:
         args = ["dags", "test", dag_id]
         if conf is not None:
@@ -117,11 +125,11 @@ class AirflowEnv:
 
 
 @pytest.fixture(scope="session")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowEnv]:
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> AirflowEnv:
     """One migrated Airflow per session (SQLite), with the pool the batch example uses."""
     env = AirflowEnv(tmp_path_factory.mktemp("airflow-home"))
     migrated = env.airflow("db", "migrate")
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
     pool = env.airflow("pools", "set", "runcomfy", "4", "RunComfy concurrency")
     assert pool.returncode == 0, pool.stdout + pool.stderr
-    yield env
+    return env

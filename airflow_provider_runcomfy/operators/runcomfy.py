@@ -35,6 +35,7 @@ from airflow_provider_runcomfy.client import (
     SubmitOutcomeUnknownError,
 )
 from airflow_provider_runcomfy.client import errors as client_errors
+from airflow_provider_runcomfy.client.download import DEFAULT_MAX_OUTPUT_BYTES, check_max_output_bytes
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT, NANO_BANANA_EDIT, validate_input
 from airflow_provider_runcomfy.triggers.runcomfy import (
@@ -95,6 +96,9 @@ class RunComfyWaitMixin:
     log: Any
     defer: Any
     _in_flight: str | None = None
+    #: Where to keep copies of the outputs (see ``outputs.storage``); None keeps none.
+    output_dir: Any = None
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
 
     @cached_property
     def hook(self) -> RunComfyHook:
@@ -151,7 +155,31 @@ class RunComfyWaitMixin:
     def finish(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """The task's return value for a succeeded request: small, JSON, URLs not files."""
         keys = ("request_id", "model_id", "status", "outputs", "output", "created_at", "finished_at")
-        return {key: event.get(key) for key in keys}
+        result = {key: event.get(key) for key in keys}
+        if self.output_dir:
+            result["stored"] = self.store_outputs(context, str(result["request_id"]), result["outputs"] or [])
+        return result
+
+    def store_outputs(self, context: Context, request_id: str, urls: list[str]) -> list[dict[str, Any]]:
+        """Copy the outputs to ``output_dir`` before their URLs expire; ``stored`` entries of the result."""
+        from airflow_provider_runcomfy.outputs.storage import OutputStore
+
+        try:
+            store = OutputStore.for_task(
+                context, self.output_dir, max_output_bytes=self.max_output_bytes, logger=self.log
+            )
+            return [copy.as_dict() for copy in store.keep(request_id, urls)]
+        except RunComfyError as error:
+            if error.retryable:  # a broken transfer: the retry re-attaches and copies what is missing
+                raise
+            raise AirflowFailException(error.message) from error
+
+    def check_output_dir(self) -> None:
+        """Fail before submitting (and paying) when ``output_dir`` cannot be written by any filesystem."""
+        if self.output_dir:
+            from airflow_provider_runcomfy.outputs.storage import resolve_output_dir
+
+            resolve_output_dir(self.output_dir)
 
     def cancel_request(self, request_id: str, *, why: str) -> None:
         """Cancel a request nobody waits for any more; never fails the caller."""
@@ -202,9 +230,16 @@ class RunComfyModelOperator(RunComfyWaitMixin, BaseOperator):
     :param poll_interval: seconds between status polls.
     :param timeout: seconds to wait for the job before cancelling it and failing; None waits forever.
     :param reattach: re-attach a retry to the job of an earlier try (see above).
+    :param output_dir: where to keep copies of the outputs, since RunComfy's URLs are temporary: a
+        local path or any ``ObjectStoragePath`` URL (``file://``, ``s3://``, ``gs://``, ``memory://``)
+        (templated). Each output is streamed to
+        ``{output_dir}/{dag_id}/{run_id}/{task_id}/{map_index}/{request_id}_{n}.{ext}`` and the
+        return value gains ``stored``: ``[{"uri", "source_url", "bytes", "sha256", "content_type"}]``.
+        A retry does not download a copy it already has. See ``docs/outputs.md``.
+    :param max_output_bytes: the largest output file kept (default 200 MB); a larger one fails the task.
     """
 
-    template_fields: Sequence[str] = ("model_id", "input")
+    template_fields: Sequence[str] = ("model_id", "input", "output_dir")
     template_fields_renderers: ClassVar[dict[str, str]] = {"input": "json"}
     ui_color = "#e8e0ff"
 
@@ -215,17 +250,22 @@ class RunComfyModelOperator(RunComfyWaitMixin, BaseOperator):
         self,
         *,
         model_id: str,
-        input: Mapping[str, Any] | None = None,
+        input: Mapping[str, Any] | str | None = None,
         runcomfy_conn_id: str = RunComfyHook.default_conn_name,
         deferrable: bool = True,
         poll_interval: float = 5.0,
         timeout: float | None = 3600,
         reattach: bool = True,
+        output_dir: Any = None,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.model_id = model_id
-        self.input = dict(input or {})
+        self.output_dir = output_dir
+        self.max_output_bytes = check_max_output_bytes(max_output_bytes)
+        # A Jinja string or an XCom reference stays as it is until rendered.
+        self.input: Any = dict(input) if isinstance(input, Mapping) else ({} if input is None else input)
         self.runcomfy_conn_id = runcomfy_conn_id
         self.deferrable = deferrable
         self.poll_interval = float(poll_interval)
@@ -233,13 +273,19 @@ class RunComfyModelOperator(RunComfyWaitMixin, BaseOperator):
         self.reattach = reattach
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, not {poll_interval!r}.")
-        payload = self.build_input()
-        if _is_literal(self.model_id) and _is_literal(payload):
-            # A literal mistake becomes a DAG import error, not a failed (or paid) run.
-            validate_input(self.model_id, payload)
+        if _is_literal(self.model_id) and _is_literal(self.input):
+            payload = self.build_input()
+            if _is_literal(payload):
+                # A literal mistake becomes a DAG import error, not a failed (or paid) run.
+                validate_input(self.model_id, payload)
 
     def build_input(self) -> dict[str, Any]:
         """The model input from this operator's fields (rendered, when called in ``execute``)."""
+        if not isinstance(self.input, Mapping):
+            raise InvalidInputError(
+                f"The input of {self.model_id} must be a dict of the model's fields, "
+                f"not {type(self.input).__name__}: {str(self.input)[:80]!r}."
+            )
         payload = dict(self.input)
         for name in self.integer_fields:
             value = payload.get(name)
@@ -251,6 +297,7 @@ class RunComfyModelOperator(RunComfyWaitMixin, BaseOperator):
         """Validate, submit (or re-attach), then wait for the job."""
         try:
             payload = validate_input(self.model_id, self.build_input())
+            self.check_output_dir()
             request_id = self._reattach(context, payload) or self._submit(context, payload)
         except RunComfyError as error:
             fail(error)
@@ -322,7 +369,7 @@ class FluxKontextProEditOperator(RunComfyModelOperator):
     Other arguments: see ``RunComfyModelOperator``.
     """
 
-    template_fields: Sequence[str] = ("prompt", "image_url", "seed", "aspect_ratio")
+    template_fields: Sequence[str] = ("prompt", "image_url", "seed", "aspect_ratio", "output_dir")
     integer_fields = ("seed",)
 
     def __init__(
@@ -360,7 +407,14 @@ class NanoBananaEditOperator(RunComfyModelOperator):
     Other arguments: see ``RunComfyModelOperator``.
     """
 
-    template_fields: Sequence[str] = ("prompt", "image_urls", "aspect_ratio", "output_format", "num_images")
+    template_fields: Sequence[str] = (
+        "prompt",
+        "image_urls",
+        "aspect_ratio",
+        "output_format",
+        "num_images",
+        "output_dir",
+    )
     integer_fields = ("num_images",)
 
     def __init__(

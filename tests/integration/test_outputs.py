@@ -1,0 +1,187 @@
+"""Keeping the outputs: real Airflow (``airflow dags test``) copying the emulator's files over real HTTP.
+
+The stories: a task keeps its outputs in a ``file://`` or ``memory://``
+``output_dir`` and says so in its return value; a download cut off midway
+leaves nothing under the final name and the retry completes it; a file over
+the cap fails the task plainly; output fetches never carry the token; a retry
+that finds its copy whole does not download it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from airflow_provider_runcomfy.client.download import DOWNLOAD_ATTEMPTS
+from airflow_provider_runcomfy.emulator import RunComfyEmulator
+from airflow_provider_runcomfy.outputs.storage import safe_segment
+
+from .conftest import AirflowEnv, DagRun
+
+pytestmark = pytest.mark.integration
+
+STORED_KEYS = {"uri", "source_url", "bytes", "sha256", "content_type"}
+
+
+def conf(emu: RunComfyEmulator, output_dir: str, **more: str) -> dict[str, str]:
+    return {"image_url": emu.sample_url("portrait"), "output_dir": output_dir, **more}
+
+
+def try_number(run: DagRun, task_id: str = "edit") -> int:
+    rows = run._query(
+        "SELECT try_number FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = ?",
+        run.dag_id,
+        run.run_id,
+        task_id,
+    )
+    return int(rows[0][0])
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def assert_is_the_served_file(stored: dict[str, Any], path: Path) -> None:
+    """The copy holds exactly the bytes the output URL serves, and the entry says so."""
+    served = httpx.get(stored["source_url"], timeout=10).content
+    data = path.read_bytes()
+    assert data == served
+    assert stored["bytes"] == len(data)
+    assert stored["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_task_keeps_its_output_in_a_file_dir_and_returns_where(
+    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+) -> None:
+    emu = runcomfy_emulator
+    run = airflow_env.dags_test(
+        "it_outputs", conf=conf(emu, f"file://{tmp_path}"), env=emu.airflow_conn_env()
+    )
+
+    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    result = run.xcom("edit")
+    (stored,) = result["stored"]
+    request_id = result["request_id"]
+    name = f"it_outputs/{safe_segment(run.run_id)}/edit/-1/{request_id}_0.png"
+    assert stored.keys() == STORED_KEYS
+    assert stored["uri"] == f"file://{tmp_path}/{name}"
+    assert stored["source_url"] == result["outputs"][0]
+    assert stored["content_type"] == "image/png"
+    assert files_under(tmp_path) == [name]  # no part file left behind
+    assert ":" not in name and "+" not in name
+    # The output host never saw the API token; the API did (so the journal records it).
+    (fetch,) = emu.journal.of("file")
+    assert "authorization" not in fetch.headers
+    assert "authorization" in emu.journal.last("submit").headers
+    assert_is_the_served_file(stored, tmp_path / name)
+
+
+def test_a_blocking_task_keeps_its_output_in_a_plain_local_path(
+    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+) -> None:
+    emu = runcomfy_emulator
+    run = airflow_env.dags_test(
+        "it_outputs_blocking", conf=conf(emu, str(tmp_path / "kept")), env=emu.airflow_conn_env()
+    )
+
+    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    (stored,) = run.xcom("edit")["stored"]
+    assert stored["uri"].startswith(f"file://{tmp_path}/kept/it_outputs_blocking/")
+    assert_is_the_served_file(stored, Path(stored["uri"].removeprefix("file://")))
+
+
+def test_a_downstream_task_reads_the_copy_back_from_memory_storage(
+    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    emu = runcomfy_emulator
+    run = airflow_env.dags_test(
+        "it_outputs_memory",
+        conf=conf(emu, "memory://runcomfy-it/kept"),
+        env=emu.airflow_conn_env(),
+    )
+
+    assert run.task_states() == {"edit": "success", "read_back": "success"}, run.output[-4000:]
+    (stored,) = run.xcom("edit")["stored"]
+    assert stored["uri"].startswith("memory://runcomfy-it/kept/it_outputs_memory/")
+    assert run.xcom("read_back") == {"checked": [{"uri": stored["uri"], "bytes": stored["bytes"]}]}
+    assert emu.journal.count("file") == 1
+
+
+def test_a_sensor_keeps_the_outputs_of_a_request_submitted_elsewhere(
+    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+) -> None:
+    emu = runcomfy_emulator
+    run = airflow_env.dags_test(
+        "it_outputs_sensor", conf=conf(emu, f"file://{tmp_path}"), env=emu.airflow_conn_env()
+    )
+
+    assert run.task_states() == {"submit": "success", "wait": "success"}, run.output[-4000:]
+    result = run.xcom("wait")
+    (stored,) = result["stored"]
+    assert f"/it_outputs_sensor/{safe_segment(run.run_id)}/wait/-1/{result['request_id']}_0.png" in stored["uri"]
+    assert_is_the_served_file(stored, Path(stored["uri"].removeprefix("file://")))
+
+
+def test_a_download_cut_off_midway_leaves_no_file_and_the_retry_completes_it(
+    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+) -> None:
+    emu = runcomfy_emulator
+    emu.add_rule(output_bytes=3_000_000)  # big enough that the cut lands after bytes were written
+    # Every attempt of the first try is cut off halfway; the retry's download is not.
+    emu.add_fault("file", "truncate", after_bytes=1_500_000, times=DOWNLOAD_ATTEMPTS)
+    out, probe = tmp_path / "out", tmp_path / "after-first-try.json"
+    run = airflow_env.dags_test(
+        "it_outputs", conf=conf(emu, f"file://{out}", probe=str(probe)), env=emu.airflow_conn_env()
+    )
+
+    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    assert try_number(run) == 2
+    assert json.loads(probe.read_text()) == []  # after the failed try: no file, not even a part file
+    fetches = emu.journal.of("file")
+    assert [e.fault for e in fetches] == ["truncate"] * DOWNLOAD_ATTEMPTS + [None]
+    assert emu.journal.count("submit") == 1  # the retry re-attached: the job was paid for once
+    (stored,) = run.xcom("edit")["stored"]
+    path = Path(stored["uri"].removeprefix("file://"))
+    assert files_under(out) == [str(path.relative_to(out))]
+    assert stored["bytes"] > 2_900_000
+    assert_is_the_served_file(stored, path)
+
+
+def test_an_output_over_the_cap_fails_the_task_plainly_and_keeps_nothing(
+    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+) -> None:
+    emu = runcomfy_emulator
+    emu.add_rule(output_bytes=3_000_000)
+    run = airflow_env.dags_test(
+        "it_outputs_capped", conf=conf(emu, f"file://{tmp_path}"), env=emu.airflow_conn_env()
+    )
+
+    assert run.task_states() == {"edit": "failed"}, run.output[-4000:]
+    assert try_number(run) == 1  # no retry: a retry cannot make the file smaller
+    assert "larger than max_output_bytes=1000000" in run.output
+    assert "Raise max_output_bytes on the task" in run.output
+    assert files_under(tmp_path) == []
+    assert emu.journal.count("file") == 1
+
+
+def test_a_retry_that_finds_its_copy_whole_does_not_download_it_again(
+    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+) -> None:
+    emu = runcomfy_emulator
+    run = airflow_env.dags_test(
+        "it_outputs_crash", conf=conf(emu, f"file://{tmp_path}"), env=emu.airflow_conn_env()
+    )
+
+    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    assert try_number(run) == 2
+    assert "worker lost after the copy was made" in run.output
+    assert "already kept by an earlier try" in run.output
+    assert emu.journal.count("submit") == 1
+    assert emu.journal.count("file") == 1  # fetched by the first try only
+    (stored,) = run.xcom("edit")["stored"]
+    assert_is_the_served_file(stored, Path(stored["uri"].removeprefix("file://")))

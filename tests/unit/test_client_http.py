@@ -267,9 +267,12 @@ def test_http_200_carrying_an_error_code_is_an_error(
 
 def test_a_submit_that_hit_a_read_timeout_is_not_repeated(runcomfy_emulator: RunComfyEmulator) -> None:
     runcomfy_emulator.add_fault("submit", "delay", times=1, seconds=1.5)
-    with RunComfyClient(
-        runcomfy_emulator.token, base_url=runcomfy_emulator.base_url, read_timeout=0.3, retry=FAST_RETRY
-    ) as client, pytest.raises(SubmitOutcomeUnknownError, match="may have created a job.*billed twice"):
+    with (
+        RunComfyClient(
+            runcomfy_emulator.token, base_url=runcomfy_emulator.base_url, read_timeout=0.3, retry=FAST_RETRY
+        ) as client,
+        pytest.raises(SubmitOutcomeUnknownError, match="may have created a job.*billed twice"),
+    ):
         client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator))
     assert runcomfy_emulator.journal.count("submit") == 1
     assert len(runcomfy_emulator.jobs) == 1  # the job exists: that is why it was not repeated

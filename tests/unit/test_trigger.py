@@ -1,0 +1,219 @@
+"""RunComfyRequestTrigger driven directly in an event loop, against the emulator over real HTTP.
+
+Only the triggerer's task-state channel (Airflow's supervisor comms) is faked,
+in the on_kill tests: it is the one thing no emulator can stand in for.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from airflow.sdk.execution_time import task_runner
+from airflow.sdk.execution_time.comms import TaskStatesResult
+
+from airflow_provider_runcomfy.client import RunComfyClient
+from airflow_provider_runcomfy.emulator import RunComfyEmulator
+from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT
+from airflow_provider_runcomfy.triggers.runcomfy import RunComfyRequestTrigger
+
+
+@pytest.fixture
+def client(runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch) -> RunComfyClient:
+    conn = {"conn_type": "runcomfy", "host": runcomfy_emulator.base_url, "password": runcomfy_emulator.token}
+    conn["extra"] = {"max_retries": 0}  # type: ignore[assignment]
+    monkeypatch.setenv("AIRFLOW_CONN_RUNCOMFY_DEFAULT", json.dumps(conn))
+    return RunComfyClient(runcomfy_emulator.token, base_url=runcomfy_emulator.base_url)
+
+
+def submit(client: RunComfyClient, emu: RunComfyEmulator, prompt: str = "p") -> str:
+    return client.submit(FLUX_KONTEXT_PRO_EDIT, {"prompt": prompt, "image_url": emu.sample_url()}).request_id
+
+
+async def only_event(trigger: RunComfyRequestTrigger) -> dict[str, Any]:
+    events = [event.payload async for event in trigger.run()]
+    assert len(events) == 1
+    return events[0]
+
+
+async def test_succeeded_event_carries_everything_the_task_needs(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    request_id = submit(client, runcomfy_emulator)
+    event = await only_event(
+        RunComfyRequestTrigger(request_id, poll_interval=0.1, model_id=FLUX_KONTEXT_PRO_EDIT)
+    )
+    assert event["status"] == "succeeded"
+    assert event["request_id"] == request_id
+    assert event["model_id"] == FLUX_KONTEXT_PRO_EDIT
+    assert event["outputs"] == [event["output"]["image"]]
+    assert event["finished_at"]
+    assert len(json.dumps(event)) < 2000  # small: URLs, never files
+
+
+async def test_failed_event_carries_runcomfys_message(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    runcomfy_emulator.add_rule(prompt_contains="nsfw", fail_message="NSFW content detected")
+    event = await only_event(
+        RunComfyRequestTrigger(submit(client, runcomfy_emulator, "nsfw"), poll_interval=0.1)
+    )
+    assert event["status"] == "failed"
+    assert event["message"].endswith("failed: NSFW content detected")
+
+
+async def test_cancelled_event(client: RunComfyClient, runcomfy_emulator: RunComfyEmulator) -> None:
+    runcomfy_emulator.set_config(queue_seconds=30)
+    request_id = submit(client, runcomfy_emulator)
+    client.cancel(request_id)
+    event = await only_event(RunComfyRequestTrigger(request_id, poll_interval=0.1))
+    assert event["status"] == "cancelled"
+
+
+async def test_timeout_event_at_the_wall_clock_deadline(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    runcomfy_emulator.set_config(queue_seconds=30)
+    started = time.monotonic()
+    event = await only_event(
+        RunComfyRequestTrigger(
+            submit(client, runcomfy_emulator), poll_interval=0.2, deadline=time.time() + 0.6
+        )
+    )
+    assert event["status"] == "timeout"
+    assert time.monotonic() - started < 2.0
+
+
+async def test_a_deadline_already_past_after_a_restart_is_not_reset(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    runcomfy_emulator.set_config(queue_seconds=30)
+    _, kwargs = RunComfyRequestTrigger(
+        submit(client, runcomfy_emulator), poll_interval=5, deadline=time.time() - 1
+    ).serialize()
+    started = time.monotonic()
+    event = await only_event(RunComfyRequestTrigger(**kwargs))  # what a restarted triggerer builds
+    assert event["status"] == "timeout"
+    assert time.monotonic() - started < 1.0  # one poll, no wait for poll_interval
+
+
+async def test_transient_5xx_and_429_are_tolerated(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    request_id = submit(client, runcomfy_emulator)
+    runcomfy_emulator.add_fault("status", "http", times=2, status=502)
+    runcomfy_emulator.add_fault("status", "http", times=1, status=429, retry_after=0)
+    event = await only_event(RunComfyRequestTrigger(request_id, poll_interval=0.1))
+    assert event["status"] == "succeeded"
+
+
+async def test_too_many_failures_in_a_row_end_in_an_error_event(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    request_id = submit(client, runcomfy_emulator)
+    runcomfy_emulator.add_fault("status", "http", times=10, status=503)
+    event = await only_event(RunComfyRequestTrigger(request_id, poll_interval=0.05, max_consecutive_errors=2))
+    assert event["status"] == "error"
+    assert event["error_type"] == "ServerError"
+    assert runcomfy_emulator.journal.count("status") == 3
+
+
+async def test_a_permanent_error_ends_the_wait_at_once(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    event = await only_event(RunComfyRequestTrigger("never-submitted", poll_interval=0.05))
+    assert event["status"] == "error"
+    assert event["error_type"] == "RequestNotFoundError"
+    assert runcomfy_emulator.journal.count("status") == 1
+
+
+# -- on_kill and the moved-trigger guard ------------------------------------------------------------
+
+
+@dataclass
+class TaskInstance:
+    dag_id: str = "d"
+    task_id: str = "edit"
+    run_id: str = "manual__1"
+    map_index: int = -1
+
+
+class TaskStates:
+    """Stands in for the triggerer's supervisor channel: answers GetTaskStates with a given state."""
+
+    def __init__(self, state: str | None) -> None:
+        self.state = state
+        self.asked: list[Any] = []
+
+    async def asend(self, msg: Any) -> TaskStatesResult:
+        self.asked.append(msg)
+        key = msg.task_ids[0] if msg.map_index is None else f"{msg.task_ids[0]}_{msg.map_index}"
+        return TaskStatesResult(task_states={msg.run_ids[0]: {key: self.state}})
+
+
+def killed_trigger(request_id: str, state: str | None, monkeypatch: pytest.MonkeyPatch, map_index: int = -1):
+    comms = TaskStates(state)
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
+    trigger = RunComfyRequestTrigger(request_id, poll_interval=0.1)
+    trigger.task_instance = TaskInstance(map_index=map_index)  # type: ignore[assignment]
+    return trigger, comms
+
+
+@pytest.mark.parametrize("state", ["failed", "success", None])
+async def test_on_kill_cancels_a_queued_job_when_a_user_acted_on_the_task(
+    client: RunComfyClient,
+    runcomfy_emulator: RunComfyEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    state: str | None,
+) -> None:
+    runcomfy_emulator.set_config(queue_seconds=30)
+    request_id = submit(client, runcomfy_emulator)
+    trigger, comms = killed_trigger(request_id, state, monkeypatch)
+    await trigger.on_kill()
+    (cancel,) = runcomfy_emulator.journal.of("cancel")
+    assert cancel.request_id == request_id
+    assert client.get_result(request_id).status.value == "cancelled"
+    assert comms.asked[0].dag_id == "d"
+
+
+async def test_on_kill_does_not_cancel_when_the_task_is_still_deferred(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow 3.3.2 may call on_kill when a trigger only moves to another triggerer."""
+    runcomfy_emulator.set_config(queue_seconds=30)
+    trigger, _ = killed_trigger(submit(client, runcomfy_emulator), "deferred", monkeypatch, map_index=3)
+    await trigger.on_kill()
+    assert runcomfy_emulator.journal.count("cancel") == 0
+
+
+async def test_on_kill_asks_for_the_mapped_task_instance(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trigger, comms = killed_trigger(submit(client, runcomfy_emulator), "deferred", monkeypatch, map_index=3)
+    await trigger.on_kill()
+    assert comms.asked[0].map_index == 3
+
+
+async def test_on_kill_of_a_running_job_reports_it_will_be_billed(
+    client: RunComfyClient,
+    runcomfy_emulator: RunComfyEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    runcomfy_emulator.set_config(queue_seconds=0, run_seconds=30)
+    request_id = submit(client, runcomfy_emulator)
+    trigger, _ = killed_trigger(request_id, "failed", monkeypatch)
+    await trigger.on_kill()  # Airflow's task loggers write through structlog, to stdout here
+    assert "already running or finished (RunComfy will finish and bill it)" in capsys.readouterr().out
+
+
+async def test_cancel_on_kill_false_never_cancels(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trigger, _ = killed_trigger(submit(client, runcomfy_emulator), "failed", monkeypatch)
+    trigger.cancel_on_kill = False
+    await trigger.on_kill()
+    assert runcomfy_emulator.journal.count("cancel") == 0

@@ -1,0 +1,181 @@
+"""The operators' and sensor's own decisions, called directly: how they defer and how each event ends."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+
+from airflow_provider_runcomfy.client import (
+    JobCancelledError,
+    JobFailedError,
+    JobTimeoutError,
+    RequestNotFoundError,
+    RunComfyClient,
+    RunComfyError,
+)
+from airflow_provider_runcomfy.emulator import RunComfyEmulator
+from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT
+from airflow_provider_runcomfy.operators.runcomfy import FluxKontextProEditOperator, RunComfyModelOperator
+from airflow_provider_runcomfy.sensors.runcomfy import RunComfyRequestSensor
+from airflow_provider_runcomfy.triggers.runcomfy import RunComfyRequestTrigger
+
+
+def flux(**kwargs: object) -> FluxKontextProEditOperator:
+    return FluxKontextProEditOperator(task_id="edit", prompt="p", image_url="https://x/a.png", **kwargs)  # type: ignore[arg-type]
+
+
+def test_it_defers_to_the_trigger_with_a_wall_clock_deadline_and_a_backstop() -> None:
+    op = flux(runcomfy_conn_id="rc", poll_interval=2, timeout=300)
+    before = time.time()
+    with pytest.raises(TaskDeferred) as deferred:
+        op.wait_for({}, "req-1", FLUX_KONTEXT_PRO_EDIT)  # type: ignore[arg-type]
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, RunComfyRequestTrigger)
+    _, kwargs = trigger.serialize()
+    assert kwargs["request_id"] == "req-1"
+    assert kwargs["runcomfy_conn_id"] == "rc"
+    assert kwargs["poll_interval"] == 2.0
+    assert kwargs["model_id"] == FLUX_KONTEXT_PRO_EDIT
+    assert before + 300 <= kwargs["deadline"] <= time.time() + 300
+    assert deferred.value.method_name == "execute_complete"
+    assert deferred.value.timeout == timedelta(seconds=360)  # the trigger's deadline fires first
+
+
+def test_without_a_timeout_it_waits_forever() -> None:
+    with pytest.raises(TaskDeferred) as deferred:
+        flux(timeout=None).wait_for({}, "req-1", None)  # type: ignore[arg-type]
+    assert deferred.value.timeout is None
+    assert deferred.value.trigger.serialize()[1]["deadline"] is None
+
+
+def test_a_succeeded_event_becomes_the_small_return_value() -> None:
+    event = {
+        "status": "succeeded",
+        "request_id": "r",
+        "model_id": FLUX_KONTEXT_PRO_EDIT,
+        "outputs": ["https://cdn/x.png"],
+        "output": {"image": "https://cdn/x.png"},
+        "created_at": "t0",
+        "finished_at": "t1",
+        "message": "RunComfy request r succeeded.",
+    }
+    result = flux().execute_complete({}, event)  # type: ignore[arg-type]
+    assert result == {k: v for k, v in event.items() if k != "message"}
+    json.dumps(result)
+
+
+@pytest.mark.parametrize(
+    ("event", "error", "retried_by_airflow"),
+    [
+        (
+            {"status": "failed", "request_id": "r", "message": "RunComfy request r failed: oom"},
+            JobFailedError,
+            True,
+        ),
+        ({"status": "cancelled", "request_id": "r", "message": "cancelled"}, JobCancelledError, True),
+        (
+            {
+                "status": "error",
+                "request_id": "r",
+                "message": "expired",
+                "error_type": "RequestNotFoundError",
+            },
+            RequestNotFoundError,
+            True,
+        ),
+        (
+            {
+                "status": "error",
+                "request_id": "r",
+                "message": "bad token",
+                "error_type": "AuthenticationError",
+            },
+            AirflowFailException,
+            False,
+        ),
+        (
+            {"status": "error", "request_id": "r", "message": "?", "error_type": "NoSuchClass"},
+            RunComfyError,
+            True,
+        ),
+    ],
+)
+def test_every_other_event_fails_the_task_with_its_message(
+    event: dict[str, str], error: type[Exception], retried_by_airflow: bool
+) -> None:
+    with pytest.raises(error) as caught:
+        flux().execute_complete({}, event)  # type: ignore[arg-type]
+    assert event["message"] in str(caught.value)
+    assert isinstance(caught.value, AirflowFailException) is not retried_by_airflow
+
+
+def test_a_timeout_event_cancels_the_job_then_fails(
+    runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runcomfy_emulator.set_config(queue_seconds=30)
+    conn = {"conn_type": "runcomfy", "host": runcomfy_emulator.base_url, "password": runcomfy_emulator.token}
+    monkeypatch.setenv("AIRFLOW_CONN_RUNCOMFY_DEFAULT", json.dumps(conn))
+    with RunComfyClient(runcomfy_emulator.token, base_url=runcomfy_emulator.base_url) as client:
+        request_id = client.submit(
+            FLUX_KONTEXT_PRO_EDIT, {"prompt": "p", "image_url": "https://x/a.png"}
+        ).request_id
+        # Retryable: a retry submits anew, or re-attaches if the job could not be cancelled.
+        with pytest.raises(JobTimeoutError, match="did not finish within timeout=7 s"):
+            flux(timeout=7).execute_complete({}, {"status": "timeout", "request_id": request_id})  # type: ignore[arg-type]
+        assert client.get_result(request_id).status.value == "cancelled"
+
+
+def test_the_generic_operator_refuses_an_input_that_is_not_a_dict_after_rendering() -> None:
+    op = RunComfyModelOperator(task_id="g", model_id="a/b", input="{{ params.x }}")
+    op.input = "not a dict"  # what a bad template renders to
+    with pytest.raises(RunComfyError, match="must be a dict"):
+        op.build_input()
+
+
+def test_the_sensor_pokes_until_the_request_finishes(
+    runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = {"conn_type": "runcomfy", "host": runcomfy_emulator.base_url, "password": runcomfy_emulator.token}
+    monkeypatch.setenv("AIRFLOW_CONN_RUNCOMFY_DEFAULT", json.dumps(conn))
+    with RunComfyClient(runcomfy_emulator.token, base_url=runcomfy_emulator.base_url) as client:
+        request_id = client.submit(
+            FLUX_KONTEXT_PRO_EDIT, {"prompt": "p", "image_url": "https://x/a.png"}
+        ).request_id
+    sensor = RunComfyRequestSensor(task_id="wait", request_id=request_id, deferrable=False, poll_interval=0.1)
+    assert sensor.poke({}) is False  # type: ignore[arg-type]
+    deadline = time.monotonic() + 10
+    while not (done := sensor.poke({})):  # type: ignore[arg-type]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert done.xcom_value["status"] == "succeeded"  # type: ignore[union-attr]
+    assert done.xcom_value["request_id"] == request_id  # type: ignore[union-attr]
+
+
+def test_the_sensor_fails_on_a_failed_request_and_never_cancels(
+    runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = {"conn_type": "runcomfy", "host": runcomfy_emulator.base_url, "password": runcomfy_emulator.token}
+    monkeypatch.setenv("AIRFLOW_CONN_RUNCOMFY_DEFAULT", json.dumps(conn))
+    runcomfy_emulator.add_rule(prompt_contains="x", fail_message="bad luck")
+    with RunComfyClient(runcomfy_emulator.token, base_url=runcomfy_emulator.base_url) as client:
+        request_id = client.submit(
+            FLUX_KONTEXT_PRO_EDIT, {"prompt": "x", "image_url": "https://x/a.png"}
+        ).request_id
+        client.wait_for_result(request_id, poll_interval=0.1, deadline=time.time() + 10)
+    sensor = RunComfyRequestSensor(task_id="wait", request_id=request_id, deferrable=False)
+    with pytest.raises(JobFailedError, match="bad luck"):
+        sensor.poke({})  # type: ignore[arg-type]
+    with pytest.raises(JobTimeoutError):
+        sensor.execute_complete({}, {"status": "timeout", "request_id": request_id, "message": "x"})  # type: ignore[arg-type]
+    assert runcomfy_emulator.journal.count("cancel") == 0
+
+
+def test_the_sensor_refuses_a_bad_request_id_before_any_request(runcomfy_emulator: RunComfyEmulator) -> None:
+    sensor = RunComfyRequestSensor(task_id="wait", request_id="../../etc")
+    with pytest.raises(AirflowFailException, match="Invalid RunComfy request id"):
+        sensor.execute({})  # type: ignore[arg-type]
+    assert runcomfy_emulator.journal.count() == 0

@@ -1,10 +1,15 @@
-"""The main job, end to end and offline: an example DAG against the bundled RunComfy emulator.
+"""The main job, end to end and offline: example DAGs against the bundled RunComfy emulator.
 
 Starts the emulator on a free loopback port, prepares a throwaway Airflow
 (``.airflow-demo/``, SQLite), points connection ``runcomfy_default`` at the
-emulator, runs ``airflow dags test runcomfy_flux_kontext_edit`` (the trigger
-runs in-line), and prints what the task handed downstream and where the
-edited image is.
+emulator, then runs under ``airflow dags test`` (triggers run in-line):
+
+1. ``runcomfy_flux_kontext_edit``: one edit; prints what the task handed downstream.
+2. ``runcomfy_batch_enrichment``: a mapped batch over the emulator's sample
+   pictures plus one input on a ``.invalid`` host that fails on purpose, keeping
+   the outputs under ``out/batch/`` with a manifest and a contact sheet.
+
+It ends by printing where the edited images, the manifest and the contact sheet are.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 HOME = REPO / ".airflow-demo"
 OUT = REPO / "out"
 DAG_ID = "runcomfy_flux_kontext_edit"
+BATCH_DAG_ID = "runcomfy_batch_enrichment"
+#: The batch's deliberately failing input: hosts under .invalid never resolve.
+BROKEN_INPUT = "https://missing-image.invalid/enrichment/input.png"
 
 
 def main() -> int:
@@ -57,6 +65,30 @@ def main() -> int:
             return 1
         saved = _save_outputs(result)
 
+        # Quicker jobs for the batch, so the demo stays well under a minute.
+        emulator.add_rule(model_id="google/nano-banana/edit", queue_seconds=0.2, run_seconds=0.6)
+        batch_conf = {
+            "image_urls": [emulator.sample_url(n) for n in ("portrait", "street", "product")]
+            + [BROKEN_INPUT],
+            "output_dir": f"file://{OUT / 'batch'}",
+            "prompt": "Give the scene a warm golden-hour light",
+        }
+        print(f"Running `airflow dags test {BATCH_DAG_ID}` (log: {HOME / 'batch-test.log'}) ...")
+        batch_started = time.monotonic()
+        proc = _run(
+            [airflow, "dags", "test", BATCH_DAG_ID, "-c", json.dumps(batch_conf)],
+            env,
+            log=HOME / "batch-test.log",
+        )
+        summary = _latest_return_value(HOME / "airflow.db", BATCH_DAG_ID, "summarize")
+        if proc.returncode != 0 or not summary:
+            print(proc.stdout[-4000:] + proc.stderr[-4000:])
+            print("The batch example did not succeed; see the log above.", file=sys.stderr)
+            return 1
+        batch_seconds = time.monotonic() - batch_started
+        manifest = Path(summary["manifest"].removeprefix("file://"))
+        records = [json.loads(line) for line in manifest.read_text().splitlines()]
+
     print()
     print(f"request_id : {result['request_id']}")
     print(f"model_id   : {result['model_id']}")
@@ -66,6 +98,18 @@ def main() -> int:
     for path in saved:
         print(f"image file : {path}")
     print(f"input image: {conf['image_url']} (the emulator's sample)")
+    print()
+    print(
+        f"batch      : {summary['succeeded']} of {summary['images']} images edited, "
+        f"{summary['outputs_stored']} output(s) kept ({summary['bytes_stored']} bytes) in {batch_seconds:.1f} s"
+    )
+    for record in records:
+        for stored in record["stored"]:
+            print(f"edited     : {stored['uri'].removeprefix('file://')}")
+        if record["error"]:
+            print(f"failed     : {record['input']}: {record['error']}")
+    print(f"manifest   : {manifest}")
+    print(f"contact    : {summary['contact_sheet'].removeprefix('file://')}")
     print(f"done in {time.monotonic() - started:.1f} s")
     return 0
 

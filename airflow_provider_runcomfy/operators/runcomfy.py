@@ -156,7 +156,7 @@ class RunComfyWaitMixin:
         """The task's return value for a succeeded request: small, JSON, URLs not files."""
         keys = ("request_id", "model_id", "status", "outputs", "output", "created_at", "finished_at")
         result = {key: event.get(key) for key in keys}
-        if self.output_dir:
+        if _keeps_copies(self.output_dir):
             result["stored"] = self.store_outputs(context, str(result["request_id"]), result["outputs"] or [])
         return result
 
@@ -176,7 +176,7 @@ class RunComfyWaitMixin:
 
     def check_output_dir(self) -> None:
         """Fail before submitting (and paying) when ``output_dir`` cannot be written by any filesystem."""
-        if self.output_dir:
+        if _keeps_copies(self.output_dir):
             from airflow_provider_runcomfy.outputs.storage import resolve_output_dir
 
             resolve_output_dir(self.output_dir)
@@ -451,6 +451,11 @@ def _error_class(name: object) -> type[RunComfyError]:
     """The client error class an ``error`` event names, so the task fails with the same type."""
     found = getattr(client_errors, str(name), None)
     return found if isinstance(found, type) and issubclass(found, RunComfyError) else RunComfyError
+
+
+def _keeps_copies(output_dir: Any) -> bool:
+    """Whether ``output_dir`` asks for copies; a template that rendered None reads "None": no copies."""
+    return bool(output_dir) and str(output_dir).strip() not in ("", "None")
 
 
 def _without_none(**fields: Any) -> dict[str, Any]:

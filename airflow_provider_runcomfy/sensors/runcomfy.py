@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.bases.sensor import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_runcomfy.client import RunComfyError, validate_request_id
+from airflow_provider_runcomfy.client.download import DEFAULT_MAX_OUTPUT_BYTES, check_max_output_bytes
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 from airflow_provider_runcomfy.operators.runcomfy import RunComfyWaitMixin, fail
 from airflow_provider_runcomfy.triggers.runcomfy import result_event
@@ -36,9 +37,12 @@ class RunComfyRequestSensor(RunComfyWaitMixin, BaseSensorOperator):
     :param deferrable: wait in the triggerer instead of poking from a worker.
     :param poll_interval: seconds between status polls (also the sensor's ``poke_interval``).
     :param timeout: seconds to wait before failing (the sensor's usual ``timeout``).
+    :param output_dir: where to keep copies of the outputs, as for the operators: a local path or
+        an ``ObjectStoragePath`` URL; the return value gains ``stored`` (templated).
+    :param max_output_bytes: the largest output file kept (default 200 MB).
     """
 
-    template_fields: Sequence[str] = ("request_id", "model_id")
+    template_fields: Sequence[str] = ("request_id", "model_id", "output_dir")
     ui_color = "#e8e0ff"
 
     def __init__(
@@ -50,11 +54,15 @@ class RunComfyRequestSensor(RunComfyWaitMixin, BaseSensorOperator):
         deferrable: bool = True,
         poll_interval: float = 5.0,
         timeout: float = 3600,
+        output_dir: Any = None,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poll_interval, timeout=timeout, **kwargs)
         self.request_id = request_id
         self.model_id = model_id
+        self.output_dir = output_dir
+        self.max_output_bytes = check_max_output_bytes(max_output_bytes)
         self.runcomfy_conn_id = runcomfy_conn_id
         self.deferrable = deferrable
         self.poll_interval = float(poll_interval)
@@ -63,6 +71,7 @@ class RunComfyRequestSensor(RunComfyWaitMixin, BaseSensorOperator):
         """Defer to the trigger, or poke in the worker when not deferrable."""
         try:
             validate_request_id(self.request_id)
+            self.check_output_dir()
         except RunComfyError as error:
             fail(error)
         if not self.deferrable:

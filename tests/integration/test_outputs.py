@@ -123,7 +123,9 @@ def test_a_sensor_keeps_the_outputs_of_a_request_submitted_elsewhere(
     assert run.task_states() == {"submit": "success", "wait": "success"}, run.output[-4000:]
     result = run.xcom("wait")
     (stored,) = result["stored"]
-    assert f"/it_outputs_sensor/{safe_segment(run.run_id)}/wait/-1/{result['request_id']}_0.png" in stored["uri"]
+    assert (
+        f"/it_outputs_sensor/{safe_segment(run.run_id)}/wait/-1/{result['request_id']}_0.png" in stored["uri"]
+    )
     assert_is_the_served_file(stored, Path(stored["uri"].removeprefix("file://")))
 
 
@@ -185,3 +187,17 @@ def test_a_retry_that_finds_its_copy_whole_does_not_download_it_again(
     assert emu.journal.count("file") == 1  # fetched by the first try only
     (stored,) = run.xcom("edit")["stored"]
     assert_is_the_served_file(stored, Path(stored["uri"].removeprefix("file://")))
+
+
+def test_an_output_dir_nothing_can_write_fails_the_task_before_anything_is_paid_for(
+    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    emu = runcomfy_emulator
+    run = airflow_env.dags_test(
+        "it_outputs", conf=conf(emu, "nosuchfs://bucket/kept"), env=emu.airflow_conn_env()
+    )
+
+    assert run.task_states() == {"edit": "failed"}, run.output[-4000:]
+    assert try_number(run) == 1  # no retry: a retry cannot install a filesystem
+    assert "no filesystem can write nosuchfs://" in run.output
+    assert emu.journal.count("submit") == 0

@@ -45,7 +45,9 @@ class CrashAfterCopy(FluxKontextProEditOperator):
         return result
 
 
-def outputs_dag(dag_id: str, operator: type[FluxKontextProEditOperator] = FluxKontextProEditOperator, **kwargs: Any) -> DAG:
+def outputs_dag(
+    dag_id: str, operator: type[FluxKontextProEditOperator] = FluxKontextProEditOperator, **kwargs: Any
+) -> DAG:
     with DAG(
         dag_id=dag_id,
         schedule=None,

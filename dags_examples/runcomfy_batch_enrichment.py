@@ -21,8 +21,10 @@ be edited (a token, balance or outage problem), after writing the manifest.
 
 **Concurrency.** The pool ``runcomfy`` caps how many jobs run at once
 (RunComfy queues and rate-limits per account); create it once with
-``airflow pools set runcomfy 4 "RunComfy concurrency"``. Deferred tasks hold
-no worker slot, so the pool, not the workers, is what bounds the batch.
+``airflow pools set runcomfy 4 "RunComfy concurrency" --include-deferred``.
+Deferred tasks hold no worker slot, so the pool, not the workers, is what
+bounds the batch -- and only with ``--include-deferred``: without it a pool
+counts the short submit and resume steps, not the jobs waiting in between.
 
 **Retries.** None here: transient API errors and broken downloads are already
 retried inside each task, and a retried failed job would be paid for again.

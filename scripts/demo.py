@@ -49,7 +49,11 @@ def main() -> int:
             **emulator.airflow_conn_env(),
         }
         _run([airflow, "db", "migrate"], env, quiet=True)
-        _run([airflow, "pools", "set", "runcomfy", "4", "RunComfy concurrency"], env, quiet=True)
+        _run(
+            [airflow, "pools", "set", "runcomfy", "4", "RunComfy concurrency", "--include-deferred"],
+            env,
+            quiet=True,
+        )
         conf = {
             "image_url": f"{emulator.base_url}/samples/portrait.png",
             "prompt": "She is now holding an orange umbrella and smiling",

@@ -130,6 +130,6 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> AirflowEnv:
     env = AirflowEnv(tmp_path_factory.mktemp("airflow-home"))
     migrated = env.airflow("db", "migrate")
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-    pool = env.airflow("pools", "set", "runcomfy", "4", "RunComfy concurrency")
+    pool = env.airflow("pools", "set", "runcomfy", "4", "RunComfy concurrency", "--include-deferred")
     assert pool.returncode == 0, pool.stdout + pool.stderr
     return env

@@ -95,13 +95,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture
 def record_timing(request: pytest.FixtureRequest):
-    """``record_timing(label, seconds)``: printed now and again in the terminal summary."""
+    """``record_timing(label, seconds)``: printed now and again in the terminal summary.
+
+    ``unit`` (default ``"s"``) lets a test report another figure the same way, e.g.
+    ``record_timing("submits", 50, unit="")``.
+    """
     timings = request.config.stash.setdefault(_TIMINGS_KEY, [])
 
-    def record(label: str, seconds: float) -> None:
+    def record(label: str, seconds: float, unit: str = "s") -> None:
         line = f"{request.node.name}: {label}"
-        timings.append((line, seconds))
-        print(f"[timing] {line}: {seconds:.1f}s")
+        timings.append((line, seconds, unit))
+        print(f"[timing] {line}: {seconds:.1f}{unit}")
 
     return record
 
@@ -110,5 +114,5 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     timings = config.stash.get(_TIMINGS_KEY, [])
     if timings:
         terminalreporter.section("system test timings")
-        for line, seconds in timings:
-            terminalreporter.write_line(f"{seconds:7.1f}s  {line}")
+        for line, seconds, *unit in timings:
+            terminalreporter.write_line(f"{seconds:7.1f}{unit[0] if unit else 's':1}  {line}")

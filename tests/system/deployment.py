@@ -25,8 +25,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -58,6 +60,27 @@ TERMINAL_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed
 # request on 127.0.0.1 (and the serve-logs servers are not started at all, see ``_argv``).
 _HOSTNAME_MODULE = "runcomfy_system_test_hostname"
 _HOSTNAME_SOURCE = f'def loopback() -> str:\n    return "{LOOPBACK}"\n'
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One run of a task process in an executor slot (see ``AirflowDeployment.workloads``)."""
+
+    ti_id: str
+    start: float
+    """Epoch seconds (the end minus the supervisor's measured duration)."""
+    end: float
+    final_state: str
+    """The task instance's state when the process ended: ``deferred``, ``success``, ``failed`` ..."""
+    exit_code: str
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+#: ``key=value`` fields of a console log line (values without spaces).
+_LOG_FIELD = re.compile(r"(\w+)=(\S+)")
 
 
 class DeploymentError(RuntimeError):
@@ -231,6 +254,9 @@ class AirflowDeployment:
         if component in ("scheduler", "triggerer"):
             # The serve-logs server binds every interface; the API server reads the local files.
             return [*airflow, component, "--skip-serve-logs"]
+        if component.startswith("triggerer-"):
+            # Another triggerer (HA): ``start_component("triggerer-2")``.
+            return [*airflow, "triggerer", "--skip-serve-logs"]
         if component == "dag-processor":
             return [*airflow, "dag-processor"]
         raise ValueError(f"unknown component {component!r}")
@@ -334,6 +360,23 @@ class AirflowDeployment:
         while any(_pgid(p.pid) == proc.pid for p in self.processes()) and time.monotonic() < deadline:
             time.sleep(0.1)
 
+    def pause_component(self, component: str) -> None:
+        """SIGSTOP the component's process group: a hung process (or a long GC pause, a VM stall).
+
+        It keeps its sockets and its database rows but does nothing, heartbeats included,
+        until ``resume_component``.  ``stop()`` resumes it before stopping it.
+        """
+        proc = self.procs[component]
+        if proc.poll() is not None:
+            raise DeploymentError(f"{component} is not running (exit code {proc.returncode})")
+        os.killpg(proc.pid, signal.SIGSTOP)
+
+    def resume_component(self, component: str) -> None:
+        """SIGCONT the component's process group after ``pause_component``."""
+        proc = self.procs[component]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGCONT)
+
     def kill_triggerer(self) -> None:
         """SIGKILL the triggerer and its TriggerRunner subprocess: a crash, no cleanup runs."""
         self.kill_component("triggerer", signal.SIGKILL)
@@ -419,6 +462,7 @@ class AirflowDeployment:
         self.timings["stop_tasks"] = time.monotonic() - t0
         for pgid in leaders:
             with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGCONT)  # a paused component cannot act on SIGTERM
                 os.killpg(pgid, signal.SIGTERM)
         alive = self._wait_gone(self.processes(), min(3.0, self.stop_timeout))
         # A second SIGTERM is Airflow's own "don't wait" (the scheduler's "Signal again if
@@ -730,6 +774,41 @@ class AirflowDeployment:
         return f"task instances of {dag_id}/{run_id}:\n{states}\n{self.diagnostics(20)}"
 
     # ------------------------------------------------------------------ task processes
+
+    def workloads(self) -> list[Workload]:
+        """Every task workload an executor slot ran so far, from the supervisors' own account.
+
+        Each LocalExecutor worker (forked from the scheduler, so it logs to ``scheduler.log``)
+        runs one workload at a time under the task SDK supervisor, which logs
+        ``Workload finished ... duration=<s> final_state=<state> workload_id=<ti id>`` when the
+        task process is done.  A deferrable task has one workload per worker part: the part
+        that submits and defers, and the part that resumes.  This is the executor slot's
+        occupation as the worker measured it, not as inferred from task instance dates
+        (which span the whole deferral).
+        """
+        path = self.log_path("scheduler")
+        if not path.exists():
+            return []
+        found = []
+        for line in path.read_text(errors="replace").splitlines():
+            if "Workload finished" not in line:
+                continue
+            fields = dict(_LOG_FIELD.findall(line))
+            try:
+                end = _epoch(line.split(" ", 1)[0].replace("Z", "+00:00"))
+                duration = float(fields["duration"])
+            except (KeyError, ValueError):
+                continue
+            found.append(
+                Workload(
+                    ti_id=fields.get("workload_id", ""),
+                    start=end - duration,
+                    end=end,
+                    final_state=fields.get("final_state", ""),
+                    exit_code=fields.get("exit_code", ""),
+                )
+            )
+        return found
 
     def task_pid(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> int:
         """The pid of the running task process (the child of the task's supervisor).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Self
 
 import httpx
@@ -27,6 +28,11 @@ from airflow_provider_runcomfy.client.models import (
     SubmitResponse,
 )
 from airflow_provider_runcomfy.client.retry import RetryPolicy
+
+#: The most requests one asyncio client has on the wire at once (and so the most connections it
+#: opens: each TLS connection holds ~300 KB); more wait their turn on a semaphore, woken one at a
+#: time. 64 in flight carry ~640 polls/s at 100 ms per request (3,200 waits polled every 5 s).
+DEFAULT_MAX_IN_FLIGHT = 64
 
 
 class _ClientBase:
@@ -147,19 +153,49 @@ class RunComfyClient(_ClientBase):
 class AsyncRunComfyClient(_ClientBase):
     """Asyncio client, for triggers: the same calls as ``RunComfyClient``, awaited.
 
-    :param http_client: an ``httpx.AsyncClient`` to send through instead of a new one, so that
-        many waits can share one connection pool; it must not follow redirects. Its owner closes it.
+    It sends httpx requests straight to its transport -- aiohttp's connection pool
+    (see ``_transport``), or httpx's own when a proxy is configured -- because the
+    API needs none of ``httpx.AsyncClient``'s per-request work (redirects, cookies,
+    auth negotiation), and a triggerer polling thousands of jobs pays for it on every poll.
+
+    :param http_client: an ``httpx.AsyncClient`` to send through instead, so that many
+        waits can share one connection pool; it must not follow redirects. Its owner closes it.
+    :param max_in_flight: at most this many requests of this client on the wire at once;
+        the others wait their turn, so a burst of thousands of polls cannot swamp the pool.
     """
 
-    def __init__(self, token: str, *, http_client: httpx.AsyncClient | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        token: str,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(token, **kwargs)
         options = self.settings.httpx_options()
         self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(**options)
-        # Per-request options, so that a shared pool created elsewhere behaves the same.
-        self._request_options = {
-            key: options[key] for key in ("auth", "timeout", "follow_redirects", "headers")
-        }
+        self._transport: httpx.AsyncBaseTransport | None = None
+        if http_client is None:
+            # Imported here: aiohttp is not needed (nor paid for) by a DAG file that only parses.
+            from airflow_provider_runcomfy.client._transport import async_http_client
+
+            http_client, self._transport = async_http_client(options, max_connections=max_in_flight)
+        self._http = http_client
+        self._auth: httpx.Auth = options["auth"]
+        # The Authorization header is set here, not by ``auth``, on the direct path: every URL
+        # this client builds is ``base_url`` + an API path, the one origin the token belongs to.
+        self._headers = httpx.Headers(
+            {
+                **options["headers"],
+                "Accept-Encoding": "gzip, deflate",
+                "Authorization": f"Bearer {self.settings.token}",
+            }
+        )
+        self._timeout: httpx.Timeout = options["timeout"]
+        self._extensions = {"timeout": self._timeout.as_dict()}
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._in_flight_limit = max_in_flight
 
     async def __aenter__(self) -> Self:
         return self
@@ -174,23 +210,23 @@ class AsyncRunComfyClient(_ClientBase):
 
     async def submit(self, model_id: str, payload: Mapping[str, Any]) -> SubmitResponse:
         """Start a job (paid). Never retried once the request may have reached RunComfy."""
-        return await self._send(_base.submit_call(model_id, payload))
+        return await self._send(self._prepare(_base.submit_call(model_id, payload)))
 
     async def get_status(self, request_id: str) -> RequestStatus:
         """Read a job's current state."""
-        return await self._send(_base.status_call(request_id))
+        return await self._send(self._prepare(_base.status_call(request_id)))
 
     async def get_result(self, request_id: str, *, include_cost: bool = False) -> RequestResult:
         """Read a job's outcome and outputs (or its state while unfinished)."""
-        return await self._send(_base.result_call(request_id, include_cost))
+        return await self._send(self._prepare(_base.result_call(request_id, include_cost)))
 
     async def cancel(self, request_id: str) -> CancelResponse:
         """Cancel a job that is still queued; a running job finishes and is billed."""
-        return await self._send(_base.cancel_call(request_id))
+        return await self._send(self._prepare(_base.cancel_call(request_id)))
 
     async def get_model(self, model_id: str) -> ModelInfo:
         """Read a model's description and price."""
-        return await self._send(_base.model_call(model_id))
+        return await self._send(self._prepare(_base.model_call(model_id)))
 
     async def wait_for_result(
         self,
@@ -203,31 +239,102 @@ class AsyncRunComfyClient(_ClientBase):
     ) -> RequestResult:
         """Poll until the job is finished and return its result; see ``RunComfyClient.wait_for_result``."""
         watch = Watch(request_id, poll_interval, deadline, max_consecutive_errors, on_status)
+        # Described once per wait, not per poll: a poll is one GET and one small parse.
+        status_call = self._prepare(_base.status_call(request_id))
+        result_call: _PreparedCall | None = None
         while True:
             try:
-                if watch.observe(await self.get_status(request_id)):
-                    result = await self.get_result(request_id)
+                if watch.observe(await self._send(status_call)):
+                    result_call = result_call or self._prepare(_base.result_call(request_id))
+                    result = await self._send(result_call)
                     if watch.is_final(result):
                         return result
             except RunComfyError as error:
                 watch.failed(error)
             await asyncio.sleep(watch.next_sleep())
 
-    async def _send(self, call: Call) -> Any:
-        policy = self.settings.retry.tenacity_kwargs(idempotent=call.idempotent, what=call.what)
-        async for attempt in AsyncRetrying(**policy):
+    def _prepare(self, call: Call) -> _PreparedCall:
+        url = httpx.URL(f"{self.base_url}{call.path}", params=call.params or None)
+        # On the direct path the request is built once and sent as often as the call is
+        # (every poll of a wait): the transport only reads it.
+        request = None
+        if self._transport is not None:
+            request = httpx.Request(
+                call.method, url, json=call.json, headers=self._headers, extensions=self._extensions
+            )
+        return _PreparedCall(call, url, request)
+
+    async def _send(self, prepared: _PreparedCall) -> Any:
+        # Most calls succeed at once, so the first attempt is made before the retry machinery
+        # is set up (its per-call bookkeeping, a dozen objects, is a sizeable share of a poll's
+        # CPU); after a failure, tenacity takes over with that attempt counted and the time it
+        # took deducted, so the retry policy applies exactly as if it had run from the start.
+        started = time.monotonic()
+        try:
+            return await self._send_once(prepared)
+        except RunComfyError as error:
+            first_error = error
+        policy = self.settings.retry
+        policy = replace(policy, max_total=max(policy.max_total - (time.monotonic() - started), 0.0))
+        call = prepared.call
+        first_attempt = True
+        async for attempt in AsyncRetrying(
+            **policy.tenacity_kwargs(idempotent=call.idempotent, what=call.what)
+        ):
             with attempt:
-                return await self._send_once(call)
+                if first_attempt:
+                    first_attempt = False
+                    raise first_error
+                return await self._send_once(prepared)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _send_once(self, call: Call) -> Any:
-        # Paths are joined to this client's own base URL and auth, so a shared pool
-        # (one httpx.AsyncClient for many connections) still sends each token to its own host.
-        url = f"{self.base_url}{call.path}"
+    async def _send_once(self, prepared: _PreparedCall) -> Any:
         try:
-            response = await self._http.request(
-                call.method, url, json=call.json, params=call.params, **self._request_options
-            )
+            await self._take_place()
+            try:
+                response = await self._transmit(prepared)
+            finally:
+                self._in_flight.release()
         except httpx.TransportError as error:
-            raise _base.transport_error(call, error) from None
-        return _base.parse_response(call, response, self.settings)
+            raise _base.transport_error(prepared.call, error) from None
+        return _base.parse_response(prepared.call, response, self.settings)
+
+    async def _take_place(self) -> None:
+        """Wait for a place among the requests in flight, for at most httpx's pool timeout."""
+        if not self._in_flight.locked():
+            await self._in_flight.acquire()  # at once
+            return
+        try:
+            async with asyncio.timeout(self._timeout.pool):
+                await self._in_flight.acquire()
+        except TimeoutError:
+            # What httpx's own pool raises: the request never left, so even a submit may be retried.
+            raise httpx.PoolTimeout(
+                f"{self._in_flight_limit} requests were in flight for longer than the pool timeout"
+            ) from None
+
+    async def _transmit(self, prepared: _PreparedCall) -> httpx.Response:
+        """Send one request and read the whole answer."""
+        if self._transport is None or prepared.request is None:
+            # A caller's (or a proxied) ``httpx.AsyncClient``: its headers, mounts and proxies
+            # apply, and ``auth`` sends the token to the API's origin only, as it always did.
+            call = prepared.call
+            request = self._http.build_request(
+                call.method, prepared.url, json=call.json, headers=self._headers, timeout=self._timeout
+            )
+            return await self._http.send(request, auth=self._auth, follow_redirects=False)
+        response = await self._transport.handle_async_request(prepared.request)
+        try:
+            await response.aread()  # a no-op for our transport, which reads answers whole
+        finally:
+            await response.aclose()
+        return response
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedCall:
+    """A ``Call`` with what sending it needs, computed once: its URL and (direct path) its request."""
+
+    call: Call
+    url: httpx.URL
+    request: httpx.Request | None

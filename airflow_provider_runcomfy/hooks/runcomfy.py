@@ -6,7 +6,8 @@ retry and error message lives in ``airflow_provider_runcomfy.client``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from airflow_provider_runcomfy.client import (
     RunComfyError,
     SubmitResponse,
 )
+from airflow_provider_runcomfy.client._pool import shared_client
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -37,7 +39,8 @@ class RunComfyHook(BaseHook):
     The connection (type ``runcomfy``) keeps the API token as its **password**;
     its **host** may override the base URL (``https://model-api.runcomfy.net``;
     ``http://`` only for a loopback host such as the emulator); its extras may set
-    ``connect_timeout``, ``read_timeout`` (seconds) and ``max_retries``.
+    ``connect_timeout``, ``read_timeout`` (seconds), ``max_retries`` and, for triggers,
+    ``max_in_flight`` (requests on the wire at once through the triggerer's shared pool).
 
     :param runcomfy_conn_id: the Airflow connection to use.
     """
@@ -79,6 +82,22 @@ class RunComfyHook(BaseHook):
         """An asyncio client; reads the connection with the async API (triggers must not block)."""
         conn = await self.aget_connection(self.runcomfy_conn_id)
         return AsyncRunComfyClient(**self.client_kwargs(conn), **kwargs)
+
+    @asynccontextmanager
+    async def ashared_client(self) -> AsyncIterator[AsyncRunComfyClient]:
+        """Borrow this event loop's shared asyncio client for the connection (what triggers use).
+
+        The connection is read once, here; every trigger of the same connection (and the same
+        token and host) in the loop then polls through one connection pool, closed when the
+        last of them is done. See ``airflow_provider_runcomfy.client._pool``.
+        """
+        conn = await self.aget_connection(self.runcomfy_conn_id)
+        kwargs = self.client_kwargs(conn)
+        max_in_flight = _number(_extras(conn), "max_in_flight")
+        if max_in_flight:
+            kwargs["max_in_flight"] = int(max_in_flight)
+        async with shared_client(self.runcomfy_conn_id, **kwargs) as client:
+            yield client
 
     # -- blocking calls -------------------------------------------------------------------------
 

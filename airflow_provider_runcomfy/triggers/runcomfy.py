@@ -7,8 +7,11 @@ needs (request id, model id, outcome, outputs) travels in the event.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -22,6 +25,12 @@ from airflow_provider_runcomfy.client import (
     RunComfyError,
 )
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+
+#: Task states after which nobody will wait for the job any more: the only ones ``on_kill`` cancels for.
+FINISHED_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+
+#: How long ``on_kill`` keeps at its cancel (Airflow allows it ``[triggerer] on_kill_timeout``, 30 s).
+ON_KILL_SECONDS = 25
 
 #: What a finished ``/result`` status means for the task, as the event's ``status``.
 EVENT_STATUS = {
@@ -100,6 +109,7 @@ class RunComfyRequestTrigger(BaseTrigger):
         self.model_id = model_id
         self.max_consecutive_errors = max_consecutive_errors
         self.cancel_on_kill = cancel_on_kill
+        self._logged_state: RequestState | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Class path and arguments; ``cls(**kwargs)`` rebuilds the trigger after a restart."""
@@ -119,7 +129,7 @@ class RunComfyRequestTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Wait for the job and yield its outcome (or ``timeout``/``error``) as one event."""
         try:
-            async with await self._client() as client:
+            async with self._client() as client:
                 result = await client.wait_for_result(
                     self.request_id,
                     poll_interval=self.poll_interval,
@@ -133,32 +143,72 @@ class RunComfyRequestTrigger(BaseTrigger):
         yield TriggerEvent(event)
 
     async def on_kill(self) -> None:
-        """Cancel the job when a user killed the deferred task -- but not when the trigger only moved.
+        """Cancel the job when a user marked the deferred task failed or success -- and only then.
 
-        Airflow 3.3.2 can call ``on_kill`` when a trigger is reassigned to another
-        triggerer; the task is then still ``deferred``, and its job must go on.
+        Airflow 3.3 calls ``on_kill`` whenever this triggerer stops owning the trigger
+        "by user action": a task marked failed/success, but also a cleared task (whose
+        next try re-attaches to this very job) and, in 3.3.2, a trigger that merely moved
+        to another triggerer (the task is still ``deferred``). So the task's state decides:
+        the job is cancelled only once the task is finished, or when the state cannot be read.
         """
         if not self.cancel_on_kill:
             return
-        state = await self._task_state()
-        if state == "deferred":
-            self.log.info(
-                "RunComfy request %s: the task is still deferred (the trigger moved to another "
-                "triggerer); not cancelling.",
+        loop = asyncio.get_running_loop()
+        work = loop.create_task(self._cancel_unless_still_wanted())
+        give_up = loop.time() + ON_KILL_SECONDS
+        while not work.done() and (left := give_up - loop.time()) > 0:
+            try:
+                await asyncio.wait({work}, timeout=left)
+            except asyncio.CancelledError:
+                # Airflow 3.3.2 keeps cancelling a trigger until it reports finished, also
+                # while on_kill runs; giving in would drop the cancel and the queued job
+                # would run and be billed. The wait stays bounded by ON_KILL_SECONDS.
+                if (task := asyncio.current_task()) is not None:
+                    task.uncancel()
+        if not work.done():
+            work.cancel()
+            self.log.warning(
+                "Could not cancel RunComfy request %s within %d s; it may still run and be billed.",
                 self.request_id,
+                ON_KILL_SECONDS,
             )
             return
-        self.log.info("Task is now %s: cancelling RunComfy request %s.", state, self.request_id)
-        async with await self._client() as client:
+        work.result()  # an error is Airflow's to log
+
+    async def _cancel_unless_still_wanted(self) -> None:
+        state = await self._task_state()
+        if state is not None and state not in FINISHED_TASK_STATES:
+            self.log.info(
+                "RunComfy request %s: the task is %s (a trigger that moved, or a cleared task whose "
+                "next try re-attaches to this job); not cancelling.",
+                self.request_id,
+                state,
+            )
+            return
+        self.log.info("Task is %s: cancelling RunComfy request %s.", state or "gone", self.request_id)
+        async with self._client() as client:
             response = await client.cancel(self.request_id)
         self.log.info(describe_cancel(self.request_id, response.cancelled))
 
-    async def _client(self) -> AsyncRunComfyClient:
-        return await RunComfyHook(self.runcomfy_conn_id).aget_client()
+    def _client(self) -> AbstractAsyncContextManager[AsyncRunComfyClient]:
+        # The process's shared pool for this connection: the connection is read once per run,
+        # and a triggerer with thousands of these polls through one set of connections.
+        return RunComfyHook(self.runcomfy_conn_id).ashared_client()
 
     def _log_status(self, status: RequestStatus) -> None:
+        # A new state is news (INFO); a queue position that moved is not (DEBUG): behind
+        # thousands of queued jobs it moves on every poll, and a triggerer would log a line per
+        # poll per job.
+        news = status.status is not self._logged_state
+        self._logged_state = status.status
         position = f" (queue position {status.queue_position})" if status.queue_position is not None else ""
-        self.log.info("RunComfy request %s is %s%s.", self.request_id, status.status.value, position)
+        self.log.log(
+            logging.INFO if news else logging.DEBUG,
+            "RunComfy request %s is %s%s.",
+            self.request_id,
+            status.status.value,
+            position,
+        )
 
     async def _task_state(self) -> str | None:
         """The task instance's state now, through the triggerer's task-state API; None if unknown."""
@@ -179,7 +229,7 @@ class RunComfyRequestTrigger(BaseTrigger):
             key = ti.task_id if map_index is None else f"{ti.task_id}_{map_index}"
             state = states.get(key)
         except Exception as error:
-            self.log.warning("Could not read the task's state (%s); assuming it was killed.", error)
+            self.log.warning("Could not read the task's state (%s); assuming a user killed it.", error)
             return None
         return str(state.value if hasattr(state, "value") else state) if state is not None else "none"
 

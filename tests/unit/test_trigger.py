@@ -6,6 +6,7 @@ in the on_kill tests: it is the one thing no emulator can stand in for.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -144,12 +145,14 @@ class TaskInstance:
 class TaskStates:
     """Stands in for the triggerer's supervisor channel: answers GetTaskStates with a given state."""
 
-    def __init__(self, state: str | None) -> None:
+    def __init__(self, state: str | None, delay: float = 0.0) -> None:
         self.state = state
+        self.delay = delay
         self.asked: list[Any] = []
 
     async def asend(self, msg: Any) -> TaskStatesResult:
         self.asked.append(msg)
+        await asyncio.sleep(self.delay)
         key = msg.task_ids[0] if msg.map_index is None else f"{msg.task_ids[0]}_{msg.map_index}"
         return TaskStatesResult(task_states={msg.run_ids[0]: {key: self.state}})
 
@@ -162,7 +165,7 @@ def killed_trigger(request_id: str, state: str | None, monkeypatch: pytest.Monke
     return trigger, comms
 
 
-@pytest.mark.parametrize("state", ["failed", "success", None])
+@pytest.mark.parametrize("state", ["failed", "success", "upstream_failed"])
 async def test_on_kill_cancels_a_queued_job_when_a_user_acted_on_the_task(
     client: RunComfyClient,
     runcomfy_emulator: RunComfyEmulator,
@@ -179,14 +182,47 @@ async def test_on_kill_cancels_a_queued_job_when_a_user_acted_on_the_task(
     assert comms.asked[0].dag_id == "d"
 
 
-async def test_on_kill_does_not_cancel_when_the_task_is_still_deferred(
-    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("state", ["deferred", None, "scheduled", "queued", "up_for_retry"])
+async def test_on_kill_does_not_cancel_a_job_a_try_still_wants(
+    client: RunComfyClient,
+    runcomfy_emulator: RunComfyEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    state: str | None,
 ) -> None:
-    """Airflow 3.3.2 may call on_kill when a trigger only moves to another triggerer."""
+    """Still deferred: the trigger only moved (Airflow 3.3.2). Cleared: the next try re-attaches to the job."""
     runcomfy_emulator.set_config(queue_seconds=30)
-    trigger, _ = killed_trigger(submit(client, runcomfy_emulator), "deferred", monkeypatch, map_index=3)
+    trigger, _ = killed_trigger(submit(client, runcomfy_emulator), state, monkeypatch, map_index=3)
     await trigger.on_kill()
     assert runcomfy_emulator.journal.count("cancel") == 0
+
+
+async def test_on_kill_cancels_when_the_task_state_cannot_be_read(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runcomfy_emulator.set_config(queue_seconds=30)
+    request_id = submit(client, runcomfy_emulator)
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", None, raising=False)  # no channel at all
+    trigger = RunComfyRequestTrigger(request_id)
+    trigger.task_instance = TaskInstance()  # type: ignore[assignment]
+    await trigger.on_kill()
+    assert client.get_result(request_id).status.value == "cancelled"
+
+
+async def test_on_kill_finishes_its_cancel_although_airflow_keeps_cancelling_it(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow 3.3.2 re-cancels a trigger's task until it reports finished, also during on_kill."""
+    runcomfy_emulator.set_config(queue_seconds=30)
+    request_id = submit(client, runcomfy_emulator)
+    trigger, comms = killed_trigger(request_id, "failed", monkeypatch)
+    comms.delay = 0.5  # a fresh triggerer answers its first task-state read slowly
+    killing = asyncio.ensure_future(trigger.on_kill())
+    for _ in range(10):  # what the triggerer's cancel loop does meanwhile
+        await asyncio.sleep(0.1)
+        killing.cancel()
+    await asyncio.wait({killing}, timeout=10)
+    assert client.get_result(request_id).status.value == "cancelled"
+    assert runcomfy_emulator.journal.count("cancel") == 1
 
 
 async def test_on_kill_asks_for_the_mapped_task_instance(

@@ -42,6 +42,7 @@ from airflow_provider_runcomfy.triggers.runcomfy import (
     RunComfyRequestTrigger,
     deadline_after,
     describe_cancel,
+    describe_status,
     error_event,
     result_event,
 )
@@ -192,8 +193,7 @@ class RunComfyWaitMixin:
 
     def log_status(self, status: RequestStatus) -> None:
         """Log each change of a request's state while blocking."""
-        position = f" (queue position {status.queue_position})" if status.queue_position is not None else ""
-        self.log.info("RunComfy request %s is %s%s.", status.request_id, status.status.value, position)
+        self.log.info(describe_status(status))
 
     def kill_in_flight(self) -> None:
         """Cancel the request a blocking wait is polling (``on_kill``)."""

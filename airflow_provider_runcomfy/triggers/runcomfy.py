@@ -201,14 +201,7 @@ class RunComfyRequestTrigger(BaseTrigger):
         # poll per job.
         news = status.status is not self._logged_state
         self._logged_state = status.status
-        position = f" (queue position {status.queue_position})" if status.queue_position is not None else ""
-        self.log.log(
-            logging.INFO if news else logging.DEBUG,
-            "RunComfy request %s is %s%s.",
-            self.request_id,
-            status.status.value,
-            position,
-        )
+        self.log.log(logging.INFO if news else logging.DEBUG, describe_status(status))
 
     async def _task_state(self) -> str | None:
         """The task instance's state now, through the triggerer's task-state API; None if unknown."""
@@ -232,6 +225,12 @@ class RunComfyRequestTrigger(BaseTrigger):
             self.log.warning("Could not read the task's state (%s); assuming a user killed it.", error)
             return None
         return str(state.value if hasattr(state, "value") else state) if state is not None else "none"
+
+
+def describe_status(status: RequestStatus) -> str:
+    """One log line for a request's state, shared by the trigger and the blocking wait."""
+    position = f" (queue position {status.queue_position})" if status.queue_position is not None else ""
+    return f"RunComfy request {status.request_id} is {status.status.value}{position}."
 
 
 def describe_cancel(request_id: str, cancelled: bool) -> str:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from airflow_provider_runcomfy.client.errors import InvalidInputError
 
@@ -45,3 +49,13 @@ def is_loopback_host(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def input_fingerprint(model_id: str, payload: Mapping[str, Any]) -> str:
+    """Identifies a job's model and inputs (sha256 hex), so a retry with other inputs is a new job.
+
+    Recorded with every intent and request id, and named in "outcome unknown" messages so a
+    user can match a job in RunComfy's dashboard to the task that sent it.
+    """
+    blob = json.dumps({"model_id": model_id, "input": payload}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()

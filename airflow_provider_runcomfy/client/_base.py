@@ -1,13 +1,12 @@
 """What the sync and async clients share: everything that is not I/O.
 
 A call is described once (``Call``), sent by the twin's own ``_send``, and its
-response turned into a typed model or an error here. So the two clients are
-the same code path but for ``await``.
+answer turned into a typed model or an error by ``_answers``. So the two clients
+are the same code path but for ``await``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from airflow_provider_runcomfy import __version__
 from airflow_provider_runcomfy.client import errors
@@ -31,7 +30,7 @@ from airflow_provider_runcomfy.client.models import (
     RequestStatus,
     SubmitResponse,
 )
-from airflow_provider_runcomfy.client.retry import RetryPolicy, parse_retry_after
+from airflow_provider_runcomfy.client.retry import RetryPolicy
 
 log = logging.getLogger("airflow_provider_runcomfy.client")
 
@@ -39,6 +38,22 @@ DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0
 USER_AGENT = f"airflow-provider-runcomfy/{__version__}"
+#: Only the encodings ``_limits`` inflates with a bound (httpx would also offer br and zstd).
+ACCEPT_ENCODING = "gzip, deflate"
+
+# The most bytes an API answer may have (inflated), per call. Bodies are counted as they
+# arrive, so a larger answer costs at most its cap in memory, never its own size.
+#: A submit, status or cancel answer is a few hundred bytes; 256 KiB leaves room for an error
+#: ``detail`` listing many problems (the part that matters is its start, and it is cut anyway).
+MAX_SMALL_BODY = 256 * 1024
+#: Model info carries the model's input JSON Schema: kilobytes, tens of kilobytes with big enums.
+MAX_MODEL_BODY = 2 * 1024 * 1024
+#: A result lists the outputs: up to ``models.MAX_OUTPUTS`` (10,000) URLs of up to ~1.5 KB each
+#: (pre-signed URLs with a session token are ~1.2 KB) plus the rest of ``output``.
+MAX_RESULT_BODY = 16 * 1024 * 1024
+#: Raw (compressed) bytes read beyond the cap before giving up: gzip of incompressible data
+#: is a little larger than the data itself.
+RAW_SLACK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,8 @@ class Call:
     params: Mapping[str, str] = field(default_factory=dict)
     request_id: str | None = None
     model_id: str | None = None
+    #: The most bytes its answer may have (inflated); see ``MAX_SMALL_BODY`` and friends.
+    max_body: int = MAX_SMALL_BODY
 
 
 def submit_call(model_id: str, payload: Mapping[str, Any]) -> Call:
@@ -86,8 +103,12 @@ def status_call(request_id: str) -> Call:
     )
 
 
-def result_call(request_id: str, include_cost: bool = False) -> Call:
-    """Describe a result read; ``include_cost`` adds ``cost`` and ``model_id`` to the answer."""
+def result_call(request_id: str, include_cost: bool = True) -> Call:
+    """Describe a result read; ``include_cost`` (the default) adds ``cost`` and ``model_id``.
+
+    Asked for on every read: the cost is what a job was billed, and the model id lets a
+    re-attached wait say what it waited for; the answer grows by two small fields.
+    """
     validate_request_id(request_id)
     return Call(
         what=f"result of request {request_id}",
@@ -96,6 +117,7 @@ def result_call(request_id: str, include_cost: bool = False) -> Call:
         response_model=RequestResult,
         params={"include_cost": "true"} if include_cost else {},
         request_id=request_id,
+        max_body=MAX_RESULT_BODY,
     )
 
 
@@ -120,6 +142,7 @@ def model_call(model_id: str) -> Call:
         path=f"/v1/models/{model_id}",
         response_model=ModelInfo,
         model_id=model_id,
+        max_body=MAX_MODEL_BODY,
     )
 
 
@@ -182,6 +205,14 @@ class ClientSettings:
                 f"No RunComfy API token is set: put the token from your RunComfy profile page in "
                 f"{credential_hint}."
             )
+        problem = token_problem(token.strip())
+        if problem:
+            # The message never shows the token, nor the character: both are the secret's.
+            raise errors.AuthenticationError(
+                f"The RunComfy API token in {credential_hint} contains {problem}, which an HTTP "
+                "header cannot carry: copy the token again from your RunComfy profile page "
+                "(without line breaks or spaces) and save it there."
+            )
         return cls(
             base_url=validate_base_url(base_url or DEFAULT_BASE_URL),
             token=token.strip(),
@@ -198,8 +229,31 @@ class ClientSettings:
             "auth": BearerAuth(self.token, self.base_url),
             "timeout": httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
             "follow_redirects": False,
-            "headers": {"User-Agent": USER_AGENT, "Accept": "application/json"},
+            "headers": {
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                "Accept-Encoding": ACCEPT_ENCODING,
+            },
         }
+
+
+def token_problem(token: str) -> str | None:
+    """What in ``token`` cannot go into an ``Authorization`` header, or None when it all can.
+
+    RunComfy's tokens are printable ASCII; a control character (a pasted line break, a tab),
+    a space or a non-ASCII character is a copy-and-paste accident, and sending it would fail
+    inside the HTTP library with the header -- the token -- in the error text.
+    """
+    for char in token:
+        if char in "\r\n":
+            return "a line break"
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            return "a control character"
+        if char == " ":
+            return "a space"
+        if ord(char) > 0x7E:
+            return "a non-ASCII character"
+    return None
 
 
 def validate_base_url(base_url: str) -> str:
@@ -219,176 +273,3 @@ def validate_base_url(base_url: str) -> str:
         shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
         raise errors.InvalidInputError(f"Invalid RunComfy base URL {shown!r}: {problem}.")
     return url.rstrip("/")
-
-
-def transport_error(call: Call, error: httpx.TransportError) -> errors.RunComfyError:
-    """Name a transport failure; a submit whose request may have been sent cannot be retried."""
-    never_sent = isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-    kind = type(error).__name__
-    if not call.idempotent and not never_sent:
-        return _outcome_unknown(call, f"the connection failed after the request was sent ({kind})")
-    return errors.TransportError(
-        f"Could not reach RunComfy for the {call.what} ({kind}: {error}); "
-        "check the network and the connection's Base URL.",
-        request_sent=not never_sent,
-        request_id=call.request_id,
-    )
-
-
-def _outcome_unknown(call: Call, reason: str) -> errors.SubmitOutcomeUnknownError:
-    return errors.SubmitOutcomeUnknownError(
-        f"The {call.what} may have created a job: {reason}. It was not retried, because a second "
-        "submit could be billed twice. Look for the job in your RunComfy dashboard (requests) "
-        "before running the task again.",
-    )
-
-
-def parse_response(call: Call, response: httpx.Response, settings: ClientSettings) -> Any:
-    """Turn an HTTP response into the call's model, or raise the ``RunComfyError`` it means."""
-    body = _json_or_none(response)
-    error_code = body.get("error_code") if isinstance(body, dict) else None
-    if response.is_success and error_code is None and isinstance(body, dict):
-        try:
-            return call.response_model.model_validate(body)
-        except ValidationError as exc:
-            raise errors.UnexpectedResponseError(
-                f"RunComfy's answer to the {call.what} could not be read "
-                f"({exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}); "
-                "the API may have changed: upgrade airflow-provider-runcomfy.",
-                status_code=response.status_code,
-                request_id=call.request_id,
-            ) from None
-    if response.is_success and error_code is None:
-        raise errors.UnexpectedResponseError(
-            f"RunComfy answered the {call.what} with HTTP {response.status_code} but no JSON object.",
-            status_code=response.status_code,
-            request_id=call.request_id,
-        )
-    error = api_error(call, response, body if isinstance(body, dict) else {}, settings)
-    if not call.idempotent and isinstance(error, errors.ServerError):
-        raise _outcome_unknown(call, f"RunComfy answered with a server error ({error.message})")
-    raise error
-
-
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-# error_code -> (error class, what to tell the user). The one table of RunComfy's documented codes.
-_ERROR_CODES: dict[int, tuple[type[errors.RunComfyError], str]] = {
-    400001: (
-        errors.InvalidModelError,
-        "RunComfy does not know the model {model} (error 400001): check the model id on the "
-        "model's API page.",
-    ),
-    400002: (
-        errors.InsufficientBalanceError,
-        "Your RunComfy account has no balance left (error 400002): top up your RunComfy balance, "
-        "then run the task again.",
-    ),
-    400004: (
-        errors.AuthenticationError,
-        "RunComfy rejected the API token (error 400004: missing, expired or revoked token, or an "
-        "inactive account): put a valid token from your RunComfy profile page in {credential}.",
-    ),
-    403001: (
-        errors.PermissionDeniedError,
-        "Request {request} belongs to another RunComfy user (error 403001): use the token of the "
-        "account that submitted it.",
-    ),
-    404001: (
-        errors.RequestNotFoundError,
-        "RunComfy has no request {request} (error 404001): the id is wrong or the request has "
-        "expired; submit the job again if you still need its output.",
-    ),
-    422001: (
-        errors.InputRejectedError,
-        "RunComfy rejected the input for {model} (error 422001): {detail}. Fix these fields.",
-    ),
-    500001: (
-        errors.ServerError,
-        "RunComfy had an internal error (error 500001) on the {what}; it is retried with backoff, "
-        "and if it persists, try again later.",
-    ),
-}
-
-# HTTP status -> error, for answers without a known error_code.
-_HTTP_STATUSES: dict[int, tuple[type[errors.RunComfyError], str]] = {
-    400: (errors.RunComfyError, "RunComfy refused the {what} as a bad request (HTTP 400){said}."),
-    401: (
-        errors.AuthenticationError,
-        "RunComfy refused the API token (HTTP 401): put a valid token from your RunComfy profile "
-        "page in {credential}.",
-    ),
-    403: (
-        errors.PermissionDeniedError,
-        "RunComfy denied the {what} (HTTP 403){said}: check that the token in {credential} belongs "
-        "to the account that owns this request.",
-    ),
-    404: (errors.RequestNotFoundError, "RunComfy found nothing for the {what} (HTTP 404){said}."),
-    422: (errors.InputRejectedError, "RunComfy rejected the input for {model} (HTTP 422): {detail}."),
-    429: (
-        errors.RateLimitedError,
-        "RunComfy is rate-limiting this account (HTTP 429) on the {what}: lower the number of "
-        "concurrent tasks (an Airflow pool) or wait.",
-    ),
-}
-
-
-def api_error(
-    call: Call, response: httpx.Response, body: Mapping[str, Any], settings: ClientSettings
-) -> errors.RunComfyError:
-    """Choose the error class and message for an error answer (HTTP error, or 200 with ``error_code``)."""
-    code = body.get("error_code")
-    code = code if isinstance(code, int) and not isinstance(code, bool) else None
-    said_text = str(body.get("error_message") or "")[:300]
-    detail = body.get("detail")
-    status = response.status_code
-    if code in _ERROR_CODES:
-        cls, template = _ERROR_CODES[code]
-    elif status in _HTTP_STATUSES:
-        cls, template = _HTTP_STATUSES[status]
-    elif status >= 500 or status == 200:
-        # A 200 carrying an unknown error_code is RunComfy saying "error" on a path that
-        # answers 200; treat it like a server error so reads are retried, submits are not.
-        cls, template = errors.ServerError, "RunComfy failed on the {what} (HTTP {status}{code}){said}."
-    else:
-        cls, template = errors.RunComfyError, "RunComfy refused the {what} (HTTP {status}{code}){said}."
-    message = template.format(
-        what=call.what,
-        model=call.model_id or "this model",
-        request=call.request_id or "",
-        credential=settings.credential_hint,
-        detail=_describe_detail(detail) or said_text or "no detail given",
-        status=status,
-        code=f", error {code}" if code is not None else "",
-        said=f": RunComfy said {said_text!r}" if said_text else "",
-    )
-    kwargs: dict[str, Any] = {
-        "error_code": code,
-        "status_code": status,
-        "request_id": call.request_id,
-        "retry_after": parse_retry_after(response.headers.get("Retry-After")),
-    }
-    if cls is errors.InputRejectedError:
-        return errors.InputRejectedError(message, detail=detail, **kwargs)
-    return cls(message, **kwargs)
-
-
-def _describe_detail(detail: Any) -> str | None:
-    """Render 422 ``detail`` (FastAPI-style list of ``{loc, msg}``, or text) as ``field: problem``."""
-    if not detail:
-        return None
-    if isinstance(detail, list):
-        parts = []
-        for item in detail[:10]:
-            if isinstance(item, dict):
-                loc = [str(p) for p in item.get("loc", []) if p not in ("body",)]
-                parts.append(f"{'.'.join(loc) or 'input'}: {item.get('msg', item)}")
-            else:
-                parts.append(str(item))
-        return "; ".join(parts)
-    return str(detail)[:500]

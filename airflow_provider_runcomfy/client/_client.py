@@ -11,13 +11,15 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Self
 
 import httpx
 from tenacity import AsyncRetrying, Retrying
 
 from airflow_provider_runcomfy.client import _base
-from airflow_provider_runcomfy.client._base import Call, ClientSettings
+from airflow_provider_runcomfy.client._answers import Answer, BodyReader, parse_response, transport_error
+from airflow_provider_runcomfy.client._base import RAW_SLACK, Call, ClientSettings
 from airflow_provider_runcomfy.client._wait import StatusCallback, Watch
 from airflow_provider_runcomfy.client.errors import RunComfyError
 from airflow_provider_runcomfy.client.models import (
@@ -99,8 +101,8 @@ class RunComfyClient(_ClientBase):
         """Read a job's current state."""
         return self._send(_base.status_call(request_id))
 
-    def get_result(self, request_id: str, *, include_cost: bool = False) -> RequestResult:
-        """Read a job's outcome and outputs (or its state while unfinished)."""
+    def get_result(self, request_id: str, *, include_cost: bool = True) -> RequestResult:
+        """Read a job's outcome and outputs (or its state while unfinished), with its cost."""
         return self._send(_base.result_call(request_id, include_cost))
 
     def cancel(self, request_id: str) -> CancelResponse:
@@ -143,11 +145,17 @@ class RunComfyClient(_ClientBase):
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     def _send_once(self, call: Call) -> Any:
+        sent_at = None if call.idempotent else datetime.now(UTC)
         try:
-            response = self._http.request(call.method, call.path, json=call.json, params=call.params)
+            # Streamed: the body is counted (inflated) against the call's cap as it arrives.
+            with self._http.stream(call.method, call.path, json=call.json, params=call.params) as response:
+                reader = BodyReader(call, response)
+                for chunk in response.iter_raw():
+                    if not reader.feed(chunk):
+                        break  # leaving the block closes the connection: the rest is never read
         except httpx.TransportError as error:
-            raise _base.transport_error(call, error) from None
-        return _base.parse_response(call, response, self.settings)
+            raise transport_error(call, error, self.settings, sent_at) from None
+        return parse_response(call, reader.answer(), self.settings, sent_at)
 
 
 class AsyncRunComfyClient(_ClientBase):
@@ -186,11 +194,7 @@ class AsyncRunComfyClient(_ClientBase):
         # The Authorization header is set here, not by ``auth``, on the direct path: every URL
         # this client builds is ``base_url`` + an API path, the one origin the token belongs to.
         self._headers = httpx.Headers(
-            {
-                **options["headers"],
-                "Accept-Encoding": "gzip, deflate",
-                "Authorization": f"Bearer {self.settings.token}",
-            }
+            {**options["headers"], "Authorization": f"Bearer {self.settings.token}"}
         )
         self._timeout: httpx.Timeout = options["timeout"]
         self._extensions = {"timeout": self._timeout.as_dict()}
@@ -216,8 +220,8 @@ class AsyncRunComfyClient(_ClientBase):
         """Read a job's current state."""
         return await self._send(self._prepare(_base.status_call(request_id)))
 
-    async def get_result(self, request_id: str, *, include_cost: bool = False) -> RequestResult:
-        """Read a job's outcome and outputs (or its state while unfinished)."""
+    async def get_result(self, request_id: str, *, include_cost: bool = True) -> RequestResult:
+        """Read a job's outcome and outputs (or its state while unfinished), with its cost."""
         return await self._send(self._prepare(_base.result_call(request_id, include_cost)))
 
     async def cancel(self, request_id: str) -> CancelResponse:
@@ -259,8 +263,11 @@ class AsyncRunComfyClient(_ClientBase):
         # (every poll of a wait): the transport only reads it.
         request = None
         if self._transport is not None:
+            # The transport reads no more than the cap (and a little slack): ``BodyReader`` then
+            # sees the answer is too large without the rest ever being read.
+            extensions = {**self._extensions, "runcomfy_max_body": call.max_body + RAW_SLACK}
             request = httpx.Request(
-                call.method, url, json=call.json, headers=self._headers, extensions=self._extensions
+                call.method, url, json=call.json, headers=self._headers, extensions=extensions
             )
         return _PreparedCall(call, url, request)
 
@@ -289,15 +296,17 @@ class AsyncRunComfyClient(_ClientBase):
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _send_once(self, prepared: _PreparedCall) -> Any:
+        call = prepared.call
+        sent_at = None if call.idempotent else datetime.now(UTC)
         try:
             await self._take_place()
             try:
-                response = await self._transmit(prepared)
+                answer = await self._transmit(prepared)
             finally:
                 self._in_flight.release()
         except httpx.TransportError as error:
-            raise _base.transport_error(prepared.call, error) from None
-        return _base.parse_response(prepared.call, response, self.settings)
+            raise transport_error(call, error, self.settings, sent_at) from None
+        return parse_response(call, answer, self.settings, sent_at)
 
     async def _take_place(self) -> None:
         """Wait for a place among the requests in flight, for at most httpx's pool timeout."""
@@ -313,22 +322,26 @@ class AsyncRunComfyClient(_ClientBase):
                 f"{self._in_flight_limit} requests were in flight for longer than the pool timeout"
             ) from None
 
-    async def _transmit(self, prepared: _PreparedCall) -> httpx.Response:
-        """Send one request and read the whole answer."""
+    async def _transmit(self, prepared: _PreparedCall) -> Answer:
+        """Send one request and read its answer, within the call's cap."""
+        call = prepared.call
         if self._transport is None or prepared.request is None:
             # A caller's (or a proxied) ``httpx.AsyncClient``: its headers, mounts and proxies
             # apply, and ``auth`` sends the token to the API's origin only, as it always did.
-            call = prepared.call
             request = self._http.build_request(
                 call.method, prepared.url, json=call.json, headers=self._headers, timeout=self._timeout
             )
-            return await self._http.send(request, auth=self._auth, follow_redirects=False)
-        response = await self._transport.handle_async_request(prepared.request)
+            response = await self._http.send(request, auth=self._auth, follow_redirects=False, stream=True)
+        else:
+            response = await self._transport.handle_async_request(prepared.request)
         try:
-            await response.aread()  # a no-op for our transport, which reads answers whole
+            reader = BodyReader(call, response)
+            async for chunk in response.aiter_raw():
+                if not reader.feed(chunk):
+                    break
         finally:
             await response.aclose()
-        return response
+        return reader.answer()
 
 
 @dataclass(frozen=True, slots=True)

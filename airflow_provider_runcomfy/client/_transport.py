@@ -129,15 +129,23 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 timeout=timeout,
                 server_hostname=request.extensions.get("sni_hostname"),
             ) as response:
-                # Read whole: the API answers with small JSON documents, and the client never
-                # streams. (Output files are downloaded elsewhere, with a size cap.)
-                content = await response.read()
+                # Read whole when it fits the client's cap (API answers are small JSON
+                # documents); else only up to the cap, and the client refuses it. Raw bytes:
+                # the client inflates them itself, with a bound.
+                content = await _read_bounded(response, request.extensions.get("runcomfy_max_body"))
         except (aiohttp.ClientError, TimeoutError) as error:
             raise translate_error(error, request) from error
+        except ValueError as error:
+            # aiohttp refuses some requests with a bare ValueError (e.g. a line break in a
+            # header value): the request never left. A ValueError escaping here would crash
+            # the triggerer's task instead of failing one wait; its text may quote the header.
+            raise httpx.LocalProtocolError(
+                f"the request could not be sent ({type(error).__name__})", request=request
+            ) from None
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=httpx.ByteStream(content),  # decoded (Content-Encoding) when the client reads it
+            stream=httpx.ByteStream(content),  # raw: the client inflates it (Content-Encoding), bounded
             request=request,
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
         )
@@ -146,6 +154,22 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: object) -> bytes:
+    """The body, or its first ``limit``-and-a-bit bytes when it is longer (or ``limit`` is not an int)."""
+    length = response.content_length
+    if not isinstance(limit, int) or (length is not None and length <= limit):
+        return await response.read()
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await response.content.readany()
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 class _Converted(NamedTuple):

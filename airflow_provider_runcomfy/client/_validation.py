@@ -39,11 +39,15 @@ def validate_model_id(model_id: object) -> str:
 
 
 def is_loopback_host(host: str | None) -> bool:
-    """Whether ``host`` names this machine: ``localhost`` or an address in 127.0.0.0/8 or ::1."""
+    """Whether ``host`` names this machine: ``localhost`` or an address in 127.0.0.0/8 or ::1.
+
+    ``*.localhost`` names are not trusted by name: whether they resolve to loopback is up
+    to the resolver (RFC 6761 only asks it to), and DNS may answer anything for them.
+    """
     if not host:
         return False
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -1,17 +1,25 @@
-"""Fetching output files from RunComfy's CDN: streamed, capped, checked, hashed, never authenticated.
+"""Fetching files the provider needs by itself: streamed, capped, policy-checked, never authenticated.
 
 RunComfy's output URLs are public and temporary, so a pipeline copies the
-files it wants to keep. The copy is fetched here with a plain ``httpx``
-client of its own -- never the API client -- so the API token cannot reach
-an output host, whatever the URL says (a URL carrying ``user:password@`` is
-refused too, since httpx would turn it into an ``Authorization`` header).
+files it wants to keep. The copy is fetched here by plain ``httpx`` transports
+of its own -- never the API client -- so the API token cannot reach an output
+host, whatever the URL says (a URL carrying ``user:password@`` is refused too,
+since httpx would turn it into an ``Authorization`` header).
+
+Every URL, and every redirect, passes the URL policy first (``_urlpolicy``:
+https only, public addresses only, never https to http; the emulator's plain
+http on loopback only while the API itself is there), and the connection goes
+to the address that was checked. ``check_fetch_url``, ``fetch`` and ``head``
+offer the same rules to other parts of the provider (input pre-flights).
 
 A download is streamed: the bytes go to a writable "sink" the caller opens
 (a local temp file, an object-store upload), chunk by chunk, while their
-size is counted against a cap and their sha256 computed. The sink is opened
-only once the response's headers passed every check, so a refused download
-leaves nothing behind. Where the bytes land, and under which name, is the
-caller's business (``airflow_provider_runcomfy.outputs.storage`` in Airflow).
+size is counted against a cap -- after any ``Content-Encoding`` is undone, a
+bounded piece at a time, so a compressed bomb costs no more than the cap --
+and their sha256 computed; the whole download has a deadline, not only each
+read. The sink is opened only once the response's headers passed every
+check, so a refused download leaves nothing behind. Where the bytes land,
+and under which name, is the caller's business (``outputs.storage``).
 
 This module knows nothing of Airflow.
 """
@@ -19,20 +27,67 @@ This module knows nothing of Airflow.
 from __future__ import annotations
 
 import hashlib
-import mimetypes
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
-from urllib.parse import urlsplit
 
 import httpx
 from tenacity import Retrying
 
 from airflow_provider_runcomfy import __version__
-from airflow_provider_runcomfy.client._validation import is_loopback_host
-from airflow_provider_runcomfy.client.errors import RunComfyError
+from airflow_provider_runcomfy.client._limits import (
+    BodyEncodingError,
+    BodyTooLargeError,
+    BoundedDecoder,
+    truncate,
+)
+from airflow_provider_runcomfy.client._media import media_type, shown_url
+from airflow_provider_runcomfy.client._urlpolicy import (
+    Opener,
+    Resolver,
+    UrlPolicy,
+    check_fetch_url,
+    check_output_url,
+    checked,
+    resolve,
+)
+from airflow_provider_runcomfy.client.errors import (
+    OutputContentTypeError,
+    OutputDownloadError,
+    OutputTimeoutError,
+    OutputTooLargeError,
+    OutputTransferError,
+    OutputUnavailableError,
+    OutputURLRejectedError,
+)
 from airflow_provider_runcomfy.client.retry import RetryPolicy, parse_retry_after
+
+# The errors live in ``errors`` with the others; they are part of this module's interface too.
+__all__ = [
+    "CHUNK_SIZE",
+    "DEFAULT_MAX_OUTPUT_BYTES",
+    "Download",
+    "Fetched",
+    "OpenSink",
+    "OutputContentTypeError",
+    "OutputDownloadError",
+    "OutputDownloader",
+    "OutputTimeoutError",
+    "OutputTooLargeError",
+    "OutputTransferError",
+    "OutputURLRejectedError",
+    "OutputUnavailableError",
+    "Sink",
+    "check_fetch_url",
+    "check_max_output_bytes",
+    "check_output_url",
+    "fetch",
+    "head",
+    "media_type",
+    "shown_url",
+]
 
 #: The default cap on one output file: well above a 4K image or a short video clip, far
 #: below what would fill a worker's disk by accident.
@@ -44,50 +99,20 @@ DOWNLOAD_ATTEMPTS = 3
 #: How much is read and written at a time: memory stays flat whatever the file's size.
 CHUNK_SIZE = 1024 * 1024
 
-_MAX_REDIRECTS = 5
+#: The longest one output download may take, retries included (a 200 MB video at 250 KB/s).
+DEFAULT_MAX_SECONDS = 900.0
+
+#: The default cap of ``fetch`` (an input picture: RunComfy's guide size is up to 50 MB).
+DEFAULT_FETCH_BYTES = 50_000_000
+
 _USER_AGENT = f"airflow-provider-runcomfy/{__version__} (output download)"
-
-#: Media types the provider names the copy after; others fall back to ``mimetypes``.
-_EXTENSIONS = {
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "image/webp": "webp",
-    "image/gif": "gif",
-    "image/avif": "avif",
-    "image/tiff": "tiff",
-    "video/mp4": "mp4",
-    "video/webm": "webm",
-    "video/quicktime": "mov",
+#: Identity asked for: pictures and videos are compressed already. A server that encodes anyway
+#: is inflated with a bound (``_limits``), never by a decoder without one.
+_HEADERS = {
+    "User-Agent": _USER_AGENT,
+    "Accept": "image/*, video/*, */*;q=0.1",
+    "Accept-Encoding": "identity",
 }
-
-#: Media types that say nothing about the content: tolerated when the URL's extension does.
-_UNTYPED = ("", "application/octet-stream", "binary/octet-stream")
-
-
-class OutputDownloadError(RunComfyError):
-    """An output file could not be copied. Not retryable unless a subclass says so."""
-
-
-class OutputURLRejectedError(OutputDownloadError):
-    """The output URL (or a redirect) is not ``https://`` (``http://`` only on loopback) or carries credentials."""
-
-
-class OutputTooLargeError(OutputDownloadError):
-    """The output file is larger than ``max_output_bytes``."""
-
-
-class OutputContentTypeError(OutputDownloadError):
-    """The output URL answered with something that is not an image or a video (e.g. an HTML error page)."""
-
-
-class OutputUnavailableError(OutputDownloadError):
-    """The output URL answered 403, 404 or 410: it has most likely expired."""
-
-
-class OutputTransferError(OutputDownloadError):
-    """The transfer broke off (connection cut, timeout, truncated body, 429 or 5xx): worth another try."""
-
-    retryable = True
 
 
 @dataclass(frozen=True)
@@ -129,77 +154,23 @@ def check_max_output_bytes(value: object) -> int:
     return value
 
 
-def check_output_url(url: str) -> str:
-    """Return ``url`` if output files may be fetched from it, else raise ``OutputURLRejectedError``.
-
-    Only ``https://`` is allowed, and ``http://`` for a loopback host (the emulator), so that
-    an output is never fetched in clear text over a network; credentials in the URL are refused
-    because they would be sent as an ``Authorization`` header.
-    """
-    parts = urlsplit(str(url))
-    problem = None
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        problem = "only https:// URLs are fetched"
-    elif parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        problem = "plain http:// is fetched only from a loopback host (the emulator); outputs need https://"
-    elif parts.username or parts.password:
-        problem = "it carries credentials, which would be sent as an Authorization header"
-    if problem:
-        raise OutputURLRejectedError(f"Refusing to download the output {shown_url(url)}: {problem}.")
-    return str(url)
-
-
-def shown_url(url: str) -> str:
-    """``url`` without its query and credentials, for messages: signed URLs are long and not for logs."""
-    parts = urlsplit(str(url))
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else str(url)[:200]
-
-
-def media_type(url: str, content_type: str | None) -> tuple[str, str]:
-    """``(media type, extension)`` of an answer, or ``OutputContentTypeError`` if it is not a picture or video.
-
-    ``application/octet-stream`` (or no type at all), which some storage services send for
-    everything, is accepted when the URL's file extension names an image or video type.
-    """
-    declared = (content_type or "").split(";")[0].strip().lower()
-    if declared.startswith(("image/", "video/")):
-        return declared, _extension(declared) or _url_extension(url) or "bin"
-    if declared in _UNTYPED:
-        guessed, _ = mimetypes.guess_type(urlsplit(url).path)
-        if guessed and guessed.startswith(("image/", "video/")):
-            return guessed, _extension(guessed) or _url_extension(url) or "bin"
-    raise OutputContentTypeError(
-        f"The output {shown_url(url)} is not an image or a video (Content-Type "
-        f"{declared or 'missing'!r}{' and no image or video file extension' if declared in _UNTYPED else ''}); "
-        "it was not kept. If the URL has expired, the host may be answering with an error page."
-    )
-
-
-def _extension(media: str) -> str | None:
-    if media in _EXTENSIONS:
-        return _EXTENSIONS[media]
-    guessed = mimetypes.guess_extension(media)
-    return guessed.lstrip(".") if guessed else None
-
-
-def _url_extension(url: str) -> str | None:
-    name = urlsplit(url).path.rsplit("/", 1)[-1]
-    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-    return ext if ext.isalnum() and 0 < len(ext) <= 8 else None
-
-
 class OutputDownloader:
     """Fetches output files into sinks, with the rules above; one per task, closed after use.
 
-    :param max_bytes: the cap on one file (``max_output_bytes``); a larger file fails with
-        ``OutputTooLargeError`` -- before any byte is written when the server announces its size.
+    :param max_bytes: the cap on one file (``max_output_bytes``), counted after any
+        ``Content-Encoding`` is undone; a larger file fails with ``OutputTooLargeError`` --
+        before any byte is written when the server announces its size.
     :param connect_timeout: seconds to wait for a connection.
     :param read_timeout: seconds to wait for each piece of the body.
     :param attempts: attempts at one file, the first included; transfer failures (cut
         connection, truncated body, 429, 5xx) are retried with backoff, each attempt in a new sink.
-    :param transport: an ``httpx`` transport, for tests of what the emulator cannot do.
+    :param max_seconds: the whole download of one file, retries included, ends within this
+        many seconds (and one read timeout): a host that trickles bytes cannot hold a worker.
+    :param api_base_url: the RunComfy API's base URL; decides the URL policy (``_urlpolicy``).
+        None: RunComfy's own, the strict rules.
+    :param transport: an ``httpx`` transport, for tests of what the emulator cannot do
+        (connections then go where the transport sends them: no address pinning).
+    :param resolver: resolves host names for the policy (tests of hosts that do not exist).
     """
 
     def __init__(
@@ -209,22 +180,20 @@ class OutputDownloader:
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         attempts: int = DOWNLOAD_ATTEMPTS,
+        max_seconds: float = DEFAULT_MAX_SECONDS,
+        api_base_url: str | None = None,
         transport: httpx.BaseTransport | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.max_bytes = check_max_output_bytes(max_bytes)
-        # Long files take long: the whole download may run for minutes, so only the
-        # number of attempts bounds the retries, not the API calls' total time.
-        self.retry = RetryPolicy(max_attempts=max(1, attempts), max_total=3600.0)
-        # A client of its own: no auth, no base URL, no cookies shared with the API client.
-        # Every request, redirects included, passes the URL rules first.
-        self._http = httpx.Client(
-            auth=None,
-            follow_redirects=True,
-            max_redirects=_MAX_REDIRECTS,
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            headers={"User-Agent": _USER_AGENT, "Accept": "image/*, video/*, */*;q=0.1"},
-            event_hooks={"request": [_check_request]},
-            transport=transport,
+        self.max_seconds = float(max_seconds)
+        # Only the number of attempts and ``max_seconds`` bound the retries, not the API's total.
+        self.retry = RetryPolicy(max_attempts=max(1, attempts), max_total=self.max_seconds)
+        self.policy = UrlPolicy(api_base_url, resolver or resolve)
+        # No httpx.Client: no auth, cookies or base URL shared with anything, redirects followed
+        # under the policy, and no INFO log line carrying a pre-signed URL's signature.
+        self._opener = Opener(
+            self.policy, httpx.Timeout(read_timeout, connect=connect_timeout), _HEADERS, transport
         )
 
     def __enter__(self) -> Self:
@@ -235,7 +204,7 @@ class OutputDownloader:
 
     def close(self) -> None:
         """Close the connections."""
-        self._http.close()
+        self._opener.close()
 
     def download(self, url: str, open_sink: OpenSink) -> Download:
         """Stream ``url`` into a sink from ``open_sink``; retried on transfer failures.
@@ -244,15 +213,31 @@ class OutputDownloader:
         checks; when the attempt fails, the exception goes through the sink's context
         manager (which should discard what was written) before the next attempt.
         """
-        check_output_url(url)
+        checked(self.policy, url, None, "the output")
+        deadline = time.monotonic() + self.max_seconds
         retrying = Retrying(
             **self.retry.tenacity_kwargs(idempotent=True, what=f"download of {shown_url(url)}")
         )
-        return retrying(self._attempt, url, open_sink)
+        return retrying(self._attempt, url, open_sink, deadline)
 
-    def _attempt(self, url: str, open_sink: OpenSink) -> Download:
+    def fetch(self, url: str, *, method: str = "GET", what: str = "the file") -> Fetched:
+        """One policy-checked request (redirects followed under the policy), its body read within the cap.
+
+        Any HTTP status is returned, not raised: the caller decides what a 404 means.
+        """
+        deadline = time.monotonic() + self.max_seconds
         try:
-            with self._http.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response:
+            with self._opener.open(url, method, what, self._deadline(url, deadline)) as (final_url, response):
+                parts = list(self._body(url, response, deadline))
+                return Fetched(url, final_url, response.status_code, response.headers, b"".join(parts))
+        except httpx.TransportError as error:
+            raise _broke_off(url, error) from None
+
+    # -- one attempt -----------------------------------------------------------------------------
+
+    def _attempt(self, url: str, open_sink: OpenSink, deadline: float) -> Download:
+        try:
+            with self._opener.open(url, "GET", "the output", self._deadline(url, deadline)) as (_, response):
                 _check_status(url, response)
                 content_type, extension = media_type(url, response.headers.get("content-type"))
                 announced = _content_length(response)
@@ -261,25 +246,17 @@ class OutputDownloader:
                 digest = hashlib.sha256()
                 size = 0
                 with open_sink() as sink:
-                    for chunk in response.iter_bytes(CHUNK_SIZE):
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            raise self._too_large(url, f"more than {self.max_bytes} bytes arrived")
-                        digest.update(chunk)
-                        sink.write(chunk)
+                    for piece in self._body(url, response, deadline):
+                        size += len(piece)
+                        digest.update(piece)
+                        sink.write(piece)
                     if announced is not None and _identity(response) and size != announced:
                         raise OutputTransferError(
                             f"The download of {shown_url(url)} ended after {size} of {announced} bytes."
                         )
-        except httpx.TooManyRedirects:
-            raise OutputDownloadError(
-                f"The output {shown_url(url)} redirected more than {_MAX_REDIRECTS} times; it was not kept."
-            ) from None
         except httpx.TransportError as error:
             # Includes a body cut short: h11 notices the missing bytes of Content-Length.
-            raise OutputTransferError(
-                f"The download of {shown_url(url)} broke off ({type(error).__name__}: {error})."
-            ) from None
+            raise _broke_off(url, error) from None
         return Download(
             source_url=url,
             bytes=size,
@@ -288,6 +265,27 @@ class OutputDownloader:
             extension=extension,
         )
 
+    def _body(self, url: str, response: httpx.Response, deadline: float) -> Iterator[bytes]:
+        """The body's bytes, inflated a bounded piece at a time, counted against the cap and the deadline."""
+        try:
+            decoder = BoundedDecoder(response.headers.get("content-encoding"), self.max_bytes)
+            # A response built in memory (a test's MockTransport) was read when it was made;
+            # its stream still holds the raw bytes.
+            chunks = response.stream if response.is_stream_consumed else response.iter_raw(CHUNK_SIZE)
+            for chunk in chunks:  # type: ignore[union-attr]
+                _check_deadline(url, deadline, self.max_seconds)
+                yield from decoder.feed(chunk)
+            yield from decoder.finish()
+        except BodyTooLargeError:
+            raise self._too_large(url, f"more than {self.max_bytes} bytes arrived") from None
+        except BodyEncodingError as error:
+            raise OutputDownloadError(
+                f"The answer for {shown_url(url)} could not be decoded ({error}); it was not kept."
+            ) from None
+
+    def _deadline(self, url: str, deadline: float) -> Callable[[], None]:
+        return lambda: _check_deadline(url, deadline, self.max_seconds)
+
     def _too_large(self, url: str, what: str) -> OutputTooLargeError:
         return OutputTooLargeError(
             f"The output {shown_url(url)} is larger than max_output_bytes={self.max_bytes} ({what}); "
@@ -295,11 +293,65 @@ class OutputDownloader:
         )
 
 
-def _check_request(request: httpx.Request) -> None:
-    """Event hook on every request the download client sends, redirects included."""
-    check_output_url(str(request.url))
-    # Belt and braces: nothing in this client sets one, and nothing may.
-    request.headers.pop("Authorization", None)
+@dataclass(frozen=True)
+class Fetched:
+    """The answer to ``fetch``/``head``: ``final_url`` after redirects, any status, the body (capped)."""
+
+    url: str
+    final_url: str
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+
+def fetch(
+    url: str,
+    *,
+    api_base_url: str | None,
+    max_bytes: int = DEFAULT_FETCH_BYTES,
+    timeout: float = 30.0,
+    method: str = "GET",
+    what: str = "the file",
+    transport: httpx.BaseTransport | None = None,
+    resolver: Resolver | None = None,
+) -> Fetched:
+    """Fetch ``url`` once under the URL policy: body capped at ``max_bytes``, all within ``timeout`` s.
+
+    For checks the provider makes itself (e.g. that an input URL answers before paying for a
+    job). Raises ``OutputURLRejectedError`` (policy), ``OutputTooLargeError``,
+    ``OutputTransferError`` (network, DNS, ``timeout``) or ``OutputDownloadError``; an HTTP
+    error status is returned in ``status_code``, not raised.
+    """
+    with OutputDownloader(
+        max_bytes=max(1, max_bytes),
+        connect_timeout=min(timeout, 10.0),
+        read_timeout=timeout,
+        attempts=1,
+        max_seconds=timeout,
+        api_base_url=api_base_url,
+        transport=transport,
+        resolver=resolver,
+    ) as http:
+        return http.fetch(url, method=method, what=what)
+
+
+def head(url: str, *, api_base_url: str | None, timeout: float = 10.0, **kwargs: Any) -> Fetched:
+    """``fetch`` with ``HEAD``: the status and headers of ``url`` (``Content-Type``, ``Content-Length``)."""
+    return fetch(url, api_base_url=api_base_url, timeout=timeout, method="HEAD", max_bytes=1, **kwargs)
+
+
+def _check_deadline(url: str, deadline: float, max_seconds: float) -> None:
+    if time.monotonic() > deadline:
+        raise OutputTimeoutError(
+            f"The download of {shown_url(url)} did not finish within {max_seconds:g} seconds; it was "
+            "not kept. The host may be very slow, or sending the file a trickle at a time."
+        )
+
+
+def _broke_off(url: str, error: httpx.TransportError) -> OutputTransferError:
+    return OutputTransferError(
+        f"The download of {shown_url(url)} broke off ({type(error).__name__}: {truncate(error, 200)})."
+    )
 
 
 def _check_status(url: str, response: httpx.Response) -> None:

@@ -14,6 +14,7 @@ share one policy object and differ only in how they sleep.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,9 +53,13 @@ class RetryPolicy:
     max_total: float = 120.0
 
     def backoff(self, retry_number: int, retry_after: float | None = None) -> float:
-        """Seconds to sleep before retry number ``retry_number`` (1-based)."""
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_retry_after)
+        """Seconds to sleep before retry number ``retry_number`` (1-based).
+
+        A ``retry_after`` that is not a finite number is ignored (``nan`` compares false with
+        everything, so ``min``/``max`` would pass it through to ``sleep``).
+        """
+        if isinstance(retry_after, int | float) and math.isfinite(retry_after):
+            return min(max(float(retry_after), 0.0), self.max_retry_after)
         ceiling = min(self.max_backoff, self.initial_backoff * 2 ** (retry_number - 1))
         return random.uniform(0, ceiling)
 
@@ -86,22 +91,32 @@ def is_safe_to_resubmit(error: BaseException) -> bool:
     return isinstance(error, TransportError) and not error.request_sent
 
 
+#: The longest ``Retry-After`` kept, in seconds (a day); ``RetryPolicy.max_retry_after`` cuts further.
+MAX_RETRY_AFTER = 86_400.0
+
+
 def parse_retry_after(value: str | None) -> float | None:
-    """Read a ``Retry-After`` header, in seconds or as an HTTP date; ``None`` if absent or unreadable."""
-    if not value:
+    """Read a ``Retry-After`` header, in seconds or as an HTTP date; ``None`` if absent or unreadable.
+
+    ``nan``, ``inf`` and other text that is not a number or a date are unreadable; a negative
+    value (or a date in the past) is 0; a huge one is cut to ``MAX_RETRY_AFTER``.
+    """
+    if not value or not isinstance(value, str):
         return None
-    value = value.strip()
+    value = value.strip()[:64]
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def _log_retry(what: str, max_attempts: int) -> Callable[[RetryCallState], None]:

@@ -6,7 +6,9 @@ mark (green: succeeded, red: failed), the input picture, then each output.
 A picture that cannot be decoded -- anything but PNG, since the decoder is
 pypng (pure Python, no compiled dependency), or one too large to decode
 quickly -- is drawn as a grey placeholder; a cell with nothing to show (a
-failed item has no outputs) stays empty.
+failed item has no outputs) stays empty. A PNG whose compressed data inflates
+to more than its header declares (a decompression bomb: 64 x 64 pixels that
+inflate to 400 MB) is refused as soon as it passes that size.
 
 The sheet is written row by row, with only one row of thumbnails in memory,
 so its size does not limit the batch; pictures are read from where they are
@@ -19,6 +21,7 @@ import base64
 import io
 import logging
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -149,7 +152,7 @@ def thumbnail(source: ImageSource, cell: int = CELL) -> Thumbnail | None:
     (nearest-neighbour sampling), so memory stays small whatever the picture's size.
     """
     with source() as file:
-        width, height, pixels, _ = png.Reader(file=file).asRGBA8()  # png.FormatError if not a PNG
+        width, height, pixels, _ = BoundedPNGReader(file=file).asRGBA8()  # png.FormatError if not a PNG
         if width * height > MAX_PIXELS:
             return None
         scale = min(cell / width, cell / height)
@@ -168,6 +171,58 @@ def thumbnail(source: ImageSource, cell: int = CELL) -> Thumbnail | None:
             if y >= last:
                 break
     return Thumbnail(thumb_w, thumb_h, rows)
+
+
+class BoundedPNGReader(png.Reader):
+    """pypng's reader, refusing a PNG whose image data inflates past what its header declares.
+
+    pypng inflates each ``IDAT`` chunk whole (zlib without ``max_length``), and checks the
+    size only after. Here each chunk is first inflated in bounded pieces, output discarded,
+    against the exact size the header implies (rows of ``ceil(width x channels x bit depth / 8)``
+    bytes plus one filter byte, per Adam7 pass when interlaced); pypng sees a chunk only when
+    everything so far fits. The price is inflating the data twice.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._inflater: Any = None
+        self._inflated = 0
+        self._allowed = 0
+
+    def chunk(self, lenient: bool = False) -> tuple[bytes, bytes]:
+        kind, data = super().chunk(lenient=lenient)
+        if kind == b"IDAT":
+            self._check(data)
+        return kind, data
+
+    def _check(self, data: bytes) -> None:
+        if self._inflater is None:  # the first IDAT: the header has been read
+            self._allowed = decoded_size(self.width, self.height, self.planes, self.bitdepth, self.interlace)
+            self._inflater = zlib.decompressobj()
+        while data and not self._inflater.eof:
+            self._inflated += len(self._inflater.decompress(data, 64 * 1024))
+            if self._inflated > self._allowed:
+                raise png.FormatError(
+                    f"the picture's data inflates to more than the {self._allowed} bytes its "
+                    f"{self.width} x {self.height} header declares (a decompression bomb?)"
+                )
+            data = self._inflater.unconsumed_tail
+
+
+def decoded_size(width: int, height: int, planes: int, bitdepth: int, interlace: int | bool) -> int:
+    """The bytes a PNG's inflated image data has: filtered rows, one filter byte each (per Adam7 pass)."""
+    passes = (
+        [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+        if interlace
+        else [(0, 0, 1, 1)]
+    )
+    total = 0
+    for x0, y0, dx, dy in passes:
+        columns = (width - x0 + dx - 1) // dx if width > x0 else 0
+        rows = (height - y0 + dy - 1) // dy if height > y0 else 0
+        if columns and rows:
+            total += rows * (1 + (columns * planes * bitdepth + 7) // 8)
+    return total
 
 
 def _sample(row: Any, columns: list[int]) -> bytes:
@@ -202,8 +257,12 @@ def stored_image(uri: str) -> ImageSource:
     return open_image
 
 
-def url_image(url: str, *, max_bytes: int = MAX_INPUT_BYTES) -> ImageSource:
-    """A picture at a URL: a ``data:`` URI, or fetched like an output (https, capped, no token)."""
+def url_image(url: str, *, max_bytes: int = MAX_INPUT_BYTES, api_base_url: str | None = None) -> ImageSource:
+    """A picture at a URL: a ``data:`` URI, or fetched like an output (URL policy, capped, no token).
+
+    :param api_base_url: the RunComfy API's base URL, which decides the URL policy
+        (``client.download.check_fetch_url``); None: RunComfy's own, https to public hosts only.
+    """
 
     @contextmanager
     def open_image() -> Iterator[IO[bytes]]:
@@ -221,7 +280,12 @@ def url_image(url: str, *, max_bytes: int = MAX_INPUT_BYTES) -> ImageSource:
 
             try:
                 with OutputDownloader(
-                    max_bytes=max_bytes, attempts=1, connect_timeout=5, read_timeout=15
+                    max_bytes=max_bytes,
+                    attempts=1,
+                    connect_timeout=5,
+                    read_timeout=15,
+                    max_seconds=60,
+                    api_base_url=api_base_url,
                 ) as http:
                     http.download(url, open_sink)
             except OutputDownloadError as error:
@@ -232,18 +296,24 @@ def url_image(url: str, *, max_bytes: int = MAX_INPUT_BYTES) -> ImageSource:
     return open_image
 
 
-def rows_from_records(records: Sequence[dict[str, Any]]) -> list[SheetRow]:
+def rows_from_records(
+    records: Sequence[dict[str, Any]], *, api_base_url: str | None = None
+) -> list[SheetRow]:
     """Sheet rows from manifest records (``manifest.batch_records``): the input, then the kept copies.
 
     The outputs are read from their copies, not from RunComfy's temporary URLs; an item whose
     outputs were not kept shows its output URLs instead, while they still answer.
+
+    :param api_base_url: the RunComfy API's base URL, for the URL policy of what is fetched.
     """
     rows = []
     for record in records:
         given = record.get("input")
         first = given[0] if isinstance(given, list) and given else given
-        images: list[ImageSource | None] = [url_image(first) if isinstance(first, str) else None]
+        images: list[ImageSource | None] = [
+            url_image(first, api_base_url=api_base_url) if isinstance(first, str) else None
+        ]
         kept = [stored_image(copy["uri"]) for copy in record.get("stored") or []]
-        images += kept or [url_image(url) for url in record.get("outputs") or []]
+        images += kept or [url_image(url, api_base_url=api_base_url) for url in record.get("outputs") or []]
         rows.append(SheetRow(images, record.get("status") == "succeeded"))
     return rows

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from airflow_provider_runcomfy.client._limits import truncate
 from airflow_provider_runcomfy.client.download import (
     CHUNK_SIZE,
     DEFAULT_MAX_OUTPUT_BYTES,
@@ -47,7 +48,7 @@ from airflow_provider_runcomfy.client.download import (
     OutputDownloadError,
     Sink,
 )
-from airflow_provider_runcomfy.client.errors import InvalidInputError
+from airflow_provider_runcomfy.client.errors import InvalidInputError, OutputStorageError, RunComfyError
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -92,16 +93,23 @@ def safe_segment(text: object) -> str:
     return "_" if segment in ("", ".", "..") else segment
 
 
-def resolve_output_dir(output_dir: Any) -> ObjectStoragePath:
-    """``output_dir`` (a path, a URL or an ``ObjectStoragePath``) as an ``ObjectStoragePath``.
+def resolve_output_dir(output_dir: Any, *, probe: bool = True) -> ObjectStoragePath:
+    """``output_dir`` (a path, a URL or an ``ObjectStoragePath``) as an ``ObjectStoragePath``, proven writable.
 
     Raises ``InvalidInputError`` (the task fails without retries) when it is empty or no
-    filesystem can serve its scheme; called before the job is submitted, so a typo in
-    ``output_dir`` costs nothing.
+    filesystem can serve its scheme, and ``OutputStorageError`` when a probe object cannot be
+    written there and removed again (a read-only directory, a bucket without write access,
+    an ``http://`` filesystem). Called before the job is submitted, so a wrong ``output_dir``
+    costs nothing.
+
+    :param probe: write and remove the probe (``check_writable``); False where the caller
+        writes at once anyway and turns a failure into a clear error itself.
     """
     from airflow.sdk import ObjectStoragePath
 
     if isinstance(output_dir, ObjectStoragePath):
+        if probe:
+            check_writable(output_dir)
         return output_dir
     text = (os.fspath(output_dir) if isinstance(output_dir, os.PathLike) else str(output_dir or "")).strip()
     if not text:
@@ -112,7 +120,34 @@ def resolve_output_dir(output_dir: Any) -> ObjectStoragePath:
     if len(scheme) <= 1:  # a plain path (or a Windows drive letter): absolute, so retries agree
         text, scheme = f"file://{Path(text).expanduser().resolve()}", "file"
     _ensure_filesystem(scheme, text)
-    return ObjectStoragePath(text)
+    path = ObjectStoragePath(text)
+    if probe:
+        check_writable(path)
+    return path
+
+
+def check_writable(path: ObjectStoragePath) -> None:
+    """Write a small probe object into ``path`` and remove it; ``OutputStorageError`` if either fails.
+
+    The only proof that copies can be kept there: a filesystem may open for reading and
+    refuse writes (read-only mounts, http://), a bucket may deny ``PutObject`` or
+    ``DeleteObject`` (the copies need both: part files are moved, then removed).
+    """
+    fs, folder = path.fs, path.path.rstrip("/")
+    probe = f"{folder}/.runcomfy-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        if not fs.exists(folder):
+            fs.makedirs(folder, exist_ok=True)
+        with fs.open(probe, "wb") as file:
+            file.write(b"airflow-provider-runcomfy checks that output_dir can be written\n")
+        fs.rm(probe)
+    except Exception as error:  # OSError, NotImplementedError (http), an object store's own errors
+        _remove_quietly(fs, probe)
+        raise OutputStorageError(
+            f"output_dir {str(path)!r} cannot be written ({type(error).__name__}: {truncate(error, 300)}); "
+            "nothing was submitted. Give a directory or bucket prefix the worker may write to and "
+            "delete from (a local path, s3://, gs://...; http:// and https:// cannot be written)."
+        ) from None
 
 
 def _ensure_filesystem(scheme: str, output_dir: str) -> None:
@@ -144,8 +179,11 @@ def task_directory(
 
 
 def run_directory(output_dir: Any, *, dag_id: str, run_id: str) -> ObjectStoragePath:
-    """``{output_dir}/{dag_id}/{run_id}``: where one DAG run's copies (and its manifest) go."""
-    return resolve_output_dir(output_dir) / safe_segment(dag_id) / safe_segment(run_id)
+    """``{output_dir}/{dag_id}/{run_id}``: where one DAG run's copies (and its manifest) go.
+
+    Not probed: it is written at once, and the task checked ``output_dir`` before submitting.
+    """
+    return resolve_output_dir(output_dir, probe=False) / safe_segment(dag_id) / safe_segment(run_id)
 
 
 def write_atomically(path: ObjectStoragePath, write: Callable[[Sink], None]) -> ObjectStoragePath:
@@ -178,6 +216,9 @@ class OutputStore:
     :param state_store: the task instance's ``task_state_store``, where copies are recorded
         so that a later try does not download them again; None disables that.
     :param logger: where to say what was kept (the task's log).
+    :param api_base_url: the RunComfy API's base URL, which decides the output-URL policy
+        (``client.download.check_fetch_url``): None means RunComfy's own -- https to public
+        hosts only; the emulator's base URL allows its plain-http loopback files.
     """
 
     def __init__(
@@ -187,11 +228,13 @@ class OutputStore:
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         state_store: Any = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | Any = None,
+        api_base_url: str | None = None,
     ) -> None:
         self.directory = directory
         self.max_output_bytes = max_output_bytes
         self.state_store = state_store
         self.log = logger or log
+        self.api_base_url = api_base_url
 
     @classmethod
     def for_task(
@@ -201,8 +244,13 @@ class OutputStore:
         *,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         logger: Any = None,
+        api_base_url: str | None = None,
     ) -> OutputStore:
-        """The store of the running task instance (names from ``context["ti"]``)."""
+        """The store of the running task instance (names from ``context["ti"]``).
+
+        :param api_base_url: as for ``OutputStore``; when not given, the base URL of the
+            running task's RunComfy connection (``task.hook.client``), if it has one.
+        """
         ti = context["ti"]
         directory = task_directory(
             output_dir, dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=ti.map_index
@@ -212,16 +260,36 @@ class OutputStore:
             max_output_bytes=max_output_bytes,
             state_store=context.get("task_state_store"),
             logger=logger,
+            api_base_url=api_base_url or _task_api_base_url(context),
         )
 
     def keep(self, request_id: str, urls: Sequence[str]) -> list[StoredOutput]:
-        """Copy each of ``urls`` (the outputs of ``request_id``) here, or reuse a complete earlier copy."""
+        """Copy each of ``urls`` (the outputs of ``request_id``) here, or reuse a complete earlier copy.
+
+        A storage failure (disk full, permission denied, the store unreachable) is an
+        ``OutputStorageError`` naming the directory, never a bare ``OSError``.
+        """
+        try:
+            return self._keep(request_id, urls)
+        except RunComfyError:
+            raise
+        except Exception as error:  # OSError and the like from the filesystem, fsspec's, boto's...
+            raise OutputStorageError(
+                f"Could not keep the outputs of RunComfy request {request_id} in {str(self.directory)!r} "
+                f"({type(error).__name__}: {truncate(error, 300)}). The job succeeded and was paid; its "
+                "outputs stay at RunComfy's URLs until they expire. Fix output_dir (space, permissions, "
+                f"credentials) and clear the task: it re-attaches to request {request_id} and copies "
+                "them without paying again.",
+                request_id=request_id,
+            ) from error
+
+    def _keep(self, request_id: str, urls: Sequence[str]) -> list[StoredOutput]:
         fs, folder = self.directory.fs, self.directory.path
         fs.makedirs(folder, exist_ok=True)
         self._remove_part_files()
         records = self._records(request_id)
         kept: list[StoredOutput] = []
-        with OutputDownloader(max_bytes=self.max_output_bytes) as downloader:
+        with OutputDownloader(max_bytes=self.max_output_bytes, api_base_url=self.api_base_url) as downloader:
             for n, url in enumerate(urls):
                 stem = f"{safe_segment(request_id)}_{n}"
                 copy = self._reuse(records.get(stem), url)
@@ -341,6 +409,14 @@ class OutputStore:
             if str(name).endswith(".part"):
                 self.log.info("Removing %s, left by an interrupted try.", name)
                 _remove_quietly(fs, str(name))
+
+
+def _task_api_base_url(context: Any) -> str | None:
+    """The API base URL of the running task's RunComfy hook (operators and the sensor have one)."""
+    try:
+        return str(context["task"].hook.client.base_url)
+    except Exception:  # no task, no hook, no connection: the strict policy applies
+        return None
 
 
 @contextmanager

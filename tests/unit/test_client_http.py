@@ -77,6 +77,26 @@ def test_result_with_cost(client: RunComfyClient, runcomfy_emulator: RunComfyEmu
     assert result.model_id == FLUX_KONTEXT_PRO_EDIT
 
 
+def test_result_reads_ask_for_the_cost_by_default(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    request_id = client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator)).request_id
+    result = client.wait_for_result(request_id, poll_interval=0.1, deadline=time.time() + 10)
+    assert result.cost is not None and result.model_id == FLUX_KONTEXT_PRO_EDIT
+    assert client.get_result(request_id).cost == result.cost
+    assert {e.query.get("include_cost") for e in runcomfy_emulator.journal.of("result")} == {"true"}
+
+
+async def test_the_async_wait_asks_for_the_cost_too(runcomfy_emulator: RunComfyEmulator) -> None:
+    async with AsyncRunComfyClient(
+        runcomfy_emulator.token, base_url=runcomfy_emulator.base_url, retry=FAST_RETRY
+    ) as client:
+        request_id = (await client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator))).request_id
+        result = await client.wait_for_result(request_id, poll_interval=0.1, deadline=time.time() + 10)
+    assert result.cost is not None
+    assert {e.query.get("include_cost") for e in runcomfy_emulator.journal.of("result")} == {"true"}
+
+
 def test_cancel_while_queued_and_after_it_started(
     client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
 ) -> None:

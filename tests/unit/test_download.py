@@ -83,7 +83,7 @@ def test_an_output_is_streamed_with_its_size_sha256_and_type(emu, output_url):
     expected = httpx.get(url).content
     sinks = Sinks()
 
-    with OutputDownloader() as downloader:
+    with OutputDownloader(api_base_url=emu.base_url) as downloader:
         download = downloader.download(url, sinks.open)
 
     assert sinks.kept == expected and expected.startswith(b"\x89PNG")
@@ -95,7 +95,7 @@ def test_an_output_is_streamed_with_its_size_sha256_and_type(emu, output_url):
 
 def test_output_fetches_never_carry_the_api_token(emu, output_url):
     url = output_url()
-    with OutputDownloader() as downloader:
+    with OutputDownloader(api_base_url=emu.base_url) as downloader:
         downloader.download(url, Sinks().open)
 
     assert "authorization" in emu.journal.last("submit").headers  # the journal does record it
@@ -109,7 +109,10 @@ def test_a_file_announced_over_the_cap_fails_before_anything_is_written(emu, out
     url = output_url()
     sinks = Sinks()
 
-    with OutputDownloader(max_bytes=1_000_000) as downloader, pytest.raises(OutputTooLargeError) as caught:
+    with (
+        OutputDownloader(api_base_url=emu.base_url, max_bytes=1_000_000) as downloader,
+        pytest.raises(OutputTooLargeError) as caught,
+    ):
         downloader.download(url, sinks.open)
 
     assert "max_output_bytes=1000000" in caught.value.message
@@ -137,7 +140,7 @@ def test_a_big_file_under_the_cap_arrives_whole(emu, output_url):
     def open_sink() -> Iterator[HashingSink]:
         yield sink
 
-    with OutputDownloader(max_bytes=6_000_000) as downloader:
+    with OutputDownloader(api_base_url=emu.base_url, max_bytes=6_000_000) as downloader:
         download = downloader.download(url, open_sink)
 
     assert sink.size == download.bytes and abs(download.bytes - 5_000_000) < 100
@@ -151,7 +154,7 @@ def test_a_download_cut_off_midway_is_retried_in_a_fresh_sink(emu, output_url):
     emu.add_fault("file", "truncate", after_bytes=len(expected) // 2)
     sinks = Sinks()
 
-    with OutputDownloader(attempts=3) as downloader:
+    with OutputDownloader(api_base_url=emu.base_url, attempts=3) as downloader:
         download = downloader.download(url, sinks.open)
 
     assert len(sinks.opened) == 2
@@ -166,7 +169,10 @@ def test_a_download_cut_off_on_the_last_attempt_fails_as_retryable(emu, output_u
     emu.add_fault("file", "truncate", after_bytes=100)
     sinks = Sinks()
 
-    with OutputDownloader(attempts=1) as downloader, pytest.raises(OutputTransferError) as caught:
+    with (
+        OutputDownloader(api_base_url=emu.base_url, attempts=1) as downloader,
+        pytest.raises(OutputTransferError) as caught,
+    ):
         downloader.download(url, sinks.open)
 
     assert caught.value.retryable
@@ -178,7 +184,7 @@ def test_a_503_from_the_output_host_is_retried(emu, output_url):
     url = output_url()
     emu.add_fault("file", "http", status=503)
 
-    with OutputDownloader(attempts=2) as downloader:
+    with OutputDownloader(api_base_url=emu.base_url, attempts=2) as downloader:
         download = downloader.download(url, Sinks().open)
 
     assert download.bytes > 0
@@ -190,7 +196,10 @@ def test_an_expired_output_fails_at_once_and_says_why(emu, output_url):
     emu.expire(url.split("/files/")[1].split("/")[0])
     sinks = Sinks()
 
-    with OutputDownloader(attempts=3) as downloader, pytest.raises(OutputUnavailableError) as caught:
+    with (
+        OutputDownloader(api_base_url=emu.base_url, attempts=3) as downloader,
+        pytest.raises(OutputUnavailableError) as caught,
+    ):
         downloader.download(url, sinks.open)
 
     assert "404" in caught.value.message and "expired" in caught.value.message
@@ -202,8 +211,13 @@ def test_an_expired_output_fails_at_once_and_says_why(emu, output_url):
 # -- what the emulator cannot do: an https CDN, redirects, other types, no Content-Length ----------
 
 
+def public_resolver(host: str, port: int) -> list[str]:
+    """The made-up hosts of these tests resolve to a public address (documentation range aside)."""
+    return ["93.184.216.34"]
+
+
 def mock(handler: Callable[[httpx.Request], httpx.Response], **kwargs: object) -> OutputDownloader:
-    return OutputDownloader(transport=httpx.MockTransport(handler), **kwargs)  # type: ignore[arg-type]
+    return OutputDownloader(transport=httpx.MockTransport(handler), resolver=public_resolver, **kwargs)  # type: ignore[arg-type]
 
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
@@ -287,8 +301,10 @@ def test_urls_that_are_not_https_or_carry_credentials_are_refused_before_any_req
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8188/files/a/0.png", "http://localhost/x.png"])
-def test_plain_http_is_fine_on_loopback(url):
-    assert check_output_url(url) == url
+def test_plain_http_is_fine_on_loopback_while_the_api_is_there_too(url):
+    assert check_output_url(url, api_base_url="http://127.0.0.1:8188") == url
+    with pytest.raises(OutputURLRejectedError, match="loopback"):
+        check_output_url(url)  # the API is RunComfy's: its outputs are https
 
 
 def test_a_redirect_to_plain_http_elsewhere_is_refused():

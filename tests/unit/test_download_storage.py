@@ -102,7 +102,7 @@ def test_memory_storage_works_without_an_airflow_filesystem_for_it():
 def test_copies_are_kept_recorded_and_described(emu, job, tmp_path: Path):
     request_id, urls = job(num_outputs=2)
     state = StateStore()
-    store = OutputStore(resolve_output_dir(tmp_path), state_store=state)
+    store = OutputStore(resolve_output_dir(tmp_path), state_store=state, api_base_url=emu.base_url)
 
     kept = store.keep(request_id, urls)
 
@@ -122,12 +122,16 @@ def test_copies_are_kept_recorded_and_described(emu, job, tmp_path: Path):
 def test_a_later_try_reuses_whole_copies_and_replaces_a_changed_one(emu, job, tmp_path: Path):
     request_id, urls = job(num_outputs=2)
     state = StateStore()
-    first = OutputStore(resolve_output_dir(tmp_path), state_store=state).keep(request_id, urls)
+    first = OutputStore(resolve_output_dir(tmp_path), state_store=state, api_base_url=emu.base_url).keep(
+        request_id, urls
+    )
     damaged = tmp_path / f"{request_id}_1.png"
     damaged.write_bytes(b"\x89PNG" + b"\0" * (first[1].bytes - 4))  # same size, other bytes
     emu.journal.clear()
 
-    again = OutputStore(resolve_output_dir(tmp_path), state_store=state).keep(request_id, urls)
+    again = OutputStore(resolve_output_dir(tmp_path), state_store=state, api_base_url=emu.base_url).keep(
+        request_id, urls
+    )
 
     assert again == first
     assert [e.path for e in emu.journal.of("file")] == [
@@ -138,8 +142,10 @@ def test_a_later_try_reuses_whole_copies_and_replaces_a_changed_one(emu, job, tm
 
 def test_without_a_record_the_copy_is_downloaded_again(emu, job, tmp_path: Path):
     request_id, urls = job()
-    OutputStore(resolve_output_dir(tmp_path)).keep(request_id, urls)
-    OutputStore(resolve_output_dir(tmp_path), state_store=StateStore()).keep(request_id, urls)
+    OutputStore(resolve_output_dir(tmp_path), api_base_url=emu.base_url).keep(request_id, urls)
+    OutputStore(resolve_output_dir(tmp_path), state_store=StateStore(), api_base_url=emu.base_url).keep(
+        request_id, urls
+    )
     assert emu.journal.count("file") == 2
 
 
@@ -147,7 +153,7 @@ def test_part_files_of_a_killed_try_are_removed(emu, job, tmp_path: Path):
     request_id, urls = job()
     (tmp_path / f"{request_id}_0.0123456789ab.part").write_bytes(b"half a picture")
 
-    OutputStore(resolve_output_dir(tmp_path)).keep(request_id, urls)
+    OutputStore(resolve_output_dir(tmp_path), api_base_url=emu.base_url).keep(request_id, urls)
 
     assert [p.name for p in tmp_path.iterdir()] == [f"{request_id}_0.png"]
 
@@ -155,7 +161,7 @@ def test_part_files_of_a_killed_try_are_removed(emu, job, tmp_path: Path):
 def test_a_refused_output_leaves_nothing_behind(emu, job, tmp_path: Path):
     emu.add_rule(output_bytes=2_000_000)
     request_id, urls = job()
-    store = OutputStore(resolve_output_dir(tmp_path), max_output_bytes=1_000_000)
+    store = OutputStore(resolve_output_dir(tmp_path), max_output_bytes=1_000_000, api_base_url=emu.base_url)
 
     with pytest.raises(OutputTooLargeError, match=f"Output 0 of RunComfy request {request_id}: "):
         store.keep(request_id, urls)

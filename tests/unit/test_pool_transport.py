@@ -33,7 +33,8 @@ from airflow_provider_runcomfy.client import (
     TransportError,
     _transport,
 )
-from airflow_provider_runcomfy.client._base import submit_call, transport_error
+from airflow_provider_runcomfy.client._answers import transport_error
+from airflow_provider_runcomfy.client._base import submit_call
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT
 

@@ -1,0 +1,290 @@
+"""Which URLs the provider fetches by itself (outputs, input pre-flights), and where it connects.
+
+The rules, for every URL and every redirect:
+
+- ``https://`` only; ``http://`` only to a loopback host, and only while the API base URL
+  is itself on loopback (the emulator, whose files are served over plain http);
+- no credentials in the URL (httpx would send them as an ``Authorization`` header);
+- never from ``https://`` to ``http://`` on a redirect;
+- for ``https://``, the host is resolved and every address must be public: loopback,
+  private, link-local, reserved, multicast and unspecified addresses are refused (an output
+  URL must not make a worker call its own admin endpoints or a cloud metadata service),
+  unless the API base URL is on loopback (tests against the emulator);
+- the connection then goes to an address that was checked (the URL's host stays in the
+  ``Host`` header and TLS's SNI and certificate check), so a DNS answer that changes
+  between the check and the connection (DNS rebinding) cannot move it elsewhere.
+
+``check_fetch_url`` says whether a URL may be fetched; ``Opener`` fetches under the rules.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from airflow_provider_runcomfy.client._limits import truncate
+from airflow_provider_runcomfy.client._media import shown_url
+from airflow_provider_runcomfy.client._validation import is_loopback_host
+from airflow_provider_runcomfy.client.errors import (
+    OutputDownloadError,
+    OutputTransferError,
+    OutputURLRejectedError,
+)
+
+#: Resolves ``(host, port)`` to IP address strings (``socket.getaddrinfo`` by default).
+Resolver = Callable[[str, int], Sequence[str]]
+
+#: Where ``check`` puts the addresses it checked, for the transport to connect to.
+ADDRESSES = "runcomfy_addresses"
+
+#: Redirects followed for one URL.
+MAX_REDIRECTS = 5
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class URLRefused(Exception):
+    """The URL breaks a rule; ``problem`` says which, as a sentence fragment."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+class HostUnresolvable(Exception):
+    """The URL's host has no address (it does not exist, or DNS failed)."""
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """The IP addresses of ``host``, in the resolver's order, each once."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError) as error:
+        raise HostUnresolvable(str(error)) from None
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def is_public_address(address: str) -> bool:
+    """Whether ``address`` is a public unicast address (not loopback, private, link-local...)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    """The rules above, for one API base URL.
+
+    :param api_base_url: the RunComfy API's base URL; None means RunComfy's own (the strict rules).
+    :param resolver: how host names are resolved (tests of hosts that do not exist offline).
+    """
+
+    api_base_url: str | None = None
+    resolver: Resolver = resolve
+
+    @property
+    def local(self) -> bool:
+        """Whether the API is on loopback (the emulator): plain http to loopback is then allowed."""
+        return bool(self.api_base_url) and is_loopback_host(urlsplit(str(self.api_base_url)).hostname)
+
+    def check(self, url: str, previous: str | None = None) -> list[str]:
+        """The addresses ``url`` may be fetched from (empty: connect by name), or ``URLRefused``.
+
+        :param previous: the URL that redirected here, if any.
+        """
+        parts = urlsplit(str(url))
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            raise URLRefused("its port is not a number") from None
+        if parts.scheme not in ("https", "http") or not host:
+            raise URLRefused("only https:// URLs are fetched")
+        if parts.username or parts.password:
+            raise URLRefused("it carries credentials, which would be sent as an Authorization header")
+        if previous is not None and urlsplit(previous).scheme == "https" and parts.scheme == "http":
+            raise URLRefused("a redirect from https:// to plain http:// is never followed")
+        if parts.scheme == "http":
+            if not (self.local and is_loopback_host(host)):
+                raise URLRefused(
+                    "plain http:// is fetched only from a loopback host while the API itself is on "
+                    "loopback (the emulator); RunComfy's URLs are https://"
+                )
+            return []
+        if self.local:
+            return []
+        addresses = self.resolver(host, port or 443)
+        if not addresses:
+            raise HostUnresolvable("no address")
+        private = [address for address in addresses if not is_public_address(address)]
+        if private:
+            raise URLRefused(
+                f"its host resolves to a non-public address ({private[0]}: loopback, private or "
+                "link-local), which is never fetched"
+            )
+        return list(addresses)
+
+
+class PinnedTransport(httpx.BaseTransport):
+    """Connects to the addresses ``UrlPolicy.check`` approved, keeping the host name for TLS.
+
+    A request without checked addresses (plain http to loopback, the emulator) goes as it is.
+    Addresses are tried in order on a connection failure, as a resolver's list would be.
+    """
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        addresses = request.extensions.get(ADDRESSES) or []
+        if not addresses:
+            return self._inner.handle_request(request)
+        last: httpx.ConnectError | None = None
+        for address in addresses:
+            pinned = httpx.Request(
+                request.method,
+                request.url.copy_with(host=address),
+                headers=request.headers,  # keeps Host: the URL's own host
+                stream=request.stream,
+                extensions={**request.extensions, "sni_hostname": request.url.host},
+            )
+            try:
+                return self._inner.handle_request(pinned)
+            except httpx.ConnectError as error:
+                last = error
+        assert last is not None
+        raise last
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def check_fetch_url(
+    url: str, *, api_base_url: str | None, resolver: Resolver | None = None, what: str = "the file"
+) -> str:
+    """Return ``url`` if the provider may fetch it, else raise ``OutputURLRejectedError``.
+
+    The policy of ``_urlpolicy`` (https only; http only to loopback while the API is on
+    loopback; no credentials; public addresses only unless the API is on loopback), for any
+    URL the provider fetches by itself: outputs, and input URLs it checks before a submit.
+    A host that does not resolve raises ``OutputTransferError`` (DNS may come back).
+
+    :param api_base_url: the RunComfy API's base URL (``client.base_url``); None: RunComfy's own.
+    :param what: what the URL is, for the message ("the output", "image_urls[0]").
+    """
+    policy = UrlPolicy(api_base_url, resolver or resolve)
+    checked(policy, str(url), None, what)
+    return str(url)
+
+
+def check_output_url(url: str, *, api_base_url: str | None = None) -> str:
+    """``check_fetch_url`` for an output URL."""
+    return check_fetch_url(url, api_base_url=api_base_url, what="the output")
+
+
+def checked(policy: UrlPolicy, url: str, previous: str | None, what: str) -> list[str]:
+    """``policy.check``, its refusals as the user's errors (``OutputURLRejectedError``...)."""
+    try:
+        return policy.check(url, previous)
+    except URLRefused as refused:
+        raise OutputURLRejectedError(
+            f"Refusing to fetch {what} {shown_url(url)}: {refused.problem}."
+        ) from None
+    except HostUnresolvable as error:
+        raise OutputTransferError(
+            f"The host of {what} {shown_url(url)} could not be resolved ({truncate(error, 200)})."
+        ) from None
+
+
+class Opener:
+    """Opens URLs under a policy: each hop checked, the connection pinned, redirects followed here.
+
+    :param headers: sent with every request (never an ``Authorization``: none is ever set).
+    :param transport: a caller's transport (tests): used as it is, without pinning.
+    """
+
+    def __init__(
+        self,
+        policy: UrlPolicy,
+        timeout: httpx.Timeout,
+        headers: dict[str, str],
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.policy = policy
+        self._timeout = timeout.as_dict()
+        self._headers = headers
+        self._given = transport
+        self._transports: dict[str | None, httpx.BaseTransport] = {}
+
+    def close(self) -> None:
+        """Close the connections."""
+        for transport in self._transports.values():
+            transport.close()
+        self._transports.clear()
+
+    @contextmanager
+    def open(
+        self, url: str, method: str, what: str, check_time: Callable[[], None]
+    ) -> Iterator[tuple[str, httpx.Response]]:
+        """The answer to ``url`` (and the URL that gave it), redirects followed -- each checked like the first.
+
+        :param check_time: called before each hop; raises when the caller's deadline has passed.
+        """
+        current, previous = url, None
+        for _ in range(MAX_REDIRECTS + 1):
+            check_time()
+            addresses = checked(self.policy, current, previous, what)
+            request = httpx.Request(
+                method,
+                current,
+                headers=self._headers,
+                extensions={"timeout": self._timeout, ADDRESSES: addresses},
+            )
+            response = self._transport(current).handle_request(request)
+            response.request = request
+            location = response.headers.get("location")
+            if response.status_code not in _REDIRECTS or not location:
+                try:
+                    yield current, response
+                finally:
+                    response.close()
+                return
+            response.close()
+            try:
+                previous, current = current, str(httpx.URL(current).join(location))
+            except httpx.InvalidURL:
+                raise OutputURLRejectedError(
+                    f"{what} {shown_url(url)} redirected to an invalid URL."
+                ) from None
+        raise OutputDownloadError(
+            f"{what.capitalize()} {shown_url(url)} redirected more than {MAX_REDIRECTS} times; "
+            "it was not fetched."
+        )
+
+    def _transport(self, url: str) -> httpx.BaseTransport:
+        if self._given is not None:
+            return self._given
+        proxy = _proxy_for(url)
+        transport = self._transports.get(proxy)
+        if transport is None:
+            # Behind a proxy the proxy connects (and resolves): the policy still checks the URL
+            # and its addresses here, but the connection cannot be pinned to them.
+            transport = httpx.HTTPTransport(proxy=proxy) if proxy else PinnedTransport(httpx.HTTPTransport())
+            self._transports[proxy] = transport
+        return transport
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``NO_PROXY``...), as httpx reads it."""
+    proxies = urllib.request.getproxies()
+    parts = urlsplit(url)
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy

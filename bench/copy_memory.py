@@ -39,7 +39,12 @@ def child(url: str, request_id: str, output_dir: str) -> None:
     ObjectStoragePath(output_dir).fs  # noqa: B018 -- load the filesystem too
     before = peak_rss_mb()
     started = time.monotonic()
-    store = OutputStore(ObjectStoragePath(output_dir), max_output_bytes=200_000_000)
+    # The emulator serves its outputs over plain http on loopback: allowed only because the
+    # API itself is there (the output-URL policy, docs/outputs.md).
+    api_base_url = url.split("/files/")[0]
+    store = OutputStore(
+        ObjectStoragePath(output_dir), max_output_bytes=200_000_000, api_base_url=api_base_url
+    )
     (copy,) = store.keep(request_id, [url])
     seconds = time.monotonic() - started
     print(json.dumps({"before_mb": before, "after_mb": peak_rss_mb(), "seconds": seconds, **copy.as_dict()}))

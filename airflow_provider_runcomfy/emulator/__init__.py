@@ -18,17 +18,12 @@ if TYPE_CHECKING:
     from airflow_provider_runcomfy.emulator.app import EmulatorApp, create_app
     from airflow_provider_runcomfy.emulator.config import DEFAULT_TOKEN, EmulatorConfig
     from airflow_provider_runcomfy.emulator.controls import EmulatorControls
+    from airflow_provider_runcomfy.emulator.faults import Fault, Rule
+    from airflow_provider_runcomfy.emulator.journal import Journal, JournalEntry
     from airflow_provider_runcomfy.emulator.models import FLUX_KONTEXT_PRO_EDIT, NANO_BANANA_EDIT
     from airflow_provider_runcomfy.emulator.remote import RemoteEmulator
     from airflow_provider_runcomfy.emulator.server import RunComfyEmulator
-    from airflow_provider_runcomfy.emulator.state import (
-        EmulatorState,
-        Fault,
-        JobInfo,
-        Journal,
-        JournalEntry,
-        Rule,
-    )
+    from airflow_provider_runcomfy.emulator.state import EmulatorState, JobInfo
 
 _EXPORTS = {
     "DEFAULT_TOKEN": "config",
@@ -37,13 +32,13 @@ _EXPORTS = {
     "EmulatorControls": "controls",
     "EmulatorState": "state",
     "FLUX_KONTEXT_PRO_EDIT": "models",
-    "Fault": "state",
+    "Fault": "faults",
     "JobInfo": "state",
-    "Journal": "state",
-    "JournalEntry": "state",
+    "Journal": "journal",
+    "JournalEntry": "journal",
     "NANO_BANANA_EDIT": "models",
     "RemoteEmulator": "remote",
-    "Rule": "state",
+    "Rule": "faults",
     "RunComfyEmulator": "server",
     "create_app": "app",
 }

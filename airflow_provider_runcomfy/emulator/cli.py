@@ -1,8 +1,10 @@
 """``runcomfy-emulator``: serve the emulated RunComfy Model API until SIGTERM or Ctrl-C.
 
-Prints one line, ``RunComfy emulator listening on http://127.0.0.1:8188 ...``,
-once it accepts connections (scripts wait for it, or for ``--ready-file``).
-The token is never printed, only where it came from.
+Prints ``RunComfy emulator listening on http://127.0.0.1:8188 (...)`` once
+it accepts connections (scripts wait for it, or for ``--ready-file``),
+then how to point Airflow at it. The built-in default token is printed (it
+is documented, so no secret); a token given by flag or environment never is.
+``runcomfy-emulator --help`` is the guide a wheel user has at hand.
 """
 
 from __future__ import annotations
@@ -17,16 +19,43 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from airflow_provider_runcomfy.client._validation import is_loopback_host
-from airflow_provider_runcomfy.emulator.config import EmulatorConfig
+from airflow_provider_runcomfy.emulator.config import DEFAULT_TOKEN, EmulatorConfig
+from airflow_provider_runcomfy.emulator.loopback import is_loopback_name
 
 TOKEN_ENV = "RUNCOMFY_EMULATOR_TOKEN"
+ADMIN_TOKEN_ENV = "RUNCOMFY_EMULATOR_ADMIN_TOKEN"
+
+GUIDE = f"""\
+token:
+  API calls need 'Authorization: Bearer <token>'. The token is --token, else
+  ${TOKEN_ENV}, else the built-in default '{DEFAULT_TOKEN}'.
+
+point Airflow at it (connection runcomfy_default):
+  export AIRFLOW_CONN_RUNCOMFY_DEFAULT='{{"conn_type":"runcomfy","host":"http://127.0.0.1:8188","password":"{DEFAULT_TOKEN}"}}'
+
+what it serves:
+  POST /v1/models/<model_id>, GET /v1/requests/<id>/status|result, POST .../cancel,
+  GET /v1/models/<model_id> (schema and price), output files under /files/,
+  sample input pictures under /samples/ (portrait, street, product, landscape).
+
+controls (faults, rules, journal) from another process:
+  the admin API under /_emulator/ (JSON, loopback Host only; --admin-token to
+  require a token too), or in Python:
+    from airflow_provider_runcomfy.emulator import RemoteEmulator
+    RemoteEmulator("http://127.0.0.1:8188").add_fault("status", "http", status=503)
+
+in pytest (pip install "airflow-provider-runcomfy[emulator]"):
+  fixtures runcomfy_emulator and runcomfy_emulator_conn_env; in Python,
+  help(airflow_provider_runcomfy.emulator) and docs/emulator.md in the sdist.
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runcomfy-emulator",
-        description="An offline RunComfy Model API for tests, CI and the example DAGs (docs/emulator.md).",
+        description="An offline RunComfy Model API for tests, CI and the example DAGs: no token, no internet.",
+        epilog=GUIDE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8188, help="port, 0 for a free one (default: 8188)")
@@ -37,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
         "--token",
         help=f"the API token to accept; prefer the {TOKEN_ENV} environment variable "
         "(default: the documented 'emulator-token')",
+    )
+    parser.add_argument(
+        "--admin-token",
+        help=f"require this token (header X-Emulator-Admin-Token) on the admin API; prefer {ADMIN_TOKEN_ENV}",
     )
     parser.add_argument(
         "--extra-token",
@@ -55,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--balance-usd", type=float, help="account balance; submits fail with 400002 when spent"
     )
-    parser.add_argument("--price-usd", type=float, help="price of one job (default: 0.04)")
+    parser.add_argument(
+        "--price-usd", type=float, help="price per unit of every model (default: each model's catalog price)"
+    )
     parser.add_argument(
         "--public-url", help="base URL to put in returned URLs (default: the URL clients used)"
     )
@@ -70,14 +105,14 @@ def _token(args: argparse.Namespace) -> tuple[str | None, str]:
         return args.token, "token from --token"
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV], f"token from {TOKEN_ENV}"
-    return None, "the built-in default token (see docs/emulator.md)"
+    return None, f"token: {DEFAULT_TOKEN}, the built-in default"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the emulator in the foreground; returns the exit status (0 after SIGTERM/SIGINT)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if not args.allow_remote and not is_loopback_host(args.host):
+    if not args.allow_remote and not is_loopback_name(args.host):
         parser.error(
             f"--host {args.host} is not a loopback address; add --allow-remote if you really mean it"
         )
@@ -86,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         name: value
         for name, value in {
             "token": token,
+            "admin_token": args.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
             "extra_tokens": args.extra_token,
             "queue_seconds": args.queue_seconds,
             "run_seconds": args.run_seconds,
@@ -100,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = EmulatorConfig(**settings)
     except ValidationError as exc:
-        parser.error(str(exc).replace(token or "\0", "<token>"))
+        message = str(exc)
+        for secret in (token, settings.get("admin_token")):
+            message = message.replace(secret, "<token>") if secret else message
+        parser.error(message)
 
     import uvicorn
 
@@ -143,7 +182,13 @@ async def _serve(server: Any, sock: Any, args: argparse.Namespace, token_source:
             partial = args.ready_file.with_name(args.ready_file.name + ".tmp")
             partial.write_text(base_url + "\n")
             partial.replace(args.ready_file)
-        print(f"RunComfy emulator listening on {base_url} ({token_source})", flush=True)
+        print(
+            f"RunComfy emulator listening on {base_url} ({token_source}; runcomfy-emulator --help)",
+            flush=True,
+        )
+        password = DEFAULT_TOKEN if token_source.startswith("token: ") else "<the token>"
+        conn = f'{{"conn_type":"runcomfy","host":"{base_url}","password":"{password}"}}'
+        print(f"Point Airflow at it: export AIRFLOW_CONN_RUNCOMFY_DEFAULT='{conn}'", flush=True)
     await task
 
 

@@ -30,6 +30,8 @@ class EmulatorConfig(BaseModel):
     """The token of the emulator's main user (``Authorization: Bearer <token>``)."""
     extra_tokens: list[str] = Field(default_factory=list)
     """Tokens of other users: valid, but a job belongs to the token that submitted it (403001)."""
+    admin_token: str | None = Field(default=None, min_length=1)
+    """When set, every ``/_emulator/`` request must carry it (``X-Emulator-Admin-Token``); see admin.py."""
     queue_seconds: float = Field(default=1.0, ge=0)
     run_seconds: float = Field(default=3.0, ge=0)
     request_ttl_seconds: float | None = Field(default=None, ge=0)
@@ -37,9 +39,14 @@ class EmulatorConfig(BaseModel):
     failed_status_word: Literal["completed", "failed"] = "completed"
     """What ``/status`` says of a failed job: RunComfy's docs leave it open, so both can be emulated."""
     balance_usd: float | None = None
-    """The account balance, charged ``price_usd`` per submit; ``None`` means unlimited."""
-    price_usd: float = Field(default=0.04, ge=0)
-    """The price of one job (any model), reported as ``cost`` and ``base_price_usd``."""
+    """The account balance, charged each submit's estimated cost; ``None`` means unlimited.
+
+    A submit whose estimate is more than what is left is refused (HTTP 400, error 400002).
+    """
+    price_usd: float | None = Field(default=None, ge=0)
+    """When set, the price per unit of every catalog model (``base_price_usd``), instead of the catalog's."""
+    unlisted_price_usd: float = Field(default=0.04, ge=0)
+    """What a job of a model outside the catalog costs (it publishes no price)."""
     unknown_models: list[str] = Field(default_factory=lambda: list(DEFAULT_UNKNOWN_MODELS))
     public_url: str | None = None
     """The base URL put into ``status_url``/``result_url``/output URLs; default: the URL the client used."""
@@ -66,4 +73,4 @@ class EmulatorConfig(BaseModel):
 
     def public_dict(self) -> dict[str, Any]:
         """The settings without the tokens, for the admin API (which needs no token to read)."""
-        return self.model_dump(exclude={"token", "extra_tokens"})
+        return self.model_dump(exclude={"token", "extra_tokens", "admin_token"})

@@ -1,22 +1,50 @@
 """The controls a test has over an emulator, the same for one in this process and one elsewhere.
 
-``RunComfyEmulator`` (a server in a background thread) implements them on
-its memory directly; ``RemoteEmulator`` implements them over the admin API
-(``/_emulator/...``). A test written against ``EmulatorControls`` runs
-against either.
+The public methods are written once, here. Each builds the declarative
+model (``Fault``, ``Rule``, a config change) and hands it to a
+``ControlPlane``: the emulator's own ``EmulatorState`` for
+``RunComfyEmulator`` (a server in a background thread), or the admin API
+client for ``RemoteEmulator``. A test written against ``EmulatorControls``
+runs against either.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Protocol
 
-from airflow_provider_runcomfy.emulator.state import Fault, JobInfo, Journal, Rule
+from airflow_provider_runcomfy.emulator.faults import Fault, Rule, fault_from
+from airflow_provider_runcomfy.emulator.journal import Journal
+from airflow_provider_runcomfy.emulator.state import JobInfo
+
+
+class ControlPlane(Protocol):
+    """What the controls need from an emulator: ``EmulatorState`` in-process, the admin API remotely."""
+
+    @property
+    def journal(self) -> Journal: ...
+    def add_fault(self, fault: Fault) -> Fault: ...
+    def list_faults(self) -> list[Fault]: ...
+    def clear_faults(self) -> None: ...
+    def add_rule(self, rule: Rule) -> Rule: ...
+    def list_rules(self) -> list[Rule]: ...
+    def clear_rules(self) -> None: ...
+    def list_jobs(self) -> list[JobInfo]: ...
+    def job(self, request_id: str) -> JobInfo | None: ...
+    def expire(self, request_id: str) -> bool: ...
+    def get_config(self) -> dict[str, Any]: ...
+    def set_config(self, changes: dict[str, Any]) -> dict[str, Any]: ...
+    def reset(self) -> None: ...
 
 
 class EmulatorControls(ABC):
     """Steer and observe an emulator: faults, rules, config, expiry, jobs and the journal."""
+
+    @property
+    @abstractmethod
+    def _plane(self) -> ControlPlane:
+        """Where the controls act."""
 
     @property
     @abstractmethod
@@ -29,87 +57,98 @@ class EmulatorControls(ABC):
         """The main user's API token."""
 
     @property
-    @abstractmethod
     def journal(self) -> Journal:
         """The API and file requests received so far (``journal.of("submit")``, ``journal.count(...)``)."""
+        return self._plane.journal
 
     @property
-    @abstractmethod
     def jobs(self) -> list[JobInfo]:
         """A snapshot of every job, oldest first."""
+        return self._plane.list_jobs()
 
-    @abstractmethod
     def job(self, request_id: str) -> JobInfo | None:
         """A snapshot of one job, or ``None`` if the emulator never saw it."""
+        return self._plane.job(request_id)
 
-    @abstractmethod
+    def peak_in_flight(self, model_id: str | None = None) -> int:
+        """The most jobs (of ``model_id``, or all) the emulator held at once, queued or running.
+
+        What RunComfy would have held for a batch: a job counts from its submit until it
+        finished or was cancelled (not until the client read its result).
+        """
+        events = sorted(
+            (t, step)
+            for job in self.jobs
+            if model_id is None or job.model_id == model_id
+            for t, step in ((job.created_at, 1), (job.finished_at, -1))
+        )  # at equal times the -1 sorts first: a job that ends as another starts is not overlap
+        peak = held = 0
+        for _, step in events:
+            held += step
+            peak = max(peak, held)
+        return peak
+
     def add_fault(
-        self,
-        endpoint: str,
-        kind: str,
-        times: int | None = 1,
-        request_id: str | None = None,
-        status: int | None = None,
-        error_code: int | None = None,
-        error_message: str | None = None,
-        retry_after: float | None = None,
-        seconds: float | None = None,
-        after_bytes: int | None = None,
+        self, endpoint: str, kind: str, times: int | None = 1, request_id: str | None = None, **options: Any
     ) -> Fault:
-        """Make the next ``times`` requests to ``endpoint`` misbehave; see ``EmulatorState.add_fault``.
+        """Make the next ``times`` requests to ``endpoint`` misbehave (``times=None``: until cleared).
 
         ``endpoint``: ``submit``, ``status``, ``result``, ``cancel``, ``model``,
-        ``file`` or ``any``. ``kind``: ``http``, ``error_200``, ``delay``,
-        ``drop`` or ``truncate``.
+        ``file``, ``sample`` or ``any``. ``kind`` and ``options`` are the fields
+        of ``Fault``, which lists what each kind answers: ``http`` (``status``,
+        ``error_code``, ``error_message``, ``retry_after``, ``headers``),
+        ``error_200``, ``delay`` (``seconds``), ``drop``, ``truncate``
+        (``after_bytes``), ``bad_body`` (``status``, ``content_type``, ``body``),
+        ``not_written``, ``gzip_bomb``/``zlib_bomb``/``png_bomb`` (``size``) and
+        ``redirect`` (``location``). ``request_id`` limits it to one job.
+        Raises ``ValueError`` (a pydantic ``ValidationError``) for an impossible fault.
         """
+        return self._plane.add_fault(fault_from(endpoint, kind, times, request_id, **options))
 
     @property
-    @abstractmethod
     def faults(self) -> list[Fault]:
         """The faults added since the last reset, with how often each hit (``hits``) and may still hit."""
+        return self._plane.list_faults()
 
-    @abstractmethod
     def clear_faults(self) -> None:
         """Remove every fault."""
+        self._plane.clear_faults()
 
-    @abstractmethod
     def add_rule(
-        self,
-        prompt_contains: str | None = None,
-        model_id: str | None = None,
-        queue_seconds: float | None = None,
-        run_seconds: float | None = None,
-        fail_message: str | None = None,
-        num_outputs: int | None = None,
-        output_bytes: int | None = None,
-        output_kind: str | None = None,
+        self, prompt_contains: str | None = None, model_id: str | None = None, **options: Any
     ) -> Rule:
-        """Decide how jobs submitted from now on run; first match wins (see ``EmulatorState.add_rule``)."""
+        """Decide how jobs submitted from now on run; first match wins. ``options``: the fields of ``Rule``.
+
+        ``queue_seconds``, ``run_seconds``, ``fail_message``, ``num_outputs``,
+        ``output_bytes``, ``output_kind``.
+        """
+        rule = Rule.model_validate({"prompt_contains": prompt_contains, "model_id": model_id, **options})
+        return self._plane.add_rule(rule)
 
     @property
-    @abstractmethod
     def rules(self) -> list[Rule]:
         """The rules, in the order they are tried."""
+        return self._plane.list_rules()
 
-    @abstractmethod
     def clear_rules(self) -> None:
         """Remove every rule."""
+        self._plane.clear_rules()
 
-    @abstractmethod
     def set_config(self, **changes: Any) -> dict[str, Any]:
         """Change settings (names of ``EmulatorConfig``); returns the settings, tokens left out."""
+        return self._plane.set_config(changes)
 
-    @abstractmethod
     def get_config(self) -> dict[str, Any]:
         """The current settings, tokens left out."""
+        return self._plane.get_config()
 
-    @abstractmethod
     def reset(self) -> None:
         """Forget jobs, faults, rules and the journal; return to the settings the emulator started with."""
+        self._plane.reset()
 
-    @abstractmethod
     def expire(self, request_id: str) -> bool:
         """Make a job answer 404001 from now on, as if its results had expired; ``False`` if unknown."""
+        return self._plane.expire(request_id)
 
     def url(self, path: str) -> str:
         """An absolute URL on the emulator, e.g. ``url("/samples/portrait.png")``."""

@@ -64,9 +64,13 @@ class Raster:
             self.data[offset + start * 3 : offset + end * 3] = bytes(color) * (end - start)
 
     def rect(self, x0: float, y0: float, x1: float, y1: float, color: Color) -> None:
-        """Fill the rectangle ``[x0, x1) x [y0, y1)``."""
+        """Fill the rectangle ``[x0, x1) x [y0, y1)`` (one slice assignment a row)."""
+        start, end = max(0, round(x0)), min(self.width, round(x1))
+        if end <= start:
+            return
+        run, stride, data = bytes(color) * (end - start), self.stride, self.data
         for y in range(max(0, round(y0)), min(self.height, round(y1))):
-            self.span(y, x0, x1, color)
+            data[y * stride + start * 3 : y * stride + end * 3] = run
 
     def ellipse(self, cx: float, cy: float, rx: float, ry: float, color: Color) -> None:
         """Fill the ellipse centred on ``(cx, cy)`` with radii ``rx`` and ``ry``."""
@@ -123,9 +127,9 @@ class Raster:
         self.rect(self.width - thickness, 0, self.width, self.height, color)
 
     def encode(self) -> bytes:
-        """The picture as a PNG file (8-bit RGB, filter type 0: quick to write and to read back)."""
+        """The picture as a PNG file (8-bit RGB, filter type 0, fast compression: quick to write and read)."""
         out = io.BytesIO()
-        writer = png.Writer(self.width, self.height, greyscale=False, bitdepth=8, compression=6)
+        writer = png.Writer(self.width, self.height, greyscale=False, bitdepth=8, compression=1)
         stride, data = self.stride, self.data
         writer.write_packed(out, (data[i : i + stride] for i in range(0, len(data), stride)))
         return out.getvalue()
@@ -173,19 +177,49 @@ def _column_picker(x0: int, crop_w: int, out_w: int) -> itemgetter[tuple[int, ..
     return itemgetter(*indices)
 
 
-def fit(source: Raster, out_w: int, out_h: int) -> Raster:
-    """Crop ``source`` to the target's aspect ratio around its centre and scale it (nearest pixel)."""
-    x0, y0, crop_w, crop_h = crop_box(source.width, source.height, out_w, out_h)
-    pick = _column_picker(x0, crop_w, out_w)
-    out = Raster(out_w, out_h)
-    for y in range(out_h):
-        row = source.row(y0 + y * crop_h // out_h)
-        out.data[y * out.stride : (y + 1) * out.stride] = bytes(pick(row))
-    return out
-
-
 class UnreadablePNG(ValueError):
     """The bytes are not a PNG pypng can decode within the emulator's limits."""
+
+
+#: Channels per pixel of each PNG colour type (grey, RGB, palette, grey+alpha, RGBA).
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def check_inflated_size(data: bytes) -> None:
+    """Refuse a PNG whose image data inflates to more than its header's size implies (a PNG bomb).
+
+    pypng inflates each IDAT chunk whole, so a 1 MB chunk of a bomb would
+    cost a gigabyte before anything could look at it. This pass inflates
+    the IDAT stream 64 KiB at a time, keeps nothing, and stops as soon as it
+    passes the size the declared width, height, depth and colour type allow.
+    """
+    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR" or len(data) < 33:
+        raise UnreadablePNG("not a PNG (no signature and IHDR)")
+    width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if color not in _CHANNELS or width * height > MAX_DECODE_PIXELS:
+        raise UnreadablePNG(
+            f"a {width}x{height} PNG of colour type {color} is beyond what the emulator decodes"
+        )
+    row_bytes = (width * _CHANNELS[color] * depth + 7) // 8
+    # Adam7 adds at most one filter byte per row of each of its 7 passes.
+    bound = height * (1 + row_bytes) + (7 * (height + 1) if interlace else 0)
+    inflater = zlib.decompressobj()
+    inflated, offset = 0, 8
+    while offset + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        if kind == b"IDAT":
+            pending: bytes = data[offset + 8 : offset + 8 + length]
+            while pending:
+                inflated += len(inflater.decompress(pending, 64 * 1024))
+                if inflated > bound:
+                    raise UnreadablePNG(
+                        f"its image data inflates beyond the {bound} bytes a {width}x{height} PNG needs"
+                    )
+                pending = inflater.unconsumed_tail
+        elif kind == b"IEND":
+            break
+        offset += 12 + length
 
 
 def decode_fitted(data: bytes, aspect: tuple[int, int] | None, long_side: int) -> Raster:
@@ -195,11 +229,10 @@ def decode_fitted(data: bytes, aspect: tuple[int, int] | None, long_side: int) -
     converted to RGB, so a large input costs decoding time but not memory.
     """
     try:
+        check_inflated_size(data)
         reader = png.Reader(bytes=data)
         reader.preamble()
         width, height = reader.width, reader.height
-        if width * height > MAX_DECODE_PIXELS:
-            raise UnreadablePNG(f"{width}x{height} is larger than the emulator decodes")
         out_w, out_h = target_size(aspect, long_side, (width, height))
         x0, y0, crop_w, crop_h = crop_box(width, height, out_w, out_h)
         _, _, rows, info = reader.asDirect()
@@ -287,6 +320,11 @@ def padded_png(png_bytes: bytes, total_size: int | None) -> tuple[int, Iterator[
         yield iend
 
     return length, parts()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data and the CRC of type and data."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
 def _pad_crc(size: int) -> int:

@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
 
-from airflow_provider_runcomfy.client._validation import is_loopback_host
 from airflow_provider_runcomfy.emulator.images import PNG_SIGNATURE, digest
+from airflow_provider_runcomfy.emulator.loopback import is_loopback_name
 from airflow_provider_runcomfy.emulator.render import InputPicture
 
 #: Reads one of the emulator's own paths (``/samples/x.png``, ``/files/id/0.png``) without HTTP.
@@ -68,7 +68,7 @@ async def fetch_input(
         raise failure("not an http(s) URL or data: URI")
     if host == "invalid" or host.endswith(".invalid"):
         raise failure("host not found")
-    if is_loopback_host(host):
+    if is_loopback_name(host):
         return _picture(await _get(url, fetch_timeout, max_bytes, failure))
     # The internet is out of reach: stand in for the picture, the same one for the same URL.
     return InputPicture(stand_in_seed=digest("url", url).hex())

@@ -2,20 +2,91 @@
 
 Use it when the emulator was started with ``runcomfy-emulator`` (by CI, a
 docker-compose file, or a test that runs it as a subprocess) and the test
-still wants faults, rules and the journal.
+still wants faults, rules and the journal. ``_AdminClient`` is the admin
+API's side of ``ControlPlane``: the same models, as JSON.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
 
+from airflow_provider_runcomfy.emulator.admin import ADMIN_PREFIX, ADMIN_TOKEN_HEADER
 from airflow_provider_runcomfy.emulator.config import DEFAULT_TOKEN
 from airflow_provider_runcomfy.emulator.controls import EmulatorControls
-from airflow_provider_runcomfy.emulator.state import Fault, JobInfo, Journal, JournalEntry, Rule
+from airflow_provider_runcomfy.emulator.faults import Fault, Rule
+from airflow_provider_runcomfy.emulator.journal import Journal, JournalEntry
+from airflow_provider_runcomfy.emulator.state import JobInfo
+
+#: The environment variables the CLI reads too.
+TOKEN_ENV = "RUNCOMFY_EMULATOR_TOKEN"
+ADMIN_TOKEN_ENV = "RUNCOMFY_EMULATOR_ADMIN_TOKEN"
+
+
+class _AdminClient:
+    """``ControlPlane`` over HTTP: each call is one admin request; reads are snapshots."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        # Every POST carries a JSON object (``{}`` at least): the admin API refuses any other body.
+        if method == "POST" and body is None:
+            body = {}
+        response = self.http.request(method, path, json=body)
+        if response.status_code in (400, 403):
+            raise ValueError(
+                f"the emulator refused {method} {ADMIN_PREFIX}{path}: {response.json()['detail']}"
+            )
+        response.raise_for_status()
+        return response.json()
+
+    @property
+    def journal(self) -> Journal:
+        return Journal([JournalEntry.from_dict(e) for e in self.call("GET", "/journal")])
+
+    def add_fault(self, fault: Fault) -> Fault:
+        return Fault.model_validate(self.call("POST", "/faults", fault.model_dump(exclude_defaults=True)))
+
+    def list_faults(self) -> list[Fault]:
+        return [Fault.model_validate(f) for f in self.call("GET", "/faults")]
+
+    def clear_faults(self) -> None:
+        self.call("DELETE", "/faults")
+
+    def add_rule(self, rule: Rule) -> Rule:
+        return Rule.model_validate(self.call("POST", "/rules", rule.model_dump(exclude_defaults=True)))
+
+    def list_rules(self) -> list[Rule]:
+        return [Rule.model_validate(r) for r in self.call("GET", "/rules")]
+
+    def clear_rules(self) -> None:
+        self.call("DELETE", "/rules")
+
+    def list_jobs(self) -> list[JobInfo]:
+        return [JobInfo.from_dict(j) for j in self.call("GET", "/jobs")]
+
+    def job(self, request_id: str) -> JobInfo | None:
+        found = self.call("GET", f"/jobs/{request_id}")
+        return JobInfo.from_dict(found) if found else None
+
+    def expire(self, request_id: str) -> bool:
+        return bool(self.call("POST", f"/jobs/{request_id}/expire")["expired"])
+
+    def get_config(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", "/config")
+        return result
+
+    def set_config(self, changes: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", "/config", changes)
+        return result
+
+    def reset(self) -> None:
+        self.call("POST", "/reset")
 
 
 class RemoteEmulator(EmulatorControls):
@@ -28,24 +99,35 @@ class RemoteEmulator(EmulatorControls):
 
     :param base_url: the emulator's base URL.
     :param token: the main user's API token, for ``token`` and ``airflow_conn_env``.
+    :param admin_token: the emulator's admin token, if it was started with one
+        (default: ``RUNCOMFY_EMULATOR_ADMIN_TOKEN`` from the environment).
     :param timeout: seconds to wait for each admin call.
     """
 
-    def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        admin_token: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self._base_url = base_url.rstrip("/")
-        self._token = token or os.environ.get("RUNCOMFY_EMULATOR_TOKEN") or DEFAULT_TOKEN
-        self._http = httpx.Client(base_url=self._base_url + "/_emulator", timeout=timeout, trust_env=False)
+        self._token = token or os.environ.get(TOKEN_ENV) or DEFAULT_TOKEN
+        admin_token = admin_token or os.environ.get(ADMIN_TOKEN_ENV)
+        headers = {ADMIN_TOKEN_HEADER: admin_token} if admin_token else {}
+        http = httpx.Client(
+            base_url=self._base_url + ADMIN_PREFIX, headers=headers, timeout=timeout, trust_env=False
+        )
+        self._admin = _AdminClient(http)
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        response = self._http.request(method, path, json=body)
-        if response.status_code == 400:
-            raise ValueError(f"the emulator refused {method} /_emulator{path}: {response.json()['detail']}")
-        response.raise_for_status()
-        return response.json()
+    @property
+    def _plane(self) -> _AdminClient:
+        return self._admin
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
-        self._http.close()
+        self._admin.http.close()
 
     def __enter__(self) -> Self:
         return self
@@ -60,12 +142,10 @@ class RemoteEmulator(EmulatorControls):
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Block until the emulator answers its health check (for one just started elsewhere)."""
-        import time
-
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self._call("GET", "/health")
+                self._admin.call("GET", "/health")
                 return
             except httpx.TransportError:
                 if time.monotonic() > deadline:
@@ -80,94 +160,7 @@ class RemoteEmulator(EmulatorControls):
     def token(self) -> str:
         return self._token
 
-    @property
-    def journal(self) -> Journal:
-        return Journal([JournalEntry.from_dict(e) for e in self._call("GET", "/journal")])
-
-    @property
-    def jobs(self) -> list[JobInfo]:
-        return [JobInfo.from_dict(j) for j in self._call("GET", "/jobs")]
-
-    def job(self, request_id: str) -> JobInfo | None:
-        found = self._call("GET", f"/jobs/{request_id}")
-        return JobInfo.from_dict(found) if found else None
-
-    def add_fault(
-        self,
-        endpoint: str,
-        kind: str,
-        times: int | None = 1,
-        request_id: str | None = None,
-        status: int | None = None,
-        error_code: int | None = None,
-        error_message: str | None = None,
-        retry_after: float | None = None,
-        seconds: float | None = None,
-        after_bytes: int | None = None,
-    ) -> Fault:
-        body = {
-            "endpoint": endpoint,
-            "kind": kind,
-            "times": times,
-            "request_id": request_id,
-            "status": status,
-            "error_code": error_code,
-            "error_message": error_message,
-            "retry_after": retry_after,
-            "seconds": seconds,
-            "after_bytes": after_bytes,
-        }
-        return Fault.from_dict(self._call("POST", "/faults", body))
-
-    @property
-    def faults(self) -> list[Fault]:
-        return [Fault.from_dict(f) for f in self._call("GET", "/faults")]
-
-    def clear_faults(self) -> None:
-        self._call("DELETE", "/faults")
-
-    def add_rule(
-        self,
-        prompt_contains: str | None = None,
-        model_id: str | None = None,
-        queue_seconds: float | None = None,
-        run_seconds: float | None = None,
-        fail_message: str | None = None,
-        num_outputs: int | None = None,
-        output_bytes: int | None = None,
-        output_kind: str | None = None,
-    ) -> Rule:
-        body = {
-            "prompt_contains": prompt_contains,
-            "model_id": model_id,
-            "queue_seconds": queue_seconds,
-            "run_seconds": run_seconds,
-            "fail_message": fail_message,
-            "num_outputs": num_outputs,
-            "output_bytes": output_bytes,
-            "output_kind": output_kind,
-        }
-        return Rule.from_dict(self._call("POST", "/rules", body))
-
-    @property
-    def rules(self) -> list[Rule]:
-        return [Rule.from_dict(r) for r in self._call("GET", "/rules")]
-
-    def clear_rules(self) -> None:
-        self._call("DELETE", "/rules")
-
     def set_config(self, **changes: Any) -> dict[str, Any]:
         if "token" in changes:
             self._token = changes["token"]
-        result: dict[str, Any] = self._call("POST", "/config", changes)
-        return result
-
-    def get_config(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", "/config")
-        return result
-
-    def reset(self) -> None:
-        self._call("POST", "/reset")
-
-    def expire(self, request_id: str) -> bool:
-        return bool(self._call("POST", f"/jobs/{request_id}/expire")["expired"])
+        return super().set_config(**changes)

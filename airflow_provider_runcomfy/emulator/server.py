@@ -14,10 +14,10 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
-from airflow_provider_runcomfy.client._validation import is_loopback_host
 from airflow_provider_runcomfy.emulator.config import EmulatorConfig
 from airflow_provider_runcomfy.emulator.controls import EmulatorControls
-from airflow_provider_runcomfy.emulator.state import EmulatorState, Fault, JobInfo, Journal, Rule
+from airflow_provider_runcomfy.emulator.loopback import is_loopback_name
+from airflow_provider_runcomfy.emulator.state import EmulatorState
 
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
@@ -42,8 +42,11 @@ def uvicorn_config(app: Any, *, log_level: str = "warning") -> Any:
     """uvicorn settings shared by the thread and the CLI: plain asyncio, no lifespan, no access log."""
     import uvicorn  # imported here: the pytest plugin imports this package and must stay light
 
+    from airflow_provider_runcomfy.emulator.connections import protocol_class
+
     return uvicorn.Config(
         app,
+        http=protocol_class(),  # notes each connection's transport, for the drop and truncate faults
         lifespan="off",
         loop="asyncio",
         log_config=None,
@@ -78,7 +81,7 @@ class RunComfyEmulator(EmulatorControls):
         allow_remote: bool = False,
         **overrides: Any,
     ) -> None:
-        if not allow_remote and not is_loopback_host(host):
+        if not allow_remote and not is_loopback_name(host):
             raise ValueError(
                 f"refusing to listen on {host!r}: the emulator is for loopback (allow_remote=True)"
             )
@@ -149,7 +152,11 @@ class RunComfyEmulator(EmulatorControls):
     def __repr__(self) -> str:
         return f"RunComfyEmulator({self._base_url or 'stopped'})"
 
-    # -- controls --------------------------------------------------------------------------------------
+    # -- controls: EmulatorControls acts on this emulator's own memory --------------------------------
+
+    @property
+    def _plane(self) -> EmulatorState:
+        return self.state
 
     @property
     def base_url(self) -> str:
@@ -165,88 +172,3 @@ class RunComfyEmulator(EmulatorControls):
     def config(self) -> EmulatorConfig:
         """The live settings (read-only: change them with ``set_config``)."""
         return self.state.config
-
-    @property
-    def journal(self) -> Journal:
-        return self.state.journal
-
-    @property
-    def jobs(self) -> list[JobInfo]:
-        return self.state.jobs
-
-    def job(self, request_id: str) -> JobInfo | None:
-        return self.state.job(request_id)
-
-    def add_fault(
-        self,
-        endpoint: str,
-        kind: str,
-        times: int | None = 1,
-        request_id: str | None = None,
-        status: int | None = None,
-        error_code: int | None = None,
-        error_message: str | None = None,
-        retry_after: float | None = None,
-        seconds: float | None = None,
-        after_bytes: int | None = None,
-    ) -> Fault:
-        return self.state.add_fault(
-            endpoint,
-            kind,
-            times,
-            request_id,
-            status,
-            error_code,
-            error_message,
-            retry_after,
-            seconds,
-            after_bytes,
-        )
-
-    @property
-    def faults(self) -> list[Fault]:
-        return self.state.faults
-
-    def clear_faults(self) -> None:
-        self.state.clear_faults()
-
-    def add_rule(
-        self,
-        prompt_contains: str | None = None,
-        model_id: str | None = None,
-        queue_seconds: float | None = None,
-        run_seconds: float | None = None,
-        fail_message: str | None = None,
-        num_outputs: int | None = None,
-        output_bytes: int | None = None,
-        output_kind: str | None = None,
-    ) -> Rule:
-        return self.state.add_rule(
-            prompt_contains,
-            model_id,
-            queue_seconds,
-            run_seconds,
-            fail_message,
-            num_outputs,
-            output_bytes,
-            output_kind,
-        )
-
-    @property
-    def rules(self) -> list[Rule]:
-        return self.state.rules
-
-    def clear_rules(self) -> None:
-        self.state.clear_rules()
-
-    def set_config(self, **changes: Any) -> dict[str, Any]:
-        return self.state.set_config(**changes).public_dict()
-
-    def get_config(self) -> dict[str, Any]:
-        return self.state.config.public_dict()
-
-    def reset(self) -> None:
-        self.state.reset()
-
-    def expire(self, request_id: str) -> bool:
-        return self.state.expire(request_id)

@@ -5,6 +5,10 @@ it is looked at (``in_queue`` until ``created_at + queue_seconds``, then
 ``in_progress`` for ``run_seconds``, then finished), so there is no
 background task to drift, stall or leak. The lock exists because control
 calls come from the test's thread while the server runs in another.
+
+Every per-request operation is O(1) or O(log n) in the number of jobs
+(a dict lookup, a queue-index prefix sum), so the emulator keeps up with
+tens of thousands of jobs; only the snapshots tests ask for are O(n).
 """
 
 from __future__ import annotations
@@ -14,185 +18,30 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from airflow_provider_runcomfy.emulator.config import EmulatorConfig
-from airflow_provider_runcomfy.emulator.models import ModelSpec, OutputKind, parse_aspect_ratio
+from airflow_provider_runcomfy.emulator.faults import Fault, OutputKind, Rule
+from airflow_provider_runcomfy.emulator.journal import Journal, JournalEntry
+from airflow_provider_runcomfy.emulator.models import ModelSpec, parse_aspect_ratio
+from airflow_provider_runcomfy.emulator.queue import QueueIndex
 from airflow_provider_runcomfy.emulator.render import InputPicture, RenderCache
 
-#: Endpoints as the journal and faults name them; ``any`` (faults only) matches all of them.
-ENDPOINTS = ("submit", "status", "result", "cancel", "model", "file")
-FAULT_ENDPOINTS = (*ENDPOINTS, "any")
-FAULT_KINDS = ("http", "error_200", "delay", "drop", "truncate")
-OUTPUT_KINDS = ("image", "images", "video", "videos", "none")
+__all__ = [
+    "EmulatorState",
+    "Fault",
+    "InsufficientBalance",
+    "Job",
+    "JobInfo",
+    "Journal",
+    "JournalEntry",
+    "Rule",
+]
 
 #: Where a job is in its life, as the emulator computes it from the clock.
 Phase = Literal["in_queue", "in_progress", "succeeded", "failed", "cancelled"]
-
-
-@dataclass
-class Fault:
-    """A planned misbehaviour of one endpoint (see ``EmulatorState.add_fault``)."""
-
-    id: int
-    endpoint: str
-    kind: str
-    times: int | None = 1
-    """How many more requests it hits; ``None``: every one until cleared."""
-    request_id: str | None = None
-    status: int | None = None
-    error_code: int | None = None
-    error_message: str | None = None
-    retry_after: float | None = None
-    seconds: float | None = None
-    after_bytes: int | None = None
-    hits: int = 0
-
-    def matches(self, endpoint: str, request_id: str | None) -> bool:
-        """Whether this fault applies to a request of ``endpoint`` about ``request_id``."""
-        if self.times is not None and self.times <= 0:
-            return False
-        if self.endpoint not in ("any", endpoint):
-            return False
-        return self.request_id is None or self.request_id == request_id
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy, for the admin API."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Fault:
-        """The inverse of ``to_dict``."""
-        return cls(**data)
-
-
-@dataclass
-class Rule:
-    """How to run the jobs it matches (see ``EmulatorState.add_rule``)."""
-
-    id: int
-    prompt_contains: str | None = None
-    model_id: str | None = None
-    queue_seconds: float | None = None
-    run_seconds: float | None = None
-    fail_message: str | None = None
-    num_outputs: int | None = None
-    output_bytes: int | None = None
-    output_kind: str | None = None
-    hits: int = 0
-
-    def matches(self, model_id: str, prompt: str) -> bool:
-        """Whether a job of ``model_id`` with ``prompt`` falls under this rule (no criteria: every job)."""
-        if self.model_id is not None and self.model_id != model_id:
-            return False
-        return self.prompt_contains is None or self.prompt_contains in prompt
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy, for the admin API."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Rule:
-        """The inverse of ``to_dict``."""
-        return cls(**data)
-
-
-@dataclass
-class JournalEntry:
-    """One API or file request the emulator received, and what it answered."""
-
-    endpoint: str
-    """``submit``, ``status``, ``result``, ``cancel``, ``model``, ``file`` or ``sample``."""
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    """Request headers, names lowercased (``authorization`` included: it is the emulator's own token)."""
-    json: Any
-    """The JSON body, or ``None`` (no body, or not JSON)."""
-    status_code: int | None
-    """The HTTP status answered; ``None`` when the connection was dropped (or not answered yet)."""
-    request_id: str | None
-    at: float
-    """``time.time()`` when the request arrived."""
-    model_id: str | None = None
-    fault: str | None = None
-    """The kind of fault that hit this request, if one did."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy, for the admin API."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JournalEntry:
-        """The inverse of ``to_dict``."""
-        return cls(**data)
-
-
-class Journal:
-    """The requests the emulator received, oldest first: what tests assert on.
-
-    Reads return copies, so a test can hold on to them while the server
-    keeps recording. Admin (``/_emulator/``) calls are never recorded.
-    """
-
-    def __init__(self, entries: list[JournalEntry] | None = None) -> None:
-        self._entries = list(entries or [])
-        self._lock = threading.Lock()
-
-    def record(self, entry: JournalEntry) -> JournalEntry:
-        """Append ``entry`` (the server fills in its ``status_code`` once known)."""
-        with self._lock:
-            self._entries.append(entry)
-        return entry
-
-    @property
-    def entries(self) -> list[JournalEntry]:
-        """A copy of every entry."""
-        with self._lock:
-            return [dataclasses.replace(e) for e in self._entries]
-
-    def of(self, endpoint: str | None = None, *, request_id: str | None = None) -> list[JournalEntry]:
-        """The entries of ``endpoint`` (all when ``None``), optionally only those about ``request_id``."""
-        return [
-            e
-            for e in self.entries
-            if (endpoint is None or e.endpoint == endpoint)
-            and (request_id is None or e.request_id == request_id)
-        ]
-
-    def count(self, endpoint: str | None = None, *, request_id: str | None = None) -> int:
-        """How many requests ``of(endpoint, request_id=...)`` holds."""
-        return len(self.of(endpoint, request_id=request_id))
-
-    def last(self, endpoint: str | None = None) -> JournalEntry | None:
-        """The most recent entry of ``endpoint``, or ``None``."""
-        found = self.of(endpoint)
-        return found[-1] if found else None
-
-    def clear(self) -> None:
-        """Forget every entry."""
-        with self._lock:
-            self._entries.clear()
-
-    def to_list(self) -> list[dict[str, Any]]:
-        """Every entry as a dict, for the admin API."""
-        return [e.to_dict() for e in self.entries]
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-    def __iter__(self) -> Iterator[JournalEntry]:
-        return iter(self.entries)
-
-    def __getitem__(self, index: int) -> JournalEntry:
-        return self.entries[index]
-
-    def __repr__(self) -> str:
-        return f"Journal({[f'{e.method} {e.path} -> {e.status_code}' for e in self.entries]})"
 
 
 @dataclass(frozen=True)
@@ -235,6 +84,8 @@ class Job:
     """The asyncio task fetching the inputs (owned by the server's event loop)."""
     own_bases: tuple[str, ...] = ()
     """The base URLs under which input URLs point at the emulator itself."""
+    seq: int = 0
+    """Its place in submit order (the queue index's key)."""
 
     @property
     def finished_at(self) -> float:
@@ -285,11 +136,15 @@ class JobInfo:
 
 
 class InsufficientBalance(Exception):
-    """A submit would take the balance below zero (400002)."""
+    """A submit's estimated cost is more than the balance left (400002)."""
 
 
 class EmulatorState:
     """All the emulator remembers, and the controls tests use to steer it.
+
+    Its control methods (``add_fault``, ``list_jobs``, ``set_config``, ...)
+    take and return the declarative models; ``EmulatorControls`` gives them
+    their friendly signatures, and the admin API serves the same methods.
 
     :param config: the settings to start with; ``reset()`` returns to them.
     :param clock: seconds since the epoch; tests of the emulator may pass a fake one.
@@ -305,145 +160,66 @@ class EmulatorState:
         self.renders = RenderCache()
         self._lock = threading.RLock()
         self._jobs: dict[str, Job] = {}
+        self._order: list[Job] = []
+        self._queue = QueueIndex()
         self._faults: list[Fault] = []
         self._rules: list[Rule] = []
         self._ids = itertools.count(1)
 
     # -- controls ---------------------------------------------------------------------------
 
-    def set_config(self, **changes: Any) -> EmulatorConfig:
-        """Change settings (validated; unknown names raise). Returns the new config."""
+    def get_config(self) -> dict[str, Any]:
+        """The settings, tokens left out."""
+        return self.config.public_dict()
+
+    def set_config(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change settings (validated; unknown names raise). Returns the new settings, tokens left out."""
         with self._lock:
             self.config = self.config.updated(**changes)
-            return self.config
+            return self.config.public_dict()
 
     def reset(self) -> None:
         """Forget jobs, faults, rules and the journal, and return to the starting config."""
         with self._lock:
             self._jobs.clear()
+            self._order.clear()
+            self._queue = QueueIndex()
             self._faults.clear()
             self._rules.clear()
             self.journal.clear()
             self.renders.clear()
             self.config = self._initial.model_copy(deep=True)
 
-    def add_fault(
-        self,
-        endpoint: str,
-        kind: str,
-        times: int | None = 1,
-        request_id: str | None = None,
-        status: int | None = None,
-        error_code: int | None = None,
-        error_message: str | None = None,
-        retry_after: float | None = None,
-        seconds: float | None = None,
-        after_bytes: int | None = None,
-    ) -> Fault:
-        """Make the next ``times`` requests to ``endpoint`` misbehave (``times=None``: until cleared).
-
-        Kinds: ``http`` answers ``status`` (a JSON error body when
-        ``error_code`` is given, none otherwise; ``Retry-After`` when
-        ``retry_after`` is); ``error_200`` answers 200 with a top-level
-        ``error_code`` (default 500001); ``delay`` waits ``seconds`` then answers
-        normally; ``drop`` closes the connection without an answer; ``truncate``
-        sends the headers with the full ``Content-Length``, ``after_bytes``
-        bytes of the body (default 0), then closes. On ``submit`` and
-        ``cancel``, ``delay``/``drop``/``truncate`` act after the job was
-        created or cancelled: the caller loses the answer, not the effect.
-        ``request_id`` limits the fault to requests about that job.
-        """
-        if endpoint not in FAULT_ENDPOINTS:
-            raise ValueError(f"endpoint must be one of {FAULT_ENDPOINTS}, not {endpoint!r}")
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"kind must be one of {FAULT_KINDS}, not {kind!r}")
-        if times is not None and times < 1:
+    def add_fault(self, fault: Fault) -> Fault:
+        """Plan ``fault`` (see ``Fault`` for the kinds); returns it with its ``id``."""
+        if fault.times is not None and fault.times < 1:
             raise ValueError("times must be at least 1, or None for every request")
-        if kind == "http" and (status is None or not 100 <= status <= 599):
-            raise ValueError("an 'http' fault needs status=<100..599>")
-        if kind == "delay" and (seconds is None or seconds < 0):
-            raise ValueError("a 'delay' fault needs seconds=<0 or more>")
-        if kind == "error_200" and error_code is None:
-            error_code = 500001
-        if kind == "truncate":
-            after_bytes = after_bytes or 0
         with self._lock:
-            fault = Fault(
-                id=next(self._ids),
-                endpoint=endpoint,
-                kind=kind,
-                times=times,
-                request_id=request_id,
-                status=status,
-                error_code=error_code,
-                error_message=error_message,
-                retry_after=retry_after,
-                seconds=seconds,
-                after_bytes=after_bytes,
-            )
-            self._faults.append(fault)
-            return dataclasses.replace(fault)
+            added = fault.model_copy(update={"id": next(self._ids), "hits": 0})
+            self._faults.append(added)
+            return added.model_copy()
 
-    @property
-    def faults(self) -> list[Fault]:
+    def list_faults(self) -> list[Fault]:
         """Copies of the faults still planned (and those used up, with their ``hits``)."""
         with self._lock:
-            return [dataclasses.replace(f) for f in self._faults]
+            return [f.model_copy() for f in self._faults]
 
     def clear_faults(self) -> None:
         """Remove every fault."""
         with self._lock:
             self._faults.clear()
 
-    def add_rule(
-        self,
-        prompt_contains: str | None = None,
-        model_id: str | None = None,
-        queue_seconds: float | None = None,
-        run_seconds: float | None = None,
-        fail_message: str | None = None,
-        num_outputs: int | None = None,
-        output_bytes: int | None = None,
-        output_kind: str | None = None,
-    ) -> Rule:
-        """Decide how matching jobs run; rules are tried in order at submit and the first match wins.
-
-        A job matches when its ``model_id`` equals ``model_id`` and its
-        ``prompt`` contains ``prompt_contains`` (each when given). The rule can
-        change its timing, make it fail with ``fail_message``, change how many
-        outputs it has (``num_outputs``) and of which kind (``output_kind``:
-        ``image``, ``images``, ``video``, ``videos`` or ``none`` for an empty
-        output), and pad its files to about ``output_bytes`` bytes.
-        """
-        if output_kind is not None and output_kind not in OUTPUT_KINDS:
-            raise ValueError(f"output_kind must be one of {OUTPUT_KINDS}, not {output_kind!r}")
-        if num_outputs is not None and not 1 <= num_outputs <= 100:
-            raise ValueError("num_outputs must be between 1 and 100")
-        for name, value in (("queue_seconds", queue_seconds), ("run_seconds", run_seconds)):
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must not be negative")
-        if output_bytes is not None and not 0 <= output_bytes <= 512 * 1024 * 1024:
-            raise ValueError("output_bytes must be between 0 and 512 MiB")
+    def add_rule(self, rule: Rule) -> Rule:
+        """Add ``rule`` after the others (see ``Rule``); returns it with its ``id``."""
         with self._lock:
-            rule = Rule(
-                id=next(self._ids),
-                prompt_contains=prompt_contains,
-                model_id=model_id,
-                queue_seconds=queue_seconds,
-                run_seconds=run_seconds,
-                fail_message=fail_message,
-                num_outputs=num_outputs,
-                output_bytes=output_bytes,
-                output_kind=output_kind,
-            )
-            self._rules.append(rule)
-            return dataclasses.replace(rule)
+            added = rule.model_copy(update={"id": next(self._ids), "hits": 0})
+            self._rules.append(added)
+            return added.model_copy()
 
-    @property
-    def rules(self) -> list[Rule]:
+    def list_rules(self) -> list[Rule]:
         """Copies of the rules, in the order they are tried."""
         with self._lock:
-            return [dataclasses.replace(r) for r in self._rules]
+            return [r.model_copy() for r in self._rules]
 
     def clear_rules(self) -> None:
         """Remove every rule."""
@@ -457,13 +233,13 @@ class EmulatorState:
             if job is None:
                 return False
             job.expired = True
+            self._queue.remove(job.seq)
             return True
 
-    @property
-    def jobs(self) -> list[JobInfo]:
+    def list_jobs(self) -> list[JobInfo]:
         """A snapshot of every job, oldest first (expired ones included, marked ``expired``)."""
         with self._lock:
-            return [self._info(job) for job in self._jobs.values()]
+            return [self._info(job) for job in self._order]
 
     def job(self, request_id: str) -> JobInfo | None:
         """A snapshot of one job, or ``None``."""
@@ -487,15 +263,19 @@ class EmulatorState:
 
     # -- used by the server ------------------------------------------------------------------
 
-    def take_fault(self, endpoint: str, request_id: str | None) -> Fault | None:
-        """The first fault that applies to this request, counted as used; ``None`` if none does."""
+    def take_fault(self, endpoint: str, request_id: str | None, *, not_written: bool = False) -> Fault | None:
+        """The first fault that applies to this request, counted as used; ``None`` if none does.
+
+        ``not_written`` faults are taken only when asked for (``not_written=True``): the result
+        handler asks once it knows the job has finished, since they hit finished jobs only.
+        """
         with self._lock:
             for fault in self._faults:
-                if fault.matches(endpoint, request_id):
+                if (fault.kind == "not_written") == not_written and fault.matches(endpoint, request_id):
                     fault.hits += 1
                     if fault.times is not None:
                         fault.times -= 1
-                    return dataclasses.replace(fault)
+                    return fault.model_copy()
             return None
 
     def plan(self, spec: ModelSpec, payload: dict[str, Any], image_urls: list[tuple[str, str]]) -> JobPlan:
@@ -511,7 +291,7 @@ class EmulatorState:
         kind: OutputKind = spec.output_kind
         count = (rule.num_outputs if rule else None) or requested or 1
         if rule and rule.output_kind:
-            kind = rule.output_kind  # type: ignore[assignment]  # checked against OUTPUT_KINDS in add_rule
+            kind = rule.output_kind
         elif count > 1 and kind in ("image", "video"):
             kind = "images" if kind == "image" else "videos"
         if kind in ("image", "video"):
@@ -535,27 +315,43 @@ class EmulatorState:
             long_side=config.image_long_side,
         )
 
-    def submit(self, owner: str, model_id: str, payload: dict[str, Any], plan: JobPlan) -> Job:
-        """Create a job, charging the balance; raises ``InsufficientBalance`` if it cannot pay."""
+    def estimate(self, spec: ModelSpec, payload: dict[str, Any]) -> float:
+        """What a job of ``spec`` with this input costs: its catalog price (or the config's) times units."""
+        config = self.config
+        if config.price_usd is not None:
+            price = config.price_usd
+        elif spec.base_price_usd is not None:
+            price = spec.base_price_usd
+        else:
+            return config.unlisted_price_usd
+        return round(price * spec.units(payload), 6)
+
+    def submit(self, owner: str, model_id: str, payload: dict[str, Any], plan: JobPlan, price: float) -> Job:
+        """Create a job, charging ``price`` to the balance; raises ``InsufficientBalance`` if it cannot pay."""
         with self._lock:
             config = self.config
-            price = config.price_usd
             if config.balance_usd is not None:
                 if config.balance_usd < price:
                     raise InsufficientBalance(
-                        f"insufficient balance: ${config.balance_usd:.2f} left, a request costs ${price:.2f}"
+                        f"insufficient balance: ${config.balance_usd:.2f} left, "
+                        f"this request costs ${price:.2f}"
                     )
                 self.config = config.updated(balance_usd=round(config.balance_usd - price, 6))
+            now = self.clock()
+            if now < self._queue.now:
+                self._rebuild_queue()
             job = Job(
                 request_id=uuid.uuid4().hex,
                 model_id=model_id,
                 owner=owner,
                 input=payload,
                 plan=plan,
-                created_at=self.clock(),
+                created_at=now,
                 cost_usd=price,
             )
+            job.seq = self._queue.add(now + plan.queue_seconds)
             self._jobs[job.request_id] = job
+            self._order.append(job)
             return job
 
     def get(self, request_id: str) -> Job | None:
@@ -573,16 +369,20 @@ class EmulatorState:
         return ttl is not None and now >= job.finished_at and now - job.finished_at >= ttl
 
     def queue_position(self, job: Job) -> int:
-        """How many queued jobs are ahead of ``job`` (0: it is next)."""
+        """How many queued jobs are ahead of ``job`` (0: it is next); O(log n)."""
         now = self.clock()
         with self._lock:
-            ahead = 0
-            for other in self._jobs.values():
-                if other is job:
-                    return ahead
-                if other.phase(now) == "in_queue" and not self.is_gone(other):
-                    ahead += 1
-            return ahead
+            if now < self._queue.now:
+                self._rebuild_queue()
+            return self._queue.ahead(job.seq, now)
+
+    def _rebuild_queue(self) -> None:
+        """A new index, for a (fake) clock that went back: O(n), never with the real clock."""
+        self._queue = QueueIndex()
+        for job in self._order:
+            leaves_at = job.created_at + job.plan.queue_seconds
+            gone = job.cancelled_at is not None or job.expired
+            job.seq = self._queue.add(float("-inf") if gone else leaves_at)
 
     def cancel(self, job: Job) -> bool:
         """Cancel ``job`` if still queued, refunding it; ``True`` if it is (now or already) cancelled."""
@@ -590,6 +390,7 @@ class EmulatorState:
             phase = job.phase(self.clock())
             if phase == "in_queue":
                 job.cancelled_at = self.clock()
+                self._queue.remove(job.seq)
                 if self.config.balance_usd is not None:
                     self.config = self.config.updated(
                         balance_usd=round(self.config.balance_usd + job.cost_usd, 6)

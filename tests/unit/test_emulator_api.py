@@ -35,14 +35,8 @@ class FakeClock:
 
 @pytest.fixture
 def emu(runcomfy_emulator: RunComfyEmulator) -> RunComfyEmulator:
+    """The plugin's timings (queue 0.2 s, run 0.5 s): these tests watch jobs move."""
     return runcomfy_emulator
-
-
-@pytest.fixture
-def api(emu: RunComfyEmulator) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {emu.token}"}
-    with httpx.Client(base_url=emu.base_url, headers=headers, timeout=10) as client:
-        yield client
 
 
 @pytest.fixture
@@ -343,7 +337,7 @@ def test_an_empty_balance_is_400002_and_a_cancel_refunds(emu, api):
     emu.set_config(balance_usd=0.10, price_usd=0.04, queue_seconds=30)
     first, _ = submit(api), submit(api)
 
-    body = assert_error(api.post(f"/v1/models/{FLUX}", json=FLUX_INPUT), 402, 400002)
+    body = assert_error(api.post(f"/v1/models/{FLUX}", json=FLUX_INPUT), 400, 400002)  # as RunComfy documents
     assert "balance" in body["error_message"]
     assert len(emu.jobs) == 2
     assert emu.get_config()["balance_usd"] == pytest.approx(0.02)

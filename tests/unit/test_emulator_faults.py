@@ -8,30 +8,15 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
 
 import httpx
 import png
 import pytest
 
-from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.emulator.images import PAD_CHUNK_TYPE
 
 FLUX = "blackforestlabs/flux-1-kontext/pro/edit"
 FLUX_INPUT = {"prompt": "golden hour", "image_url": "https://example.com/street.png"}
-
-
-@pytest.fixture
-def emu(runcomfy_emulator: RunComfyEmulator) -> RunComfyEmulator:
-    runcomfy_emulator.set_config(queue_seconds=0, run_seconds=0)
-    return runcomfy_emulator
-
-
-@pytest.fixture
-def api(emu: RunComfyEmulator) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {emu.token}"}
-    with httpx.Client(base_url=emu.base_url, headers=headers, timeout=10) as client:
-        yield client
 
 
 def submit(api: httpx.Client, payload: dict | None = None, model_id: str = FLUX) -> str:

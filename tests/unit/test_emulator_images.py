@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
 
 import httpx
 import png
 import pytest
 
-from airflow_provider_runcomfy.emulator import RunComfyEmulator
-
 FLUX = "blackforestlabs/flux-1-kontext/pro/edit"
 NANO = "google/nano-banana/edit"
-
-
-@pytest.fixture
-def emu(runcomfy_emulator: RunComfyEmulator) -> RunComfyEmulator:
-    runcomfy_emulator.set_config(queue_seconds=0, run_seconds=0)
-    return runcomfy_emulator
-
-
-@pytest.fixture
-def api(emu: RunComfyEmulator) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {emu.token}"}
-    with httpx.Client(base_url=emu.base_url, headers=headers, timeout=10) as client:
-        yield client
 
 
 def run(api: httpx.Client, payload: dict, model_id: str = FLUX) -> dict:
@@ -191,3 +175,25 @@ def test_samples_are_listed_and_served(emu):
     for sample in listing:
         assert pixels(fetch_png(sample["url"]))[:2] == (sample["width"], sample["height"])
     assert httpx.get(f"{emu.base_url}/samples/unicorn.png").status_code == 404
+
+
+def test_a_png_bomb_input_is_not_inflated_and_the_job_gets_a_stand_in(emu, api):
+    import tracemalloc
+
+    from airflow_provider_runcomfy.emulator import bombs
+    from airflow_provider_runcomfy.emulator.images import UnreadablePNG, decode_fitted
+
+    bomb = bombs.png_bomb(400_000_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnreadablePNG, match="inflates beyond the 12352 bytes a 64x64 PNG needs"):
+            decode_fitted(bomb, None, 512)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024  # pypng would have inflated the first 1 MB IDAT chunk to ~1 GB
+
+    as_data = "data:image/png;base64," + base64.b64encode(bomb).decode()
+    result = run(api, {"prompt": "p", "image_url": as_data, "aspect_ratio": "1:1"})
+    assert result["status"] == "succeeded"
+    assert pixels(fetch_png(result["output"]["image"]))[:2] == (512, 512)

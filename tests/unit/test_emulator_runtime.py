@@ -169,6 +169,7 @@ def test_the_cli_serves_until_sigterm_and_never_prints_the_token(cli_processes, 
     assert base_url.startswith("http://127.0.0.1:")
     assert "token from RUNCOMFY_EMULATOR_TOKEN" in line
     assert ready_file.read_text().strip() == base_url
+    assert '"password":"<the token>"' in cli.wait_for("Point Airflow at it: ")
 
     headers = {"Authorization": "Bearer cli-secret-token"}
     request_id = httpx.post(f"{base_url}/v1/models/{FLUX}", json=FLUX_INPUT, headers=headers).json()[
@@ -202,11 +203,30 @@ def test_python_dash_m_runs_the_same_cli_and_stops_on_ctrl_c(cli_processes):
     cli_processes.append(cli)
 
     line = cli.wait_for("RunComfy emulator listening on ")
-    assert "built-in default token" in line
-    assert "emulator-token" not in line
+    # The built-in default is documented, so the banner says it (a token of your own is never printed).
+    assert "token: emulator-token, the built-in default" in line
+    assert "runcomfy-emulator --help" in line
+    hint = cli.wait_for("Point Airflow at it: ")
+    assert f'"host":"{line.split()[4]}","password":"emulator-token"' in hint
     with RemoteEmulator(line.split()[4]) as remote:
         assert remote.get_config()["failed_status_word"] == "failed"
     assert cli.stop(signal.SIGINT) == 0
+
+
+def test_the_cli_help_is_the_guide_a_wheel_user_has():
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_runcomfy.emulator", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert done.returncode == 0
+    assert "the built-in default 'emulator-token'" in done.stdout
+    assert "export AIRFLOW_CONN_RUNCOMFY_DEFAULT=" in done.stdout
+    assert "RemoteEmulator" in done.stdout
+    assert "--admin-token" in done.stdout
+    assert "://" not in done.stdout.replace("http://127.0.0.1:8188", "")  # no docs URL to chase
 
 
 def test_the_cli_refuses_a_non_loopback_host():
@@ -331,3 +351,22 @@ def test_remote_controls_steer_an_emulator_over_http(runcomfy_emulator):
         assert remote.jobs == []
         assert len(remote.journal) == 0
     assert len(emu.journal) == 0  # none of the admin calls above was journaled
+
+
+def test_the_cli_takes_an_admin_token_from_the_environment_and_never_prints_it(cli_processes):
+    cli = CliProcess(
+        [sys.executable, "-m", "airflow_provider_runcomfy.emulator", "--port", "0"],
+        env={"RUNCOMFY_EMULATOR_ADMIN_TOKEN": "admin-secret"},
+    )
+    cli_processes.append(cli)
+    base_url = cli.wait_for("RunComfy emulator listening on ").split()[4]
+
+    with RemoteEmulator(base_url, admin_token="admin-secret") as remote:
+        remote.set_config(queue_seconds=7)
+    with (
+        RemoteEmulator(base_url, admin_token="wrong") as intruder,
+        pytest.raises(ValueError, match="admin token"),
+    ):
+        intruder.set_config(queue_seconds=0)
+    assert cli.stop(signal.SIGTERM) == 0
+    assert "admin-secret" not in cli.all_output()

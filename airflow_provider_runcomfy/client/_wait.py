@@ -12,9 +12,13 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from airflow_provider_runcomfy.client import errors
-from airflow_provider_runcomfy.client.models import RequestResult, RequestState, RequestStatus
+from airflow_provider_runcomfy.client.outcome import Finality, finality
+
+if TYPE_CHECKING:
+    from airflow_provider_runcomfy.client.models import RequestResult, RequestState, RequestStatus
 
 log = logging.getLogger("airflow_provider_runcomfy.client")
 
@@ -22,7 +26,12 @@ log = logging.getLogger("airflow_provider_runcomfy.client")
 #: tasks deferred in the same second do not poll RunComfy in lockstep.
 POLL_JITTER = 0.1
 
-StatusCallback = Callable[[RequestStatus], None]
+StatusCallback = Callable[["RequestStatus"], None]
+
+
+def deadline_after(seconds: float | None) -> float | None:
+    """A wall-clock deadline ``seconds`` from now (what ``Watch.deadline`` takes), or None for none."""
+    return None if seconds is None else time.time() + float(seconds)
 
 
 @dataclass
@@ -53,11 +62,11 @@ class Watch:
             self.last = seen
             if self.on_status is not None:
                 self.on_status(status)
-        return status.status.is_finished
+        return finality(status) is not Finality.WAITING
 
     def is_final(self, result: RequestResult) -> bool:
         """Whether ``/result`` gave the outcome; a job can read ``completed`` a moment before it does."""
-        return result.status.is_finished and result.status is not RequestState.COMPLETED
+        return finality(result).is_outcome
 
     def failed(self, error: errors.RunComfyError) -> None:
         """Tolerate a transient poll failure, or re-raise it when it is permanent or repeated."""
@@ -79,7 +88,7 @@ class Watch:
             return delay
         left = self.deadline - time.time()
         if left <= 0:
-            state = self.last[0].value if self.last else "unknown"
+            state = getattr(self.last[0], "value", self.last[0]) if self.last else "unknown"
             raise errors.JobTimeoutError(
                 f"RunComfy request {self.request_id} did not finish before the deadline "
                 f"(last status: {state}).",

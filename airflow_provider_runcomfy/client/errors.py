@@ -4,9 +4,23 @@ Every error a user can meet is a ``RunComfyError``. The subclasses are chosen by
 what the caller should do next (fix the input, fix the token, top up, wait,
 retry later), not by HTTP status, so an operator can decide on retries with
 one ``isinstance`` and show the message as it is.
+
+Each class has a ``kind`` (its name unless it says otherwise), registered when the class
+is defined: an error crosses the trigger boundary as its kind and comes back as the same
+class through ``error_class_for_kind``. A class appended to this module registers itself.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+#: kind -> class, filled by ``RunComfyError.__init_subclass__``.
+_KINDS: dict[str, type[RunComfyError]] = {}
+
+
+def error_class_for_kind(kind: object) -> type[RunComfyError]:
+    """The error class registered as ``kind``; ``RunComfyError`` for a kind this version does not know."""
+    return _KINDS.get(kind, RunComfyError) if isinstance(kind, str) else RunComfyError
 
 
 class RunComfyError(Exception):
@@ -21,6 +35,17 @@ class RunComfyError(Exception):
 
     #: Whether the same call may succeed if repeated later (rate limit, outage).
     retryable: bool = False
+
+    #: The name this class travels under (trigger events); its class name unless set.
+    kind: ClassVar[str] = "RunComfyError"
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:
+            cls.kind = cls.__name__
+        # The first class to claim a kind keeps it: a same-named subclass elsewhere (a test's,
+        # a user's) must not change what an event's kind turns back into.
+        _KINDS.setdefault(cls.kind, cls)
 
     def __init__(
         self,
@@ -43,6 +68,9 @@ class RunComfyError(Exception):
             f"{type(self).__name__}({self.message!r}, "
             f"error_code={self.error_code!r}, status_code={self.status_code!r})"
         )
+
+
+_KINDS[RunComfyError.kind] = RunComfyError
 
 
 class InvalidInputError(RunComfyError, ValueError):
@@ -110,6 +138,12 @@ class SubmitOutcomeUnknownError(RunComfyError):
     second submit could pay for the same image twice.
     """
 
+    #: What was sent, so the job can be found: the model, when (UTC, ISO 8601) and the
+    #: ``input_fingerprint`` of its input. Set by the client; None on an error built elsewhere.
+    model_id: str | None = None
+    submitted_at: str | None = None
+    input_fingerprint: str | None = None
+
 
 class UnexpectedResponseError(RunComfyError):
     """RunComfy answered with a body this client cannot read."""
@@ -125,3 +159,41 @@ class JobCancelledError(RunComfyError):
 
 class JobTimeoutError(RunComfyError):
     """The job did not finish before the caller's deadline."""
+
+
+class OutputStorageError(RunComfyError):
+    """``output_dir`` cannot be written: refused before the submit, or the copies failed after the job.
+
+    Not retried by the client: a read-only or unreachable store rarely heals in seconds. The
+    message names the directory and, after a job, that a retry re-attaches without paying again.
+    """
+
+
+class OutputDownloadError(RunComfyError):
+    """An output file could not be copied. Not retryable unless a subclass says so."""
+
+
+class OutputURLRejectedError(OutputDownloadError):
+    """The URL (or a redirect) breaks the URL policy (``check_fetch_url``): scheme, credentials, address."""
+
+
+class OutputTooLargeError(OutputDownloadError):
+    """The output file is larger than ``max_output_bytes``."""
+
+
+class OutputContentTypeError(OutputDownloadError):
+    """The output URL answered with something that is not an image or a video (e.g. an HTML error page)."""
+
+
+class OutputUnavailableError(OutputDownloadError):
+    """The output URL answered 403, 404 or 410: it has most likely expired."""
+
+
+class OutputTransferError(OutputDownloadError):
+    """The transfer broke off (connection cut, timeout, truncated body, 429 or 5xx): worth another try."""
+
+    retryable = True
+
+
+class OutputTimeoutError(OutputTransferError):
+    """The download did not finish within its overall deadline (``max_seconds``)."""

@@ -2,6 +2,7 @@
 
 The hook only reads the connection and builds clients; every request,
 retry and error message lives in ``airflow_provider_runcomfy.client``.
+The clients are imported when first built, not when a DAG file imports an operator.
 """
 
 from __future__ import annotations
@@ -13,21 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from airflow_provider_runcomfy.client import (
-    AsyncRunComfyClient,
-    CancelResponse,
-    ModelInfo,
-    RequestResult,
-    RequestStatus,
-    RetryPolicy,
-    RunComfyClient,
-    RunComfyError,
-    SubmitResponse,
-)
-from airflow_provider_runcomfy.client._pool import shared_client
+from airflow_provider_runcomfy.client import RunComfyError
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
+
+    from airflow_provider_runcomfy.client import (
+        AsyncRunComfyClient,
+        CancelResponse,
+        ModelInfo,
+        RequestResult,
+        RequestStatus,
+        RunComfyClient,
+        SubmitResponse,
+    )
 
 #: The model whose info page ``test_connection`` reads: a cheap, authenticated, unbilled call.
 _PROBE_MODEL = "blackforestlabs/flux-1-kontext/pro/edit"
@@ -58,6 +58,8 @@ class RunComfyHook(BaseHook):
 
     def client_kwargs(self, conn: Connection) -> dict[str, Any]:
         """Client settings from a connection; the token goes in as ``token``, never logged."""
+        from airflow_provider_runcomfy.client import RetryPolicy
+
         extra = _extras(conn)
         max_retries = _number(extra, "max_retries")
         return {
@@ -72,6 +74,8 @@ class RunComfyHook(BaseHook):
     @cached_property
     def client(self) -> RunComfyClient:
         """The blocking client, built once per hook."""
+        from airflow_provider_runcomfy.client import RunComfyClient
+
         return RunComfyClient(**self.client_kwargs(self.get_connection(self.runcomfy_conn_id)))
 
     def get_conn(self) -> RunComfyClient:
@@ -80,6 +84,8 @@ class RunComfyHook(BaseHook):
 
     async def aget_client(self, **kwargs: Any) -> AsyncRunComfyClient:
         """An asyncio client; reads the connection with the async API (triggers must not block)."""
+        from airflow_provider_runcomfy.client import AsyncRunComfyClient
+
         conn = await self.aget_connection(self.runcomfy_conn_id)
         return AsyncRunComfyClient(**self.client_kwargs(conn), **kwargs)
 
@@ -91,6 +97,8 @@ class RunComfyHook(BaseHook):
         token and host) in the loop then polls through one connection pool, closed when the
         last of them is done. See ``airflow_provider_runcomfy.client._pool``.
         """
+        from airflow_provider_runcomfy.client._pool import shared_client
+
         conn = await self.aget_connection(self.runcomfy_conn_id)
         kwargs = self.client_kwargs(conn)
         max_in_flight = _number(_extras(conn), "max_in_flight")
@@ -121,37 +129,48 @@ class RunComfyHook(BaseHook):
         """Read a model's info and price."""
         return self.client.get_model(model_id)
 
-    # -- async twins ----------------------------------------------------------------------------
+    # -- async twins (through this event loop's shared pool, like the trigger) --------------------
 
     async def asubmit(self, model_id: str, payload: Mapping[str, Any]) -> SubmitResponse:
-        """Async ``submit``."""
-        async with await self.aget_client() as client:
+        """Async ``submit`` (paid; never retried once it may have reached RunComfy)."""
+        async with self.ashared_client() as client:
             return await client.submit(model_id, payload)
 
     async def aget_status(self, request_id: str) -> RequestStatus:
         """Async ``get_status``."""
-        async with await self.aget_client() as client:
+        async with self.ashared_client() as client:
             return await client.get_status(request_id)
 
     async def aget_result(self, request_id: str) -> RequestResult:
         """Async ``get_result``."""
-        async with await self.aget_client() as client:
+        async with self.ashared_client() as client:
             return await client.get_result(request_id)
 
     async def acancel(self, request_id: str) -> CancelResponse:
         """Async ``cancel``."""
-        async with await self.aget_client() as client:
+        async with self.ashared_client() as client:
             return await client.cancel(request_id)
 
     # -- connection form ------------------------------------------------------------------------
 
     def test_connection(self) -> tuple[bool, str]:
-        """Read one model's info with the token: proves the base URL and the token, costs nothing."""
+        """Read one model's info with the token: proves the base URL and the token, costs nothing.
+
+        The messages name the connection being tested, also when the UI's *Test* button runs
+        it under the API's random stand-in id (see ``plugins.connection_test``).
+        """
+        from airflow_provider_runcomfy.plugins.connection_test import name_tested_connection
+
         try:
             self.get_model(_PROBE_MODEL)
-        except RunComfyError as error:
-            return False, error.message
-        return True, f"Connected to RunComfy at {self.client.base_url}; the API token was accepted."
+        except (RunComfyError, ValueError) as error:
+            message = error.message if isinstance(error, RunComfyError) else str(error)
+            return False, name_tested_connection(self.runcomfy_conn_id, message)
+        return True, name_tested_connection(
+            self.runcomfy_conn_id,
+            f"Connected to RunComfy at {self.client.base_url}: the API token of Airflow connection "
+            f"{self.runcomfy_conn_id!r} was accepted.",
+        )
 
 
 def _extras(conn: Connection) -> dict[str, Any]:

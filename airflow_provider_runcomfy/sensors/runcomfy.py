@@ -3,7 +3,8 @@
 Typical use: one task submits (and pushes ``request_id`` to XCom), another
 waits with ``request_id="{{ ti.xcom_pull(task_ids='submit', key='request_id') }}"``.
 The wait and the outcome handling are the operators' own (``RunComfyWaitMixin``),
-so the sensor returns the same result shape.
+so the sensor returns the same result shape; a poke reads each answer with the same
+``finality`` rule as every other waiter.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.bases.sensor import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_runcomfy.client import RunComfyError, validate_request_id
-from airflow_provider_runcomfy.client.download import DEFAULT_MAX_OUTPUT_BYTES, check_max_output_bytes
+from airflow_provider_runcomfy.client.outcome import Finality, Outcome, finality
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
-from airflow_provider_runcomfy.operators.runcomfy import RunComfyWaitMixin, fail
-from airflow_provider_runcomfy.triggers.runcomfy import result_event
+from airflow_provider_runcomfy.operators._wait import RunComfyWaitMixin, fail, max_output_bytes_or_default
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -39,7 +39,7 @@ class RunComfyRequestSensor(RunComfyWaitMixin, BaseSensorOperator):
     :param timeout: seconds to wait before failing (the sensor's usual ``timeout``).
     :param output_dir: where to keep copies of the outputs, as for the operators: a local path or
         an ``ObjectStoragePath`` URL; the return value gains ``stored`` (templated).
-    :param max_output_bytes: the largest output file kept (default 200 MB).
+    :param max_output_bytes: the largest output file kept (None: 200 MB).
     """
 
     template_fields: Sequence[str] = ("request_id", "model_id", "output_dir")
@@ -55,14 +55,14 @@ class RunComfyRequestSensor(RunComfyWaitMixin, BaseSensorOperator):
         poll_interval: float = 5.0,
         timeout: float = 3600,
         output_dir: Any = None,
-        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        max_output_bytes: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poll_interval, timeout=timeout, **kwargs)
         self.request_id = request_id
         self.model_id = model_id
         self.output_dir = output_dir
-        self.max_output_bytes = check_max_output_bytes(max_output_bytes)
+        self.max_output_bytes = max_output_bytes_or_default(max_output_bytes)
         self.runcomfy_conn_id = runcomfy_conn_id
         self.deferrable = deferrable
         self.poll_interval = float(poll_interval)
@@ -79,16 +79,17 @@ class RunComfyRequestSensor(RunComfyWaitMixin, BaseSensorOperator):
         self.wait_for(context, self.request_id, self.model_id)
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
-        """One look at the request: not yet, or its finished outcome."""
+        """One look at the request: not yet (also "finished, outcome not written yet"), or its outcome."""
         try:
-            if self.hook.get_status(self.request_id).status.is_waiting:
+            if finality(self.hook.get_status(self.request_id)) is Finality.WAITING:
                 return False
             result = self.hook.get_result(self.request_id)
         except RunComfyError as error:
             fail(error)
-        if result.status.is_waiting:
+        if not finality(result).is_outcome:
             return False
-        return PokeReturnValue(True, self.execute_complete(context, result_event(result, self.model_id)))
+        outcome = Outcome.from_result(result, self.model_id)
+        return PokeReturnValue(True, self.conclude(context, outcome))
 
     def cancel_request(self, request_id: str, *, why: str) -> None:
         """The sensor never cancels: the request belongs to the task that submitted it."""

@@ -2,78 +2,33 @@
 
 The event it fires is the whole hand-over back to the task: Airflow 3.3.2's
 ``dags test`` drops ``defer(kwargs=...)`` on resume, so everything the task
-needs (request id, model id, outcome, outputs) travels in the event.
+needs travels in the event: an ``Outcome`` (``client.outcome``) as ``to_event()``.
+The trigger is deliberately thin: the loop is the client's ``wait_for_result``,
+the meaning of each answer is ``client.outcome``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_runcomfy.client import (
-    AsyncRunComfyClient,
-    JobTimeoutError,
-    RequestResult,
-    RequestState,
-    RequestStatus,
-    RunComfyError,
-)
+from airflow_provider_runcomfy.client import RunComfyError
+from airflow_provider_runcomfy.client.outcome import Outcome, describe_cancel, describe_status
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+
+if TYPE_CHECKING:
+    from airflow_provider_runcomfy.client import AsyncRunComfyClient, RequestState, RequestStatus
 
 #: Task states after which nobody will wait for the job any more: the only ones ``on_kill`` cancels for.
 FINISHED_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
 #: How long ``on_kill`` keeps at its cancel (Airflow allows it ``[triggerer] on_kill_timeout``, 30 s).
 ON_KILL_SECONDS = 25
-
-#: What a finished ``/result`` status means for the task, as the event's ``status``.
-EVENT_STATUS = {
-    RequestState.SUCCEEDED: "succeeded",
-    RequestState.FAILED: "failed",
-    RequestState.CANCELLED: "cancelled",
-}
-
-
-def result_event(result: RequestResult, model_id: str | None) -> dict[str, Any]:
-    """The event (and the task's return value, for a success) of a finished job.
-
-    Small by construction: ids, state, timestamps and output URLs, never files.
-    """
-    status = EVENT_STATUS.get(result.status, "error")
-    event: dict[str, Any] = {
-        "status": status,
-        "request_id": result.request_id,
-        "model_id": model_id or result.model_id,
-        "outputs": result.output_urls,
-        "output": result.output,
-        "created_at": result.created_at,
-        "finished_at": result.finished_at,
-    }
-    if status == "failed":
-        reason = result.error_message or "RunComfy gave no reason"
-        event["message"] = f"RunComfy request {result.request_id} failed: {reason}"
-    elif status == "cancelled":
-        event["message"] = f"RunComfy request {result.request_id} was cancelled before it ran."
-    else:
-        event["message"] = f"RunComfy request {result.request_id} {status}."
-    return event
-
-
-def error_event(error: RunComfyError, request_id: str, model_id: str | None) -> dict[str, Any]:
-    """The event of a wait that ended without an outcome: a timeout, or an error polling RunComfy."""
-    return {
-        "status": "timeout" if isinstance(error, JobTimeoutError) else "error",
-        "request_id": request_id,
-        "model_id": model_id,
-        "message": error.message,
-        "error_type": type(error).__name__,
-    }
 
 
 class RunComfyRequestTrigger(BaseTrigger):
@@ -127,7 +82,7 @@ class RunComfyRequestTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Wait for the job and yield its outcome (or ``timeout``/``error``) as one event."""
+        """Wait for the job and yield its ``Outcome`` (``Outcome.to_event``) as one event."""
         try:
             async with self._client() as client:
                 result = await client.wait_for_result(
@@ -137,10 +92,10 @@ class RunComfyRequestTrigger(BaseTrigger):
                     on_status=self._log_status,
                     max_consecutive_errors=self.max_consecutive_errors,
                 )
-            event = result_event(result, self.model_id)
+            outcome = Outcome.from_result(result, self.model_id)
         except RunComfyError as error:
-            event = error_event(error, self.request_id, self.model_id)
-        yield TriggerEvent(event)
+            outcome = Outcome.from_error(error, self.request_id, self.model_id)
+        yield TriggerEvent(outcome.to_event())
 
     async def on_kill(self) -> None:
         """Cancel the job when a user marked the deferred task failed or success -- and only then.
@@ -225,24 +180,3 @@ class RunComfyRequestTrigger(BaseTrigger):
             self.log.warning("Could not read the task's state (%s); assuming a user killed it.", error)
             return None
         return str(state.value if hasattr(state, "value") else state) if state is not None else "none"
-
-
-def describe_status(status: RequestStatus) -> str:
-    """One log line for a request's state, shared by the trigger and the blocking wait."""
-    position = f" (queue position {status.queue_position})" if status.queue_position is not None else ""
-    return f"RunComfy request {status.request_id} is {status.status.value}{position}."
-
-
-def describe_cancel(request_id: str, cancelled: bool) -> str:
-    """What a cancel achieved, in words a user can act on."""
-    if cancelled:
-        return f"RunComfy request {request_id} was cancelled; it will not be billed."
-    return (
-        f"RunComfy request {request_id} could not be cancelled: it is already running or finished "
-        "(RunComfy will finish and bill it)."
-    )
-
-
-def deadline_after(seconds: float | None) -> float | None:
-    """A wall-clock deadline ``seconds`` from now, or None for no deadline."""
-    return None if seconds is None else time.time() + float(seconds)

@@ -92,6 +92,7 @@ def test_a_deferred_edit_pushes_the_request_id_then_the_outputs(
     assert result["status"] == "succeeded"
     assert result["outputs"] == [result["output"]["image"]]
     assert result["created_at"] and result["finished_at"]
+    assert result["cost_usd"] > 0  # what RunComfy says it charged (``include_cost=true``)
     assert submit.json == {
         "prompt": "make it blue",
         "image_url": flux_conf(runcomfy_emulator)["image_url"],
@@ -265,3 +266,81 @@ def test_a_retry_after_the_job_failed_submits_anew(
     assert run.task_states() == {"edit": "failed"}
     assert "submitting anew" in run.output
     assert runcomfy_emulator.journal.count("submit") == 2
+
+
+# -- never pays twice ------------------------------------------------------------------------------
+
+
+def test_a_retry_after_a_timeout_reattaches_to_a_job_whose_outcome_is_not_written_yet(
+    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    """The first try times out while the job runs; the retry finds it finished, but /result still
+    says "completed" (twice): it waits on that job instead of paying for a new one."""
+    runcomfy_emulator.set_config(queue_seconds=0, run_seconds=2.5)
+    runcomfy_emulator.add_fault("result", "not_written", times=2)
+    run = airflow_env.dags_test(
+        "it_retry_after_timeout", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator)
+    )
+    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    assert "did not finish within timeout=1 s" in run.output  # the first try timed out
+    assert "Re-attaching to RunComfy request" in run.output
+    assert runcomfy_emulator.journal.count("submit") == 1
+    (submit,) = runcomfy_emulator.journal.of("submit")
+    assert run.xcom("edit")["request_id"] == submit.request_id
+    assert runcomfy_emulator.journal.count("result") >= 3  # both "completed" answers were read
+
+
+def test_the_sensor_pokes_again_while_the_outcome_is_not_written(
+    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    from airflow_provider_runcomfy.client import RunComfyClient
+
+    with RunComfyClient(runcomfy_emulator.token, base_url=runcomfy_emulator.base_url) as client:
+        request_id = client.submit(
+            "blackforestlabs/flux-1-kontext/pro/edit",
+            {"prompt": "p", "image_url": runcomfy_emulator.sample_url()},
+        ).request_id
+        client.wait_for_result(request_id, poll_interval=0.1, deadline=time.time() + 30)
+    runcomfy_emulator.add_fault("result", "not_written", times=2)
+    run = airflow_env.dags_test("it_sense", conf={"request_id": request_id}, env=conn_env(runcomfy_emulator))
+    assert run.task_states() == {"wait": "success"}, run.output[-4000:]
+    assert run.xcom("wait")["request_id"] == request_id
+    assert run.xcom("wait")["status"] == "succeeded"
+
+
+def test_a_submit_answered_with_an_unreadable_body_fails_without_retry(
+    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    """RunComfy created the job but its answer cannot be read: no retry may pay for it again."""
+    runcomfy_emulator.add_fault("submit", "bad_body")
+    run = airflow_env.dags_test(
+        "it_retries", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator)
+    )
+    assert_failed_with(
+        run,
+        "the task is not retried",
+        "sent to blackforestlabs/flux-1-kontext/pro/edit at ",
+        "input fingerprint ",
+        "RunComfy dashboard",
+    )
+    assert runcomfy_emulator.journal.count("submit") == 1  # retries=2, and not one was used
+
+
+def test_a_request_id_that_cannot_be_recorded_cancels_the_job_and_fails_without_retry(
+    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    """The submit was paid, but the store refuses its id: a retry could not find the job, so none runs."""
+    runcomfy_emulator.set_config(queue_seconds=30)
+    run = airflow_env.dags_test(
+        "it_store_fails", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator)
+    )
+    (submit,) = runcomfy_emulator.journal.of("submit")  # retries=2, and not one was used
+    assert_failed_with(
+        run,
+        f"RunComfy request {submit.request_id} was submitted",
+        "could not be recorded",
+        "will not be billed",
+        "not retried",
+    )
+    job = runcomfy_emulator.job(str(submit.request_id))
+    assert job is not None and job.phase == "cancelled"

@@ -7,8 +7,9 @@ import json
 import time
 
 import pytest
+from pytest_mock import MockerFixture
 
-from airflow_provider_runcomfy.client import InvalidInputError, RequestState
+from airflow_provider_runcomfy.client import AsyncRunComfyClient, InvalidInputError, RequestState
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT
@@ -91,3 +92,16 @@ async def test_async_twins_read_the_connection_with_the_async_api(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
     assert (await hook.acancel(request_id)).outcome == "not_cancellable"
+
+
+async def test_async_twins_share_the_loops_pool_instead_of_building_one_per_call(
+    runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch, mocker: MockerFixture
+) -> None:
+    set_connection(monkeypatch, host=runcomfy_emulator.base_url, password=runcomfy_emulator.token)
+    hook = RunComfyHook()
+    payload = {"prompt": "p", "image_url": runcomfy_emulator.sample_url()}
+    request_id = (await hook.asubmit(FLUX_KONTEXT_PRO_EDIT, payload)).request_id
+    built = mocker.spy(AsyncRunComfyClient, "__init__")
+    statuses = await asyncio.gather(*(hook.aget_status(request_id) for _ in range(5)))
+    assert {status.request_id for status in statuses} == {request_id}
+    assert built.call_count == 1  # five concurrent reads, one client and one connection pool

@@ -13,9 +13,12 @@ from airflow_provider_runcomfy.client import (
     JobCancelledError,
     JobFailedError,
     JobTimeoutError,
+    Outcome,
+    OutcomeKind,
     RequestNotFoundError,
     RunComfyClient,
     RunComfyError,
+    ServerError,
 )
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT
@@ -53,18 +56,28 @@ def test_without_a_timeout_it_waits_forever() -> None:
 
 
 def test_a_succeeded_event_becomes_the_small_return_value() -> None:
-    event = {
-        "status": "succeeded",
+    outcome = Outcome(
+        kind=OutcomeKind.SUCCEEDED,
+        request_id="r",
+        model_id=FLUX_KONTEXT_PRO_EDIT,
+        outputs=("https://cdn/x.png",),
+        output={"image": "https://cdn/x.png"},
+        created_at="t0",
+        finished_at="t1",
+        message="RunComfy request r succeeded.",
+        cost_usd=0.04,
+    )
+    result = flux().execute_complete({}, outcome.to_event())  # type: ignore[arg-type]
+    assert result == {
         "request_id": "r",
         "model_id": FLUX_KONTEXT_PRO_EDIT,
+        "status": "succeeded",
         "outputs": ["https://cdn/x.png"],
         "output": {"image": "https://cdn/x.png"},
         "created_at": "t0",
         "finished_at": "t1",
-        "message": "RunComfy request r succeeded.",
+        "cost_usd": 0.04,
     }
-    result = flux().execute_complete({}, event)  # type: ignore[arg-type]
-    assert result == {k: v for k, v in event.items() if k != "message"}
     json.dumps(result)
 
 
@@ -82,7 +95,7 @@ def test_a_succeeded_event_becomes_the_small_return_value() -> None:
                 "status": "error",
                 "request_id": "r",
                 "message": "expired",
-                "error_type": "RequestNotFoundError",
+                "error_kind": "RequestNotFoundError",
             },
             RequestNotFoundError,
             True,
@@ -92,13 +105,18 @@ def test_a_succeeded_event_becomes_the_small_return_value() -> None:
                 "status": "error",
                 "request_id": "r",
                 "message": "bad token",
-                "error_type": "AuthenticationError",
+                "error_kind": "AuthenticationError",
             },
             AirflowFailException,
             False,
         ),
+        (  # an event fired by an earlier version named the class ``error_type``
+            {"status": "error", "request_id": "r", "message": "down", "error_type": "ServerError"},
+            ServerError,
+            True,
+        ),
         (
-            {"status": "error", "request_id": "r", "message": "?", "error_type": "NoSuchClass"},
+            {"status": "error", "request_id": "r", "message": "?", "error_kind": "NoSuchKind"},
             RunComfyError,
             True,
         ),
@@ -136,15 +154,27 @@ def test_the_generic_operator_refuses_an_input_that_is_not_a_dict_after_renderin
         op.build_input()
 
 
-def test_the_sensor_pokes_until_the_request_finishes(
-    runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def emu(runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch) -> RunComfyEmulator:
+    """The emulator, with connection ``runcomfy_default`` pointing at it."""
     conn = {"conn_type": "runcomfy", "host": runcomfy_emulator.base_url, "password": runcomfy_emulator.token}
     monkeypatch.setenv("AIRFLOW_CONN_RUNCOMFY_DEFAULT", json.dumps(conn))
-    with RunComfyClient(runcomfy_emulator.token, base_url=runcomfy_emulator.base_url) as client:
+    return runcomfy_emulator
+
+
+def submitted(emu: RunComfyEmulator, prompt: str = "p", *, finished: bool = False) -> str:
+    """A request submitted elsewhere (what a sensor waits for); ``finished`` waits until it is."""
+    with RunComfyClient(emu.token, base_url=emu.base_url) as client:
         request_id = client.submit(
-            FLUX_KONTEXT_PRO_EDIT, {"prompt": "p", "image_url": "https://x/a.png"}
+            FLUX_KONTEXT_PRO_EDIT, {"prompt": prompt, "image_url": "https://x/a.png"}
         ).request_id
+        if finished:
+            client.wait_for_result(request_id, poll_interval=0.1, deadline=time.time() + 10)
+    return request_id
+
+
+def test_the_sensor_pokes_until_the_request_finishes(emu: RunComfyEmulator) -> None:
+    request_id = submitted(emu)
     sensor = RunComfyRequestSensor(task_id="wait", request_id=request_id, deferrable=False, poll_interval=0.1)
     assert sensor.poke({}) is False  # type: ignore[arg-type]
     deadline = time.monotonic() + 10
@@ -155,23 +185,25 @@ def test_the_sensor_pokes_until_the_request_finishes(
     assert done.xcom_value["request_id"] == request_id  # type: ignore[union-attr]
 
 
-def test_the_sensor_fails_on_a_failed_request_and_never_cancels(
-    runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    conn = {"conn_type": "runcomfy", "host": runcomfy_emulator.base_url, "password": runcomfy_emulator.token}
-    monkeypatch.setenv("AIRFLOW_CONN_RUNCOMFY_DEFAULT", json.dumps(conn))
-    runcomfy_emulator.add_rule(prompt_contains="x", fail_message="bad luck")
-    with RunComfyClient(runcomfy_emulator.token, base_url=runcomfy_emulator.base_url) as client:
-        request_id = client.submit(
-            FLUX_KONTEXT_PRO_EDIT, {"prompt": "x", "image_url": "https://x/a.png"}
-        ).request_id
-        client.wait_for_result(request_id, poll_interval=0.1, deadline=time.time() + 10)
+def test_the_sensor_pokes_again_while_the_outcome_is_not_written(emu: RunComfyEmulator) -> None:
+    """/status says completed, /result still says completed: not yet -- never a failure."""
+    request_id = submitted(emu, finished=True)
+    emu.add_fault("result", "not_written", times=1)
+    sensor = RunComfyRequestSensor(task_id="wait", request_id=request_id, deferrable=False)
+    assert sensor.poke({}) is False  # type: ignore[arg-type]
+    done = sensor.poke({})  # type: ignore[arg-type]
+    assert done.xcom_value["status"] == "succeeded"  # type: ignore[union-attr]
+
+
+def test_the_sensor_fails_on_a_failed_request_and_never_cancels(emu: RunComfyEmulator) -> None:
+    emu.add_rule(prompt_contains="x", fail_message="bad luck")
+    request_id = submitted(emu, "x", finished=True)
     sensor = RunComfyRequestSensor(task_id="wait", request_id=request_id, deferrable=False)
     with pytest.raises(JobFailedError, match="bad luck"):
         sensor.poke({})  # type: ignore[arg-type]
     with pytest.raises(JobTimeoutError):
         sensor.execute_complete({}, {"status": "timeout", "request_id": request_id, "message": "x"})  # type: ignore[arg-type]
-    assert runcomfy_emulator.journal.count("cancel") == 0
+    assert emu.journal.count("cancel") == 0
 
 
 def test_the_sensor_refuses_a_bad_request_id_before_any_request(runcomfy_emulator: RunComfyEmulator) -> None:

@@ -118,7 +118,7 @@ async def test_too_many_failures_in_a_row_end_in_an_error_event(
     runcomfy_emulator.add_fault("status", "http", times=10, status=503)
     event = await only_event(RunComfyRequestTrigger(request_id, poll_interval=0.05, max_consecutive_errors=2))
     assert event["status"] == "error"
-    assert event["error_type"] == "ServerError"
+    assert event["error_kind"] == "ServerError"
     assert runcomfy_emulator.journal.count("status") == 3
 
 
@@ -127,7 +127,7 @@ async def test_a_permanent_error_ends_the_wait_at_once(
 ) -> None:
     event = await only_event(RunComfyRequestTrigger("never-submitted", poll_interval=0.05))
     assert event["status"] == "error"
-    assert event["error_type"] == "RequestNotFoundError"
+    assert event["error_kind"] == "RequestNotFoundError"
     assert runcomfy_emulator.journal.count("status") == 1
 
 

@@ -6,11 +6,13 @@ Every variant takes its inputs from params, so a test passes them with ``-c``.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, Param
 
 from airflow_provider_runcomfy.operators.runcomfy import FluxKontextProEditOperator, RunComfyModelOperator
+from airflow_provider_runcomfy.sensors.runcomfy import RunComfyRequestSensor
 
 PARAMS = {
     "prompt": Param("make it blue", type="string"),
@@ -43,6 +45,51 @@ it_blocking = flux_dag("it_blocking", deferrable=False)
 it_timeout = flux_dag("it_timeout", timeout=2)
 it_blocking_timeout = flux_dag("it_blocking_timeout", deferrable=False, timeout=2)
 it_retry = flux_dag("it_retry", retries=1, retry_delay=timedelta(seconds=0))
+it_retries = flux_dag("it_retries", retries=2, retry_delay=timedelta(seconds=0))
+# A timeout shorter than the job, and retries that start once the job has finished (two, so that
+# a triggerer slowed down past the 1 s deadline by a busy machine cannot fail the test).
+it_retry_after_timeout = flux_dag(
+    "it_retry_after_timeout", retries=2, retry_delay=timedelta(seconds=3), timeout=1
+)
+
+
+class StoreRefusingRequestIds:
+    """The task's real ``task_state_store``, except that writing a request id fails.
+
+    A fault nothing real produces on demand (the store is an API call through the
+    supervisor); the intent, written before the submit, goes through for real.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def set(self, key: str, value: Any, **kwargs: Any) -> None:
+        if isinstance(value, dict) and "request_id" in value:
+            raise ConnectionResetError("the supervisor's connection was reset")
+        self._store.set(key, value, **kwargs)
+
+
+def refuse_request_id_writes(context: Any) -> None:
+    context["task_state_store"] = StoreRefusingRequestIds(context["task_state_store"])
+
+
+it_store_fails = flux_dag(
+    "it_store_fails", retries=2, retry_delay=timedelta(seconds=0), pre_execute=refuse_request_id_writes
+)
+
+with DAG(
+    dag_id="it_sense",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"request_id": Param("unset", type="string")},
+) as it_sense:
+    RunComfyRequestSensor(
+        task_id="wait", request_id="{{ params.request_id }}", deferrable=False, poll_interval=0.2, timeout=60
+    )
 
 with DAG(
     dag_id="it_generic_model",

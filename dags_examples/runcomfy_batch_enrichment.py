@@ -1,35 +1,31 @@
-"""A batch of image edits that keeps its results: copies, a manifest and a contact sheet.
+"""A batch of image edits in one task: bounded in flight, resumable, with its copies, manifest and contact sheet.
 
-One mapped nano-banana task per input image edits it and copies the outputs
-into ``output_dir`` (RunComfy's output URLs are temporary). A summary task then
-writes, next to the copies,
-
-- ``manifest.jsonl``: one line per input -- its request id, status, output URLs,
-  where each copy is and its sha256, or the error of a failed item (asked of
-  RunComfy);
-- ``contact_sheet.png``: inputs beside outputs, one row per input, green or red.
+One ``RunComfyBatchOperator`` runs nano-banana over every input image: it keeps at
+most ``max_in_flight`` jobs at RunComfy, waits in the triggerer between refills
+(no worker slot held), copies each output into ``output_dir`` (RunComfy's output
+URLs are temporary) and writes ``manifest.jsonl`` -- one line per input: its request
+id, status, output URLs, where each copy is and its sha256, or why it failed. A
+summary task then draws ``contact_sheet.png`` (inputs beside outputs, one row per
+input, green or red) next to it.
 
 The inputs are read from ``data/batch_images.txt`` next to this file (the
 ``image_urls`` param overrides it). The shipped list ends with one URL on a
-``.invalid`` host, which fails on purpose so you can see a failure recorded.
+``.invalid`` host, which fails on purpose so you can see a failure recorded. For
+thousands of images, give ``inputs`` the URI of a JSON-lines file instead of a list
+(``s3://bucket/inputs.jsonl``): inputs then never pass through XCom.
 
-**Outcome of a run.** One failed image does not lose the others: the summary
-runs whatever happened (``trigger_rule="all_done"``) and the run **succeeds**
-as long as at least one image was edited; the failed items are red in the
-grid view and listed in the manifest. The run **fails** when no image could
-be edited (a token, balance or outage problem), after writing the manifest.
+**Outcome of a run.** The batch task **succeeds** when at least one image was
+edited and lists every failed one (log and manifest); it **fails** when none was
+(a token, balance or outage problem), after writing the manifest. Set
+``max_failed_items`` to fail it past a threshold.
 
-**Concurrency.** The pool ``runcomfy`` caps how many jobs run at once
-(RunComfy queues and rate-limits per account); create it once with
-``airflow pools set runcomfy 4 "RunComfy concurrency" --include-deferred``.
-Deferred tasks hold no worker slot, so the pool, not the workers, is what
-bounds the batch -- and only with ``--include-deferred``: without it a pool
-counts the short submit and resume steps, not the jobs waiting in between.
+**Retries and clears.** A retry or a clear of the batch task resumes it from its
+ledger in ``output_dir``: edited images are neither paid for nor copied again, jobs
+still running are waited for, failed images are submitted again.
 
-**Retries.** None here: transient API errors and broken downloads are already
-retried inside each task, and a retried failed job would be paid for again.
-Clearing a failed item re-runs it alone; copies already kept are not
-downloaded again.
+**When to map instead.** ``runcomfy_batch_enrichment_mapped.py`` is the same batch as
+one mapped task per image: fine for a handful of images, but Airflow's own cost
+per image is ~30x higher and ``[core] max_map_length`` (1,024) caps it. See docs/batch.md.
 """
 
 from __future__ import annotations
@@ -41,7 +37,8 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_runcomfy.operators.runcomfy import NanoBananaEditOperator
+from airflow_provider_runcomfy.models import NANO_BANANA_EDIT
+from airflow_provider_runcomfy.operators.batch import RunComfyBatchOperator
 
 #: The default inputs, shipped with this example.
 IMAGE_LIST = Path(__file__).parent / "data" / "batch_images.txt"
@@ -69,48 +66,59 @@ with DAG(
 ) as dag:
 
     @task
-    def list_images(params: dict[str, Any]) -> list[str]:
-        """The input images; a real pipeline would list a bucket or query a table here."""
+    def list_inputs(params: dict[str, Any]) -> list[dict[str, Any]]:
+        """One nano-banana input per image; a real pipeline would list a bucket and write a JSON-lines file."""
         urls = list(params["image_urls"])
         if not urls:
             lines = IMAGE_LIST.read_text().splitlines()
             urls = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
         if not urls:
             raise AirflowFailException(f"No input images: set the image_urls param or fill {IMAGE_LIST}.")
-        return urls
+        return [{"prompt": params["prompt"], "image_urls": [url]} for url in urls]
 
-    images = list_images()
-
-    edits = NanoBananaEditOperator.partial(
+    edit = RunComfyBatchOperator(
         task_id="edit",
-        prompt="{{ params.prompt }}",
+        model_id=NANO_BANANA_EDIT,
+        inputs=list_inputs(),
         output_dir="{{ params.output_dir }}",
-        pool="runcomfy",
+        max_in_flight=4,
         poll_interval=2,
         timeout=900,
-    ).expand(image_urls=images)
+    )
 
     @task(trigger_rule="all_done")
-    def summarize(inputs: list[str], **context: Any) -> dict[str, Any]:
-        """Writes the manifest and the contact sheet of every item, whatever became of it."""
-        from airflow_provider_runcomfy.outputs.contact_sheet import rows_from_records, write_contact_sheet
-        from airflow_provider_runcomfy.outputs.manifest import batch_records, tally, write_manifest
-        from airflow_provider_runcomfy.outputs.storage import run_directory, write_atomically
+    def summarize(**context: Any) -> dict[str, Any]:
+        """Draws the contact sheet next to the batch's manifest and hands over the counts."""
+        from airflow.sdk import ObjectStoragePath
 
-        records = batch_records(context, "edit", inputs)
-        folder = run_directory(context["params"]["output_dir"], dag_id=dag.dag_id, run_id=context["run_id"])
-        manifest = write_manifest(folder / "manifest.jsonl", records)
-        sheet = write_atomically(
-            folder / "contact_sheet.png", lambda sink: write_contact_sheet(sink, rows_from_records(records))
+        from airflow_provider_runcomfy.outputs.contact_sheet import rows_from_records, write_contact_sheet
+        from airflow_provider_runcomfy.outputs.manifest import read_manifest
+        from airflow_provider_runcomfy.outputs.storage import write_atomically
+
+        uri = context["ti"].xcom_pull(task_ids="edit", key="manifest")
+        if not uri:
+            raise AirflowFailException("The batch wrote no manifest; see the log of the task `edit`.")
+        manifest = ObjectStoragePath(uri)
+        records = read_manifest(manifest)
+        # One row per input: its picture (the first image URL), then its kept copies.
+        rows = rows_from_records(
+            [{**r, "input": (r["input"].get("image_urls") or [None])[0]} for r in records]
         )
-        counts = tally(records)
+        sheet = write_atomically(
+            manifest.parent / "contact_sheet.png", lambda sink: write_contact_sheet(sink, rows)
+        )
+        stored = [copy for record in records for copy in record["stored"]]
+        counts = {
+            "images": len(records),
+            "succeeded": sum(r["status"] == "succeeded" for r in records),
+            "failed": sum(r["status"] != "succeeded" for r in records),
+            "outputs_stored": len(stored),
+            "bytes_stored": sum(int(copy["bytes"] or 0) for copy in stored),
+        }
         print(f"{counts['succeeded']} of {counts['images']} images edited; manifest: {manifest}")
         print(f"contact sheet: {sheet}")
-        for record in records:
-            if record["error"]:
-                print(f"failed: {record['input']} ({record['request_id']}): {record['error']}")
         if counts["succeeded"] == 0:
             raise AirflowFailException(f"No image could be edited; see {manifest}.")
         return {**counts, "manifest": str(manifest), "contact_sheet": str(sheet)}
 
-    edits >> summarize(images)
+    edit >> summarize()

@@ -5,8 +5,8 @@ Starts the emulator on a free loopback port, prepares a throwaway Airflow
 emulator, then runs under ``airflow dags test`` (triggers run in-line):
 
 1. ``runcomfy_flux_kontext_edit``: one edit; prints what the task handed downstream.
-2. ``runcomfy_batch_enrichment``: a mapped batch over the emulator's sample
-   pictures plus one input on a ``.invalid`` host that fails on purpose, keeping
+2. ``runcomfy_batch_enrichment``: one ``RunComfyBatchOperator`` task over the emulator's
+   sample pictures plus one input on a ``.invalid`` host that fails on purpose, keeping
    the outputs under ``out/batch/`` with a manifest and a contact sheet.
 
 It ends by printing where the edited images, the manifest and the contact sheet are.
@@ -111,7 +111,9 @@ def main() -> int:
         for stored in record["stored"]:
             print(f"edited     : {stored['uri'].removeprefix('file://')}")
         if record["error"]:
-            print(f"failed     : {record['input']}: {record['error']}")
+            given = record["input"]
+            shown = given["image_urls"][0] if isinstance(given, dict) and given.get("image_urls") else given
+            print(f"failed     : {shown}: {record['error']}")
     print(f"manifest   : {manifest}")
     print(f"contact    : {summary['contact_sheet'].removeprefix('file://')}")
     print(f"done in {time.monotonic() - started:.1f} s")

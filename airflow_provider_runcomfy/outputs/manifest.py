@@ -1,4 +1,8 @@
-"""The manifest of a batch: one JSON line per item of a mapped RunComfy task, failures included.
+"""The manifest of a batch: one JSON line per item, failures included.
+
+``RunComfyBatchOperator`` writes its own ``manifest.jsonl`` (``batch.report``) with
+``write_manifest``; ``read_manifest`` reads either kind back. The rest of this module is
+for the older pattern, one mapped RunComfy task per image:
 
 A batch that fans out over many images ends with some that failed. The
 manifest is the record a pipeline (or a person) reads afterwards: for each

@@ -3,7 +3,8 @@
 It must run as shipped (its image list holds public https URLs, which the
 emulator stands in for, and one ``.invalid`` URL that fails on purpose), keep
 the outputs, and record every item -- the failed one too -- in a manifest and
-a contact sheet a person can open.
+a contact sheet a person can open. The batch is one ``RunComfyBatchOperator``
+task; the mapped variant (``runcomfy_batch_enrichment_mapped``) is checked too.
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ def batch_env(airflow_env: AirflowEnv) -> AirflowEnv:
 
 
 def run_folder(out: Path, run: DagRun) -> Path:
-    return out / DAG_ID / safe_segment(run.run_id)
+    """Where the batch task keeps its copies, manifest and contact sheet."""
+    return out / run.dag_id / safe_segment(run.run_id) / "edit" / "-1"
+
+
+def image_of(record: dict[str, Any]) -> str:
+    return record["input"]["image_urls"][0]
 
 
 def manifest_of(out: Path, run: DagRun) -> list[dict[str, Any]]:
@@ -70,30 +76,26 @@ def test_the_shipped_batch_keeps_the_good_images_and_records_the_failed_one(
     assert len(SHIPPED) == 3 and SHIPPED[-1].split("/")[2].endswith(".invalid")
     run = batch_env.dags_test(DAG_ID, conf={"output_dir": f"file://{tmp_path}"}, env=emu.airflow_conn_env())
 
-    assert run.task_states() == {
-        "list_images": "success",
-        "edit[0]": "success",
-        "edit[1]": "success",
-        "edit[2]": "failed",
-        "summarize": "success",
-    }, run.output[-4000:]
+    assert run.task_states() == {"list_inputs": "success", "edit": "success", "summarize": "success"}, (
+        run.output[-4000:]
+    )
     assert run.state == "success"  # documented: the run succeeds when at least one image was edited
 
     records = manifest_of(tmp_path, run)
-    assert [r["input"] for r in records] == SHIPPED
+    assert [image_of(r) for r in records] == SHIPPED
     assert [r["status"] for r in records] == ["succeeded", "succeeded", "failed"]
-    for index, record in enumerate(records[:2]):
+    for record in records[:2]:
         (stored,) = record["stored"]
         path = Path(stored["uri"].removeprefix("file://"))
-        assert path.parent == run_folder(tmp_path, run) / "edit" / str(index)
+        assert path.parent == run_folder(tmp_path, run) / "outputs"
         assert hashlib.sha256(path.read_bytes()).hexdigest() == stored["sha256"]
         assert record["outputs"] == [stored["source_url"]] and record["error"] is None
     failed = records[2]
-    assert failed["request_id"] == run.xcom("edit", key="request_id", map_index=2)
-    assert failed["request_id"] and failed["runcomfy_status"] == "failed"
-    assert "missing-image.invalid" in failed["error"]
+    assert failed["request_id"] and "missing-image.invalid" in failed["error"]
     assert failed["outputs"] == [] and failed["stored"] == []
 
+    batch = run.xcom("edit")
+    assert (batch["total"], batch["succeeded"], batch["failed"]) == (3, 2, 1)
     summary = run.xcom("summarize")
     assert summary["images"] == 3 and summary["succeeded"] == 2 and summary["failed"] == 1
     assert summary["bytes_stored"] == sum(r["stored"][0]["bytes"] for r in records[:2])
@@ -101,6 +103,24 @@ def test_the_shipped_batch_keeps_the_good_images_and_records_the_failed_one(
     width, height, rows = sheet_of(tmp_path, run)
     assert (width, height) == sheet_size(rows=3, columns=2)
     assert [pixel(rows, GAP + MARK // 2, row_centre(i)) for i in range(3)] == [SUCCEEDED, SUCCEEDED, FAILED]
+    assert emu.journal.count("submit") == 3
+
+
+def test_the_mapped_variant_still_runs_and_records_every_item(
+    batch_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+) -> None:
+    emu = runcomfy_emulator
+    run = batch_env.dags_test(
+        "runcomfy_batch_enrichment_mapped",
+        conf={"output_dir": f"file://{tmp_path}"},
+        env=emu.airflow_conn_env(),
+    )
+
+    assert run.state == "success", run.output[-4000:]
+    assert run.task_states()["edit[2]"] == "failed"
+    folder = tmp_path / "runcomfy_batch_enrichment_mapped" / safe_segment(run.run_id)
+    records = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["succeeded", "succeeded", "failed"]
     assert emu.journal.count("submit") == 3
 
 
@@ -114,7 +134,7 @@ def test_the_image_list_can_be_overridden_and_the_sheet_shows_decodable_pictures
     )
 
     assert run.state == "success", run.output[-4000:]
-    assert [r["input"] for r in manifest_of(tmp_path, run)] == inputs
+    assert [image_of(r) for r in manifest_of(tmp_path, run)] == inputs
     width, height, rows = sheet_of(tmp_path, run)
     assert (width, height) == sheet_size(rows=3, columns=2)
     input_x = GAP + MARK + GAP + CELL // 2
@@ -139,6 +159,7 @@ def test_a_batch_where_every_image_fails_fails_the_run_after_writing_the_manifes
     )
 
     assert run.state == "failed"
-    assert run.task_states()["summarize"] == "failed", run.output[-4000:]
+    assert run.task_states()["edit"] == "failed", run.output[-4000:]
+    assert run.task_states()["summarize"] == "failed"
     assert [r["status"] for r in manifest_of(tmp_path, run)] == ["failed", "failed"]
-    assert "No image could be edited" in run.output
+    assert "No item of the batch succeeded" in run.output

@@ -1,0 +1,363 @@
+"""What the worker does between two waits of a batch: check, submit, record, copy, report.
+
+``BatchRun`` is one worker part's view of the batch: the items, the ledger read
+back from ``output_dir``, and the steps the operator calls in order. Every state
+change goes to the ledger before the step that depends on it (see ``ledger``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_runcomfy.batch import ledger as L
+from airflow_provider_runcomfy.batch.items import BatchItem
+from airflow_provider_runcomfy.batch.submitting import BatchSpend, Prepared, RefillResult, SubmitSteps
+from airflow_provider_runcomfy.client.errors import InvalidInputError, RunComfyError
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_runcomfy.client import AsyncRunComfyClient
+
+#: A share of ``max_in_flight`` that must have finished before the worker wakes to refill.
+REFILL_FRACTION = 0.1
+#: Output downloads at once (threads: the download client is blocking).
+DOWNLOAD_CONCURRENCY = 8
+#: Failed attempts at keeping an item's outputs before the item is failed.
+MAX_COPY_FAILURES = 3
+#: Outcomes of recent jobs used to estimate how long a job takes.
+DURATION_SAMPLE = 200
+
+__all__ = ["BatchRun", "BatchSpend", "Prepared", "RefillResult"]
+
+
+class BatchRun(SubmitSteps):
+    """One worker part of a batch.
+
+    :param model_id: the model.
+    :param items: the batch's items, in input order.
+    :param ledger: the loaded ledger.
+    :param folder: the task instance's folder in ``output_dir`` (outputs go to ``outputs/``).
+    :param log: the task's logger.
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        items: Sequence[BatchItem],
+        ledger: L.Ledger,
+        folder: ObjectStoragePath,
+        *,
+        max_in_flight: int,
+        max_output_bytes: int,
+        resubmit_unknown: bool,
+        log: Any,
+        api_base_url: str | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.items = list(items)
+        self.by_key = {item.key: item for item in self.items}
+        self.ledger = ledger
+        self.folder = folder
+        self.max_in_flight = max_in_flight
+        self.max_output_bytes = max_output_bytes
+        self.resubmit_unknown = resubmit_unknown
+        self.log = log
+        self.api_base_url = api_base_url
+        self.stopped: str | None = ledger.meta.get("stopped")
+        self.stop_message: str | None = ledger.meta.get("stop_message")
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def record(self, item: BatchItem) -> L.ItemRecord | None:
+        return self.ledger.get(item.key)
+
+    def records(self, *states: str) -> list[tuple[BatchItem, L.ItemRecord]]:
+        wanted = set(states)
+        found = []
+        for item in self.items:
+            record = self.ledger.get(item.key)
+            if record is not None and record.state in wanted:
+                found.append((item, record))
+        return found
+
+    def in_flight(self) -> list[list[Any]]:
+        """``[request_id, key, submitted_at]`` of every job in flight, for the wait."""
+        return [
+            [r.request_id, r.key, r.submitted_at or time.time()]
+            for _, r in self.records(L.SUBMITTED)
+            if r.request_id
+        ]
+
+    def ready_count(self) -> int:
+        return len(self.records(L.READY))
+
+    def spend(self) -> BatchSpend:
+        costs = [_cost(r) for r in self.ledger if r.key in self.by_key]
+        return BatchSpend(
+            spent_usd=round(sum(c for c in costs if c is not None), 6),
+            in_flight=len(self.records(L.SUBMITTED)),
+            submitted=sum(1 for r in self.ledger if r.key in self.by_key and r.request_id),
+            ready=self.ready_count(),
+        )
+
+    def expected_seconds(self) -> float | None:
+        """How long this batch's jobs have run (median, RunComfy's own timestamps), if any finished."""
+        durations = []
+        for record in self.ledger:
+            outcome = record.outcome or {}
+            duration = _seconds_between(outcome.get("created_at"), outcome.get("finished_at"))
+            if duration is not None:
+                durations.append(duration)
+                if len(durations) >= DURATION_SAMPLE:
+                    break
+        return statistics.median(durations) if durations else None
+
+    def done_count(self) -> int:
+        final = {L.SUCCEEDED, L.FAILED, L.CANCELLED, L.INVALID, L.UNKNOWN}
+        return sum(1 for item in self.items if (r := self.ledger.get(item.key)) and r.state in final)
+
+    # -- checking -------------------------------------------------------------------------------
+
+    def check(
+        self, prepare: Callable[[Sequence[BatchItem]], Sequence[Prepared]], validate: Callable[..., Any]
+    ) -> int:
+        """Prepare and validate every item the ledger has not seen; record ``ready`` or ``invalid``.
+
+        Returns how many items are invalid in all. Nothing is sent to RunComfy's API here
+        (preparation may pre-flight input URLs; that is the inputs seam's business).
+        """
+        new = [item for item in self.items if self.ledger.get(item.key) is None]
+        if new:
+            events = []
+            for item, prepared in zip(new, prepare(new), strict=True):
+                error = prepared if isinstance(prepared, RunComfyError) else None
+                if error is None:
+                    try:
+                        validate(self.model_id, prepared)
+                    except InvalidInputError as invalid:
+                        error = invalid
+                if error is not None:
+                    events.append(
+                        {"key": item.key, "index": item.index, "state": L.INVALID, "error": error.message}
+                    )
+                else:
+                    events.append({"key": item.key, "index": item.index, "state": L.READY})
+            self.ledger.append(events)
+        return len(self.records(L.INVALID))
+
+    def start_try(self, try_number: int, try_id: str) -> None:
+        """A new try (a retry or a clear): what to do again, what to re-attach to, what stays unknown.
+
+        ``try_id`` is the task instance try's own id (Airflow gives every try a new one), so a
+        re-run that starts again at try 1 (``airflow dags test`` of the same date) is a new try too.
+        """
+        if self.ledger.meta.get("try_id") == try_id:
+            return
+        events: list[dict[str, Any]] = []
+        for item, record in self.records(L.FAILED, L.CANCELLED, L.INTENT, L.UNKNOWN):
+            outcome = record.outcome or {}
+            if record.state == L.FAILED and outcome.get("status") == "succeeded":
+                # The job succeeded but its outputs could not be kept: try the copy again, not the job.
+                events.append({"key": item.key, "state": L.FINISHED, "error": None, "copy_failures": 0})
+            elif record.state in (L.FAILED, L.CANCELLED):
+                events.append(_reset(item))
+            elif self.resubmit_unknown:
+                self.log.warning(
+                    "Item %d: an earlier try's submit has no known outcome; submitting it again "
+                    "(on_unknown_submit='resubmit'): RunComfy may bill it twice.",
+                    item.index,
+                )
+                events.append(_reset(item))
+            elif record.state == L.INTENT:
+                events.append({"key": item.key, "state": L.UNKNOWN, "error": _unknown_message(item, record)})
+        events.append(
+            {
+                "meta": {
+                    "try_number": try_number,
+                    "try_id": try_id,
+                    "try_started_at": time.time(),
+                    "done_at_try_start": self.done_count(),
+                    "stopped": None,
+                    "stop_message": None,
+                }
+            }
+        )
+        self.ledger.append(events)
+        self.stopped = self.stop_message = None
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def apply_outcomes(self, outcomes: Sequence[dict[str, Any]]) -> None:
+        """Record what the wait learned; an outcome for a job the ledger no longer expects is ignored."""
+        events = []
+        for outcome in outcomes:
+            record = self.ledger.get(str(outcome.get("key")))
+            if (
+                record is None
+                or record.state != L.SUBMITTED
+                or record.request_id != outcome.get("request_id")
+            ):
+                continue
+            status = outcome.get("status")
+            slim = {
+                k: v for k, v in outcome.items() if k not in ("key", "model_id") and v not in (None, "", [])
+            }
+            event: dict[str, Any] = {"key": record.key, "outcome": slim}
+            if status == "succeeded":
+                event["state"] = L.FINISHED if outcome.get("outputs") else L.SUCCEEDED
+            elif status == "cancelled":
+                event.update(state=L.CANCELLED, error=outcome.get("message") or "cancelled")
+            else:  # failed, or error (expired: 404001)
+                event.update(state=L.FAILED, error=outcome.get("message") or status)
+            events.append(event)
+        self.ledger.append(events)
+
+    # -- cancelling -----------------------------------------------------------------------------
+
+    async def cancel_in_flight(self, client: AsyncRunComfyClient, why: str) -> tuple[int, int]:
+        """Cancel every job in flight (queued ones stop; running ones finish and are billed)."""
+        records = [r for _, r in self.records(L.SUBMITTED) if r.request_id]
+        semaphore = asyncio.Semaphore(16)
+        cancelled = not_cancellable = 0
+        events = []
+
+        async def cancel(record: L.ItemRecord) -> None:
+            nonlocal cancelled, not_cancellable
+            async with semaphore:
+                try:
+                    response = await client.cancel(str(record.request_id))
+                except RunComfyError as error:
+                    self.log.warning(
+                        "Could not cancel RunComfy request %s (%s): %s", record.request_id, why, error
+                    )
+                    return
+            if response.cancelled:
+                cancelled += 1
+                events.append({"key": record.key, "state": L.CANCELLED, "error": f"cancelled because {why}"})
+            else:
+                not_cancellable += 1
+
+        await asyncio.gather(*(cancel(r) for r in records))
+        self.ledger.append(events)
+        if records:
+            self.log.info(
+                "Cancelling the batch's jobs because %s: %d cancelled (not billed), %d already running or "
+                "finished (RunComfy finishes and bills them; a retry re-attaches to them).",
+                why,
+                cancelled,
+                not_cancellable,
+            )
+        return cancelled, not_cancellable
+
+    # -- copying --------------------------------------------------------------------------------
+
+    def store_outputs(self) -> int:
+        """Copy the outputs of finished jobs to ``outputs/`` (threads); record each item's copies."""
+        todo = self.records(L.FINISHED)
+        if not todo:
+            return 0
+        from airflow_provider_runcomfy.batch.copies import copy_item_outputs
+
+        folder = self.folder / "outputs"
+        folder.fs.makedirs(folder.path, exist_ok=True)
+        events: list[dict[str, Any]] = []
+        kept = 0
+        with ThreadPoolExecutor(DOWNLOAD_CONCURRENCY, thread_name_prefix="runcomfy-copy") as pool:
+            futures = [
+                (
+                    item,
+                    record,
+                    pool.submit(
+                        copy_item_outputs, folder, item, record, self.max_output_bytes, self.api_base_url
+                    ),
+                )
+                for item, record in todo
+            ]
+            for item, record, future in futures:
+                try:
+                    stored = future.result()
+                except RunComfyError as error:
+                    failures = record.copy_failures + 1
+                    final = not error.retryable or failures >= MAX_COPY_FAILURES
+                    self.log.warning(
+                        "Item %d: keeping the outputs of %s failed: %s",
+                        item.index,
+                        record.request_id,
+                        error.message,
+                    )
+                    events.append(
+                        {
+                            "key": item.key,
+                            "copy_failures": failures,
+                            **(
+                                {
+                                    "state": L.FAILED,
+                                    "error": f"the job succeeded but its outputs could not be kept: {error.message}",
+                                }
+                                if final
+                                else {}
+                            ),
+                        }
+                    )
+                    continue
+                kept += len(stored)
+                events.append({"key": item.key, "state": L.SUCCEEDED, "stored": stored})
+                if len(events) >= 100:  # recorded as they come, so a crash re-copies little
+                    self.ledger.append(events)
+                    events = []
+        self.ledger.append(events)
+        return kept
+
+    # -- refill planning ------------------------------------------------------------------------
+
+    def wake_count(self) -> int:
+        """Finished jobs that make waking the worker worth it: a share of the window, or all at the end."""
+        window = len(self.records(L.SUBMITTED))
+        if self.ready_count() and not self.stopped:
+            return max(1, min(window, math.ceil(self.max_in_flight * REFILL_FRACTION)))
+        return max(1, window)
+
+
+def _reset(item: BatchItem) -> dict[str, Any]:
+    return {
+        "key": item.key,
+        "state": L.READY,
+        "request_id": None,
+        "submitted_at": None,
+        "outcome": None,
+        "stored": [],
+        "error": None,
+        "copy_failures": 0,
+    }
+
+
+def _unknown_message(item: BatchItem, record: L.ItemRecord) -> str:
+    return (
+        f"An earlier try recorded the intent to submit item {item.index} but no request id: the worker stopped "
+        "while the submit was on its way, so RunComfy may or may not have created (and billed) a job. It is not "
+        "submitted again. Look for the job in RunComfy's dashboard; to pay for it again, clear the task with "
+        "on_unknown_submit='resubmit'."
+    )
+
+
+def _cost(record: L.ItemRecord) -> float | None:
+    cost = (record.outcome or {}).get("cost_usd")
+    return float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
+
+
+def _seconds_between(start: Any, end: Any) -> float | None:
+    if not isinstance(start, str) or not isinstance(end, str):
+        return None
+    try:
+        seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds >= 0 else None

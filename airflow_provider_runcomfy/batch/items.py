@@ -1,0 +1,121 @@
+"""The inputs of a batch: read from a list or a JSON-lines file, each known by a stable key.
+
+``inputs`` is a list of model-input dicts (literal, rendered, or an XComArg's value)
+or the URI of a JSON-lines file with one input per line -- any ``ObjectStoragePath``
+(``s3://``, ``gs://``, ``file://``, a local path) -- so that 100,000 inputs never pass
+through XCom.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_runcomfy.client._validation import input_fingerprint
+from airflow_provider_runcomfy.client.errors import InvalidInputError
+
+#: The manifest carries an input as it is up to this size (JSON characters), a digest beyond.
+MAX_INPUT_IN_MANIFEST = 4096
+
+#: The most inputs one batch takes: the ledger and the manifest are read whole by the worker.
+MAX_ITEMS = 1_000_000
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One input of the batch.
+
+    :param index: its position in the inputs (0-based), the order of the manifest.
+    :param input: the input as the user gave it (before any preparation: a storage path stays a path).
+    :param key: fingerprint and occurrence, the item's identity in the ledger.
+    :param fingerprint: ``input_fingerprint(model_id, input)`` (sha256 hex).
+    """
+
+    index: int
+    input: Any
+    key: str
+    fingerprint: str
+
+    def manifest_input(self) -> Any:
+        """The input for the manifest: as given when small, a digest when large (data URIs, long prompts)."""
+        text = json.dumps(self.input, sort_keys=True, default=str)
+        if len(text) <= MAX_INPUT_IN_MANIFEST:
+            return self.input
+        return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "json_chars": len(text)}
+
+
+def load_inputs(inputs: Any) -> list[Any]:
+    """The list of inputs from what the operator was given (a list, or a JSON-lines URI/path)."""
+    if isinstance(inputs, (str, os.PathLike)) or _is_storage_path(inputs):
+        return _read_jsonl(inputs)
+    if isinstance(inputs, Mapping):
+        raise InvalidInputError(
+            "inputs must be a list of model-input dicts (or the URI of a JSON-lines file), not one dict; "
+            "wrap a single input in a list."
+        )
+    if isinstance(inputs, Sequence):
+        items = list(inputs)
+        if len(items) > MAX_ITEMS:
+            raise InvalidInputError(f"inputs has {len(items)} items; one batch takes at most {MAX_ITEMS}.")
+        return items
+    raise InvalidInputError(
+        f"inputs must be a list of model-input dicts or the URI of a JSON-lines file, not {type(inputs).__name__}."
+    )
+
+
+def make_items(model_id: str, inputs: Sequence[Any]) -> list[BatchItem]:
+    """``BatchItem`` of each input; an input that is not even JSON still gets a key (it is invalid)."""
+    seen: Counter[str] = Counter()
+    items = []
+    for index, value in enumerate(inputs):
+        try:
+            fingerprint = input_fingerprint(model_id, value if isinstance(value, Mapping) else {"_": value})
+        except (TypeError, ValueError):
+            fingerprint = hashlib.sha256(f"unserialisable:{index}:{value!r}".encode()).hexdigest()
+        short = fingerprint[:32]
+        occurrence = seen[short]
+        seen[short] += 1
+        items.append(
+            BatchItem(index=index, input=value, key=f"{short}.{occurrence}", fingerprint=fingerprint)
+        )
+    return items
+
+
+def _is_storage_path(value: Any) -> bool:
+    try:
+        from airflow.sdk import ObjectStoragePath
+    except ImportError:  # pragma: no cover - Airflow is a dependency
+        return False
+    return isinstance(value, ObjectStoragePath)
+
+
+def _read_jsonl(uri: Any) -> list[Any]:
+    from airflow_provider_runcomfy.outputs.storage import resolve_output_dir
+
+    text = os.fspath(uri) if isinstance(uri, os.PathLike) and not _is_storage_path(uri) else uri
+    if isinstance(text, str) and not text.strip():
+        raise InvalidInputError("inputs is an empty string: give a list of inputs or a JSON-lines URI.")
+    path = resolve_output_dir(text, probe=False)  # the same rules: a path, file://, s3://, any fsspec
+    items: list[Any] = []
+    try:
+        with path.open("r") as file:
+            for number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    items.append(json.loads(line))
+                except ValueError as error:
+                    raise InvalidInputError(
+                        f"inputs file {path}, line {number}: not JSON ({error}); each line must be one "
+                        "model input as a JSON object."
+                    ) from None
+                if len(items) > MAX_ITEMS:
+                    raise InvalidInputError(f"inputs file {path} has more than {MAX_ITEMS} lines.")
+    except FileNotFoundError:
+        raise InvalidInputError(f"inputs file {path} does not exist.") from None
+    return items

@@ -1,0 +1,228 @@
+"""Submitting a batch's items: each once, intent first, request id right after, paced by 429s.
+
+``SubmitSteps`` is a part of ``BatchRun`` (``engine``), kept apart because it is the one
+step that spends money: every rule of "never pay twice" for a batch is in this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_runcomfy.batch import ledger as L
+from airflow_provider_runcomfy.batch.items import BatchItem
+from airflow_provider_runcomfy.batch.pacing import SubmitPacer
+from airflow_provider_runcomfy.client.errors import (
+    AuthenticationError,
+    InputRejectedError,
+    InsufficientBalanceError,
+    InvalidInputError,
+    InvalidModelError,
+    PermissionDeniedError,
+    RateLimitedError,
+    RunComfyError,
+    SubmitOutcomeUnknownError,
+    TransportError,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_runcomfy.client import AsyncRunComfyClient
+
+#: Errors after which no submit of this batch can succeed: stop submitting and fail the task.
+FATAL_SUBMIT_ERRORS = (InvalidModelError, AuthenticationError, PermissionDeniedError)
+#: A submit pause (429s) longer than this ends the refill: the worker waits without a slot instead.
+MAX_REFILL_PAUSE = 10.0
+
+Prepared = dict[str, Any] | RunComfyError
+
+
+@dataclass(frozen=True)
+class BatchSpend:
+    """What the budget seam (``may_submit``) sees: spend so far and what is still open."""
+
+    spent_usd: float
+    in_flight: int
+    submitted: int
+    ready: int
+
+
+@dataclass
+class RefillResult:
+    """What one refill did, and why it stopped early if it did."""
+
+    submitted: int = 0
+    refused: int = 0
+    stopped: str | None = None  # "balance" | "budget"
+    message: str | None = None
+    fatal: RunComfyError | None = None
+    paused_until: float | None = None  # time.time() when submits may go on (a 429 pause)
+
+
+class SubmitSteps:
+    """The submit step of ``BatchRun`` (which provides the attributes and views used here)."""
+
+    model_id: str
+    ledger: L.Ledger
+    max_in_flight: int
+    resubmit_unknown: bool
+    stopped: str | None
+    stop_message: str | None
+    records: Callable[..., list[tuple[BatchItem, L.ItemRecord]]]
+    spend: Callable[[], BatchSpend]
+
+    async def refill(
+        self,
+        client: AsyncRunComfyClient,
+        pacer: SubmitPacer,
+        *,
+        prepare: Callable[[Sequence[BatchItem]], Sequence[Prepared]],
+        validate: Callable[..., dict[str, Any]],
+        may_submit: Callable[[BatchItem, BatchSpend], bool],
+        try_number: int,
+    ) -> RefillResult:
+        """Submit ready items until ``max_in_flight`` jobs are in flight, each once, intent first."""
+        result = RefillResult(stopped=self.stopped)
+        if self.stopped:
+            return result
+        room = self.max_in_flight - len(self.records(L.SUBMITTED))
+        queue = deque(item for item, _ in self.records(L.READY))
+        active: set[asyncio.Task[tuple[BatchItem, dict[str, Any], RunComfyError | None]]] = set()
+        pending_events: list[dict[str, Any]] = []
+        base = self.spend()  # once: the ledger is walked once per refill, not per item
+        while (queue and room > 0 and not result.stopped and not result.fatal) or active:
+            launch: list[BatchItem] = []
+            while queue and room - len(launch) > 0 and len(active) + len(launch) < pacer.concurrency:
+                if result.stopped or result.fatal:
+                    break
+                pause = pacer.paused_until - time.monotonic()
+                if pause > MAX_REFILL_PAUSE:
+                    result.paused_until = time.time() + pause
+                    break
+                item = queue[0]
+                spend = BatchSpend(
+                    spent_usd=base.spent_usd,
+                    in_flight=base.in_flight + result.submitted + len(active) + len(launch),
+                    submitted=base.submitted + result.submitted + len(active) + len(launch),
+                    ready=len(queue),
+                )
+                if not may_submit(item, spend):  # the BUDGET seam (see the operator's ``may_submit``)
+                    result.stopped = "budget"
+                    break
+                launch.append(queue.popleft())
+            if launch:
+                payloads = self._payloads(launch, prepare, validate, pending_events)
+                launch = [item for item in launch if item.key in payloads]
+                intents = [
+                    {
+                        "key": i.key,
+                        "index": i.index,
+                        "state": L.INTENT,
+                        "try_number": try_number,
+                        "attempt": _attempts(self.ledger.get(i.key)) + 1,
+                    }
+                    for i in launch
+                ]
+                await asyncio.to_thread(self.ledger.append, [*pending_events, *intents])
+                pending_events = []
+                for item in launch:
+                    room -= 1
+                    active.add(asyncio.create_task(self._submit(client, pacer, item, payloads[item.key])))
+            if not active:
+                if result.paused_until is not None:
+                    break
+                continue
+            done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                item, event, error = task.result()
+                pending_events.append(event)
+                if event["state"] == L.SUBMITTED:
+                    result.submitted += 1
+                    continue
+                if event["state"] == L.READY:  # refused (429) or never sent: nothing was created
+                    room += 1
+                    result.refused += 1
+                    queue.appendleft(item)
+                if isinstance(error, InsufficientBalanceError):
+                    result.stopped, result.message = "balance", error.message
+                elif isinstance(error, FATAL_SUBMIT_ERRORS):
+                    result.fatal = error
+            # Request ids are recorded as soon as their answers are in (coalesced while writing).
+            await asyncio.to_thread(self.ledger.append, pending_events)
+            pending_events = []
+        if pending_events:
+            await asyncio.to_thread(self.ledger.append, pending_events)
+        if result.stopped and result.stopped != self.stopped:
+            self.stopped, self.stop_message = result.stopped, result.message
+            self.ledger.set_meta(stopped=result.stopped, stop_message=result.message)
+        return result
+
+    def _payloads(
+        self,
+        launch: list[BatchItem],
+        prepare: Callable[[Sequence[BatchItem]], Sequence[Prepared]],
+        validate: Callable[..., dict[str, Any]],
+        events: list[dict[str, Any]],
+    ) -> dict[str, dict[str, Any]]:
+        """The request body of each item about to be submitted; one that no longer passes is invalid."""
+        payloads = {}
+        for item, prepared in zip(launch, prepare(launch), strict=True):
+            try:
+                if isinstance(prepared, RunComfyError):
+                    raise prepared
+                payloads[item.key] = validate(self.model_id, prepared)
+            except RunComfyError as error:
+                events.append({"key": item.key, "state": L.INVALID, "error": error.message})
+        return payloads
+
+    async def _submit(
+        self, client: AsyncRunComfyClient, pacer: SubmitPacer, item: BatchItem, payload: dict[str, Any]
+    ) -> tuple[BatchItem, dict[str, Any], RunComfyError | None]:
+        """One paid submit; the event that records what came of it."""
+        await asyncio.sleep(pacer.delay())
+        try:
+            response = await client.submit(self.model_id, payload)
+        except RateLimitedError as error:
+            pacer.refused(error.retry_after)
+            return item, {"key": item.key, "state": L.READY}, error
+        except TransportError as error:
+            if not error.request_sent:
+                pacer.refused(None)
+                return item, {"key": item.key, "state": L.READY}, error
+            return item, self._unknown(item, error), error
+        except SubmitOutcomeUnknownError as error:
+            return item, self._unknown(item, error), error
+        except InsufficientBalanceError as error:
+            return item, {"key": item.key, "state": L.READY}, error
+        except (InputRejectedError, InvalidInputError) as error:
+            return item, {"key": item.key, "state": L.INVALID, "error": error.message}, error
+        except FATAL_SUBMIT_ERRORS as error:
+            return item, {"key": item.key, "state": L.READY}, error
+        except RunComfyError as error:  # a 5xx or an unreadable answer: the job may exist
+            return item, self._unknown(item, error), error
+        pacer.accepted()
+        event = {
+            "key": item.key,
+            "state": L.SUBMITTED,
+            "request_id": response.request_id,
+            "submitted_at": time.time(),
+        }
+        return item, event, None
+
+    def _unknown(self, item: BatchItem, error: RunComfyError) -> dict[str, Any]:
+        message = (
+            f"The submit of item {item.index} may have created a RunComfy job, but its answer was lost "
+            f"({error.message}). It is not submitted again (a second job would be billed too). Look for a "
+            f"job of {self.model_id} sent at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} in RunComfy's "
+            "dashboard; clear the task with on_unknown_submit='resubmit' to pay for it again."
+        )
+        if self.resubmit_unknown:
+            return {"key": item.key, "state": L.READY, "error": message}
+        return {"key": item.key, "state": L.UNKNOWN, "error": message}
+
+
+def _attempts(record: L.ItemRecord | None) -> int:
+    return record.attempt if record is not None else 0

@@ -1,0 +1,196 @@
+"""``RunComfyBatchTrigger``: watches a batch's jobs in flight from the triggerer, holding no worker slot.
+
+Deliberately thin: the loop is ``batch.window.Window`` (shared with the blocking mode)
+and it never submits -- a trigger may run twice (a triggerer dies, another takes over),
+and a paid submit must happen once, in the worker. Its arguments carry the window
+(request ids, item keys, submit times: a few dozen bytes per job in flight, never per
+item of the batch) and its event carries the outcomes of the finished jobs; the
+worker records them in the ledger, copies the outputs, refills and defers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_runcomfy.batch.progress import Progress
+from airflow_provider_runcomfy.batch.window import WakeRule, Window
+from airflow_provider_runcomfy.client import RunComfyError
+from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+from airflow_provider_runcomfy.triggers.runcomfy import FINISHED_TASK_STATES, ON_KILL_SECONDS
+
+
+class RunComfyBatchTrigger(BaseTrigger):
+    """Polls the jobs a batch has in flight and fires when the worker should wake to refill.
+
+    :param model_id: the batch's model.
+    :param window: ``[request_id, item key, submitted_at]`` of each job in flight.
+    :param runcomfy_conn_id: the connection holding the token (never the token itself:
+        trigger arguments are stored in the metadata database).
+    :param poll_interval: seconds between reads of a job that is not done when expected.
+    :param wake_count: finished jobs that make waking the worker worth it.
+    :param max_wait: seconds a finished job waits for others before the worker wakes anyway.
+    :param wake_at: ``time.time()`` to wake even if nothing finished (a refill paused by 429s).
+    :param expected_seconds: how long this batch's jobs take, as far as known.
+    :param deadline: ``time.time()`` of the batch's timeout: absolute, so a new triggerer keeps it.
+    :param progress: ``{"total", "done", "started_at", "done_at_start"}`` for the progress line.
+    :param cancel_on_kill: cancel the batch's queued jobs when a user marks the task failed/success.
+    :param lead_seconds: the worker's resume time: jobs expected to end within it count as ended.
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        window: list[list[Any]],
+        runcomfy_conn_id: str = RunComfyHook.default_conn_name,
+        poll_interval: float = 5.0,
+        wake_count: int = 1,
+        max_wait: float = 30.0,
+        wake_at: float | None = None,
+        expected_seconds: float | None = None,
+        deadline: float | None = None,
+        progress: dict[str, Any] | None = None,
+        cancel_on_kill: bool = True,
+        lead_seconds: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.model_id = model_id
+        self.window = [list(entry) for entry in window]
+        self.runcomfy_conn_id = runcomfy_conn_id
+        self.poll_interval = poll_interval
+        self.wake_count = wake_count
+        self.max_wait = max_wait
+        self.wake_at = wake_at
+        self.expected_seconds = expected_seconds
+        self.deadline = deadline
+        self.progress = progress
+        self.cancel_on_kill = cancel_on_kill
+        self.lead_seconds = lead_seconds
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Class path and arguments; ``cls(**kwargs)`` rebuilds the trigger after a restart."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "model_id": self.model_id,
+                "window": self.window,
+                "runcomfy_conn_id": self.runcomfy_conn_id,
+                "poll_interval": self.poll_interval,
+                "wake_count": self.wake_count,
+                "max_wait": self.max_wait,
+                "wake_at": self.wake_at,
+                "expected_seconds": self.expected_seconds,
+                "deadline": self.deadline,
+                "progress": self.progress,
+                "cancel_on_kill": self.cancel_on_kill,
+                "lead_seconds": self.lead_seconds,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Wait until the wake rule, the deadline or an error; yield one event with the outcomes."""
+        progress = Progress(**self.progress) if self.progress else None
+        window = Window(
+            self.window,
+            model_id=self.model_id,
+            poll_interval=self.poll_interval,
+            rule=WakeRule(self.wake_count, self.max_wait, self.wake_at, self.lead_seconds),
+            expected_seconds=self.expected_seconds,
+            deadline=self.deadline,
+            progress=progress,
+            log_line=self.log.info,
+        )
+        async with RunComfyHook(self.runcomfy_conn_id).ashared_client() as client:
+            event = await window.wait(client)
+        yield TriggerEvent(event)
+
+    async def on_kill(self) -> None:
+        """Cancel the batch's jobs when a user marked the deferred task failed or success -- only then.
+
+        The same guard as ``RunComfyRequestTrigger.on_kill``: Airflow 3.3.2 also calls this for
+        a cleared task (whose next try re-attaches to these jobs) and for a trigger that merely
+        moved to another triggerer (the task is still ``deferred``); the task's state decides.
+        """
+        if not self.cancel_on_kill or not self.window:
+            return
+        loop = asyncio.get_running_loop()
+        work = loop.create_task(self._cancel_unless_still_wanted())
+        give_up = loop.time() + ON_KILL_SECONDS
+        while not work.done() and (left := give_up - loop.time()) > 0:
+            try:
+                await asyncio.wait({work}, timeout=left)
+            except asyncio.CancelledError:
+                # Airflow keeps cancelling a trigger while on_kill runs; giving in would leave
+                # queued jobs to run and be billed. The wait stays bounded by ON_KILL_SECONDS.
+                if (task := asyncio.current_task()) is not None:
+                    task.uncancel()
+        if not work.done():
+            work.cancel()
+            self.log.warning(
+                "Could not cancel the batch's %d jobs within %d s; some may still run and be billed.",
+                len(self.window),
+                ON_KILL_SECONDS,
+            )
+            return
+        work.result()
+
+    async def _cancel_unless_still_wanted(self) -> None:
+        state = await self._task_state()
+        if state is not None and state not in FINISHED_TASK_STATES:
+            self.log.info(
+                "The batch task is %s (a trigger that moved, or a cleared task whose next try "
+                "re-attaches to these jobs); not cancelling its %d jobs.",
+                state,
+                len(self.window),
+            )
+            return
+        self.log.info(
+            "Task is %s: cancelling the batch's %d jobs in flight.", state or "gone", len(self.window)
+        )
+        semaphore = asyncio.Semaphore(16)
+        counts = {"cancelled": 0, "running": 0, "error": 0}
+
+        async with RunComfyHook(self.runcomfy_conn_id).ashared_client() as client:
+
+            async def cancel(request_id: str) -> None:
+                async with semaphore:
+                    try:
+                        response = await client.cancel(request_id)
+                    except RunComfyError as error:
+                        counts["error"] += 1
+                        self.log.warning("Could not cancel RunComfy request %s: %s", request_id, error)
+                        return
+                counts["cancelled" if response.cancelled else "running"] += 1
+
+            await asyncio.gather(*(cancel(str(entry[0])) for entry in self.window))
+        self.log.info(
+            "Batch jobs: %(cancelled)d cancelled (not billed), %(running)d already running or finished "
+            "(RunComfy finishes and bills them), %(error)d could not be cancelled.",
+            counts,
+        )
+
+    async def _task_state(self) -> str | None:
+        """The task instance's state now, through the triggerer's task-state API; None if unknown."""
+        ti = self.task_instance
+        if ti is None:
+            return None
+        try:
+            from airflow.sdk.execution_time import task_runner
+            from airflow.sdk.execution_time.comms import GetTaskStates
+
+            map_index = ti.map_index if ti.map_index is not None and ti.map_index >= 0 else None
+            response = await task_runner.SUPERVISOR_COMMS.asend(
+                GetTaskStates(
+                    dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=map_index
+                )
+            )
+            states = getattr(response, "task_states", {}).get(ti.run_id, {})
+            key = ti.task_id if map_index is None else f"{ti.task_id}_{map_index}"
+            state = states.get(key)
+        except Exception as error:
+            self.log.warning("Could not read the task's state (%s); assuming a user killed it.", error)
+            return None
+        return str(state.value if hasattr(state, "value") else state) if state is not None else "none"

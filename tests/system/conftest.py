@@ -5,11 +5,21 @@ settings match) and is session-scoped: starting one costs ~15 s, so tests and mo
 the same needs share it.  Only one deployment runs at a time: on 2 cores a second set of
 scheduler, triggerer, DAG processor and API server would slow both down.  At the end of the
 session every deployment is stopped and checked to have left no process behind.
+
+Topologies: ``get(..., topology="celery")`` starts the CeleryExecutor topology (PostgreSQL,
+Redis, two Celery workers, two triggerers; see ``deployment.py``) instead of the default
+``"local"`` one.  A test that takes a ``topology`` argument is run once per topology
+(module-scoped, so pytest runs a module's tests of one topology, then of the other: one
+deployment at a time); ``@pytest.mark.topologies("local")`` limits a test to some of them,
+and ``RUNCOMFY_SYSTEM_TOPOLOGIES=celery`` (comma-separated) the whole session.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +28,42 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # deployment.py, whatever pytest's import mode
 
-from deployment import AirflowDeployment
+from deployment import FAST_ORPHAN_RESET, TOPOLOGIES, AirflowDeployment
 
 DAGS_FOLDER = Path(__file__).parent / "dags"
 
 _POOL_KEY = pytest.StashKey["DeploymentPool"]()
-_TIMINGS_KEY = pytest.StashKey[list[tuple[str, float]]]()
+_TIMINGS_KEY = pytest.StashKey[list[tuple[Any, ...]]]()
+#: Seconds spent per topology (tests' setup + call + teardown), for the terminal summary.
+_TOPOLOGY_SECONDS_KEY = pytest.StashKey[dict[str, float]]()
+
+
+def selected_topologies() -> tuple[str, ...]:
+    """The topologies this session runs (``RUNCOMFY_SYSTEM_TOPOLOGIES``, default all)."""
+    wanted = os.environ.get("RUNCOMFY_SYSTEM_TOPOLOGIES", "").strip()
+    if not wanted:
+        return TOPOLOGIES
+    chosen = tuple(t.strip() for t in wanted.split(",") if t.strip())
+    unknown = set(chosen) - set(TOPOLOGIES)
+    if unknown:
+        raise pytest.UsageError(f"RUNCOMFY_SYSTEM_TOPOLOGIES: unknown {sorted(unknown)}; use {TOPOLOGIES}")
+    return chosen
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "topologies(*names): run this system test on these topologies only (default: all)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise every test that takes ``topology`` over the topologies, module-scoped."""
+    if "topology" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("topologies")
+    allowed = marker.args if marker else TOPOLOGIES
+    topologies = [t for t in selected_topologies() if t in allowed]
+    metafunc.parametrize("topology", topologies, scope="module")
 
 
 class DeploymentPool:
@@ -39,21 +79,29 @@ class DeploymentPool:
         dags_folder: str | Path = DAGS_FOLDER,
         env_extra: dict[str, str] | None = None,
         parallelism: int = 4,
+        topology: str = "local",
         **kwargs: Any,
     ) -> AirflowDeployment:
-        """A started deployment with these settings (see ``AirflowDeployment`` for the arguments)."""
+        """A started deployment with these settings (see ``AirflowDeployment`` for the arguments).
+
+        ``topology``: ``"local"`` (LocalExecutor, SQLite) or ``"celery"`` (CeleryExecutor,
+        Redis, PostgreSQL, two workers, two triggerers).
+        """
         key = (
             str(Path(dags_folder).resolve()),
             sorted((env_extra or {}).items()),
             parallelism,
+            topology,
             sorted(kwargs.items()),
         )
         if self.current is not None and self._key == key and self.current.running:
             return self.current
         self.stop()
-        deployment = AirflowDeployment(dags_folder, env_extra, parallelism, **kwargs)
+        deployment = AirflowDeployment(dags_folder, env_extra, parallelism, topology=topology, **kwargs)
         deployment.start()
-        self._timings.append((f"deployment start, parallelism={parallelism}", deployment.timings["start"]))
+        self._timings.append(
+            (f"deployment start, {topology}, parallelism={parallelism}", deployment.timings["start"])
+        )
         print(
             f"\n[airflow] deployment started in {deployment.timings['start']:.1f}s at {deployment.base_url}"
         )
@@ -65,7 +113,7 @@ class DeploymentPool:
         if self.current is not None:
             deployment, self.current, self._key = self.current, None, None
             deployment.stop()
-            self._timings.append(("deployment stop", deployment.timings["stop"]))
+            self._timings.append((f"deployment stop, {deployment.topology}", deployment.timings["stop"]))
             print(f"\n[airflow] deployment stopped in {deployment.timings['stop']:.1f}s")
 
 
@@ -81,6 +129,23 @@ def airflow_deployments(request: pytest.FixtureRequest) -> Iterator[DeploymentPo
 def airflow_deployment(airflow_deployments: DeploymentPool) -> AirflowDeployment:
     """The default deployment: ``tests/system/dags``, parallelism 4, no extra environment."""
     return airflow_deployments.get()
+
+
+@pytest.fixture(scope="module")
+def airflow(
+    airflow_deployments: DeploymentPool, runcomfy_emulator_server: Any, topology: str
+) -> AirflowDeployment:
+    """The RunComfy scenarios' deployment, per topology: one executor slot, ``runcomfy_default``
+    pointing at the session's emulator (``test_runcomfy_*.py`` share it).
+    """
+    env = {**runcomfy_emulator_server.airflow_conn_env(), **FAST_ORPHAN_RESET}
+    return airflow_deployments.get(env_extra=env, parallelism=1, topology=topology)
+
+
+@pytest.fixture
+def emulator(airflow: AirflowDeployment, runcomfy_emulator: Any) -> Any:
+    """The emulator, reset for this test (no jobs, rules or journal)."""
+    return runcomfy_emulator
 
 
 @pytest.hookimpl(wrapper=True)
@@ -110,9 +175,48 @@ def record_timing(request: pytest.FixtureRequest):
     return record
 
 
+def _topology_of(item: pytest.Item) -> str:
+    callspec = getattr(item, "callspec", None)
+    topology = callspec.params.get("topology") if callspec is not None else None
+    return topology or "local"  # the harness's default: smoke tests and others without the parameter
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the system tests topology by topology, across modules: one deployment of each.
+
+    Within a module pytest already groups the tests of a module-scoped parameter; this makes
+    the order ``local`` (every module), then ``celery`` (every module), so that modules whose
+    deployments have the same settings share one.  Other tests keep their order, first.
+    """
+    system = [item for item in items if "system" in item.keywords]
+    if not system:
+        return
+    others = [item for item in items if "system" not in item.keywords]
+    order = {name: n for n, name in enumerate(TOPOLOGIES)}
+    system.sort(key=lambda item: order.get(_topology_of(item), len(order)))  # stable
+    items[:] = others + system
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Add each test's wall time (deployment start and stop included) to its topology's total."""
+    t0 = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        if "system" in item.keywords:
+            totals = item.config.stash.setdefault(_TOPOLOGY_SECONDS_KEY, defaultdict(float))
+            totals[_topology_of(item)] += time.monotonic() - t0
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     timings = config.stash.get(_TIMINGS_KEY, [])
     if timings:
         terminalreporter.section("system test timings")
         for line, seconds, *unit in timings:
             terminalreporter.write_line(f"{seconds:7.1f}{unit[0] if unit else 's':1}  {line}")
+    totals = config.stash.get(_TOPOLOGY_SECONDS_KEY, {})
+    if totals:
+        terminalreporter.section("system test time per topology")
+        for topology, seconds in sorted(totals.items()):
+            terminalreporter.write_line(f"{seconds:7.1f}s  {topology}")

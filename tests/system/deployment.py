@@ -1,10 +1,18 @@
 """A real Airflow 3.3 deployment on 127.0.0.1 for system tests.
 
-``AirflowDeployment`` runs the API server, scheduler (LocalExecutor), DAG processor and
-triggerer as separate OS processes in a throw-away ``AIRFLOW_HOME``, the way a small
-production deployment runs them, so that scenarios can exercise what ``airflow dags test``
-cannot: deferral through a real triggerer, executor slots, a triggerer crash and restart,
-a task process killed mid-flight, a user marking a task failed in the UI (REST).
+``AirflowDeployment`` runs the API server, scheduler, DAG processor and triggerer as
+separate OS processes in a throw-away ``AIRFLOW_HOME``, the way production runs them, so
+that scenarios can exercise what ``airflow dags test`` cannot: deferral through a real
+triggerer, executor slots, a triggerer crash and restart, a task process killed
+mid-flight, a user marking a task failed in the UI (REST).
+
+Two topologies (``topology=``):
+
+- ``"local"``: LocalExecutor, SQLite, one triggerer -- a small single-machine deployment.
+- ``"celery"``: CeleryExecutor with a Redis broker, PostgreSQL as metadata DB and Celery
+  result backend, two Celery workers and two triggerers (HA) -- what users run once they
+  outgrow one machine.  PostgreSQL and Redis are started by the deployment itself, on free
+  loopback ports, as components like the others (``services.py``).
 
 Process ownership is strict.  Every component is started as the leader of a new session
 (``start_new_session``), so its pid is both the process group id and the session id of
@@ -44,9 +52,26 @@ from typing import Any
 import httpx
 import psutil
 
+# services.py sits next to this file; put the folder on the path whoever imports us
+# (the system conftest does, the browser tests may import this file by path).
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from services import SERVICES, PostgresCluster, RedisServer, check_python_packages
+
 LOOPBACK = "127.0.0.1"
 
+#: The components of the "local" topology (``AirflowDeployment.components`` for any topology).
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+TOPOLOGIES = ("local", "celery")
+
+#: A new scheduler resets the task instances a dead one had queued or running once that one's
+#: heartbeat is older than ``scheduler_health_check_threshold``, checking every
+#: ``orphaned_tasks_check_interval`` (defaults: 30 s and 300 s; fast here, with a 2 s heartbeat).
+FAST_ORPHAN_RESET = {
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "10",
+    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
+}
+
 
 #: Health keys of ``/api/v2/monitor/health`` for each component that heartbeats.
 _HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
@@ -109,7 +134,7 @@ def _wait_until(
 
 
 class AirflowDeployment:
-    """Scheduler + triggerer + DAG processor + API server on 127.0.0.1, LocalExecutor, SQLite.
+    """Scheduler + triggerer(s) + DAG processor + API server (+ Celery workers) on 127.0.0.1.
 
     :param dags_folder: folder the DAG processor parses.
     :param env_extra: extra environment for every component (``AIRFLOW_CONN_*``,
@@ -118,6 +143,11 @@ class AirflowDeployment:
     :param home: ``AIRFLOW_HOME``; a new temporary folder (removed by ``stop()``) when omitted.
     :param task_heartbeat_timeout: seconds without a heartbeat before the scheduler fails a
         running task whose supervisor died (Airflow's default is 300 s).
+    :param topology: ``"local"`` (LocalExecutor, SQLite) or ``"celery"`` (CeleryExecutor,
+        Redis broker, PostgreSQL, ``celery_workers`` workers); see the module doc.
+    :param triggerers: how many triggerers (default: 1 for "local", 2 for "celery").
+    :param celery_workers: Celery workers of the "celery" topology; each runs enough pool
+        processes that together they can run ``parallelism`` tasks.
     """
 
     def __init__(
@@ -130,7 +160,19 @@ class AirflowDeployment:
         start_timeout: float = 120.0,
         stop_timeout: float = 15.0,
         task_heartbeat_timeout: int = 30,
+        topology: str = "local",
+        triggerers: int | None = None,
+        celery_workers: int = 2,
     ) -> None:
+        if topology not in TOPOLOGIES:
+            raise ValueError(f"topology must be one of {TOPOLOGIES}, not {topology!r}")
+        self.topology = topology
+        self.triggerers = triggerers if triggerers is not None else (2 if topology == "celery" else 1)
+        self.celery_workers = celery_workers if topology == "celery" else 0
+        #: Job id of the TriggererJob each triggerer component runs (``triggerer_of``).
+        self.triggerer_jobs: dict[str, int] = {}
+        self._postgres: PostgresCluster | None = None
+        self._redis: RedisServer | None = None
         self.dags_folder = Path(dags_folder).resolve()
         self.env_extra = dict(env_extra or {})
         self.parallelism = parallelism
@@ -166,9 +208,27 @@ class AirflowDeployment:
         return self.home / "component-logs"
 
     @property
+    def components(self) -> list[str]:
+        """Every component of this topology, in start order (servers first)."""
+        names = [*SERVICES] if self.topology == "celery" else []
+        names += ["api-server", "scheduler", "dag-processor", *self.triggerer_names, *self.worker_names]
+        return names
+
+    @property
+    def triggerer_names(self) -> list[str]:
+        return ["triggerer", *(f"triggerer-{n}" for n in range(2, self.triggerers + 1))]
+
+    @property
+    def worker_names(self) -> list[str]:
+        """The Celery workers (none with the LocalExecutor, whose workers are the scheduler's)."""
+        return [f"celery-worker-{n}" for n in range(1, self.celery_workers + 1)]
+
+    @property
     def running(self) -> bool:
         """Started, not stopped, and every component process alive."""
-        return self._started and all(self.procs.get(c) and self.procs[c].poll() is None for c in COMPONENTS)
+        return self._started and all(
+            self.procs.get(c) and self.procs[c].poll() is None for c in self.components
+        )
 
     def log_path(self, component: str) -> Path:
         return self.log_dir / f"{component}.log"
@@ -192,7 +252,7 @@ class AirflowDeployment:
                 "AIRFLOW_HOME": str(self.home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if self.topology == "celery" else "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
                 # New DAGs are runnable as soon as they are parsed; no unpause round trip.
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
@@ -244,8 +304,34 @@ class AirflowDeployment:
                 "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
             }
         )
+        if self.topology == "celery":
+            env.update(self._celery_environment())
         env.update(self.env_extra)
         return env
+
+    def _celery_environment(self) -> dict[str, str]:
+        assert self._postgres is not None and self._redis is not None
+        return {
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self._postgres.url,
+            # Each component keeps a pool; small ones keep 8 components under max_connections.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": "3",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": "5",
+            "AIRFLOW__CELERY__BROKER_URL": self._redis.url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{self._postgres.url}",
+            # Together the workers have at least `parallelism` pool processes.
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(-(-self.parallelism // max(1, self.celery_workers))),
+            # Airflow's defaults, spelled out because the scenarios depend on them: a message is
+            # acknowledged when the task ends (a worker lost mid-task leaves it unacknowledged)
+            # and a worker reserves one message per pool process.
+            "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+            "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+            # Redis redelivers a message unacknowledged for this long to another worker, even
+            # while the first still runs it (Airflow then ignores the duplicate).  Set above the
+            # longest task a worker runs; a scenario may lower it (env_extra).
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "3600",
+            # The executor asks the result backend for task states with one process: 2 cores.
+            "AIRFLOW__CELERY__SYNC_PARALLELISM": "1",
+        }
 
     def _argv(self, component: str) -> list[str]:
         airflow = [sys.executable, "-m", "airflow"]
@@ -259,6 +345,26 @@ class AirflowDeployment:
             return [*airflow, "triggerer", "--skip-serve-logs"]
         if component == "dag-processor":
             return [*airflow, "dag-processor"]
+        if component.startswith("celery-worker-"):
+            name = component.removeprefix("celery-")
+            return [
+                *airflow,
+                "celery",
+                "worker",
+                "--celery-hostname",
+                f"{name}@{LOOPBACK}",
+                "--pid",
+                str(self.home / f"{component}.pid"),  # the default file would be shared by both
+                "--skip-serve-logs",
+                # Gossip and mingle exchange state between workers at start: seconds of
+                # start-up for nothing a test needs.
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        if component == "postgres" and self._postgres is not None:
+            return self._postgres.server_argv()
+        if component == "redis" and self._redis is not None:
+            return self._redis.argv()
         raise ValueError(f"unknown component {component!r}")
 
     # ------------------------------------------------------------------ lifecycle
@@ -284,17 +390,35 @@ class AirflowDeployment:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             (self.home / "pythonpath").mkdir(exist_ok=True)
             (self.home / "pythonpath" / f"{_HOSTNAME_MODULE}.py").write_text(_HOSTNAME_SOURCE)
+            if self.topology == "celery":
+                self._start_services()
+                self.timings["services"] = time.monotonic() - t0
             self._env = self._environment()
             self._migrate()
             self.timings["migrate"] = time.monotonic() - t0
-            for component in COMPONENTS:
-                self.start_component(component)
+            for component in self.components:
+                if component not in SERVICES and component not in self.triggerer_names:
+                    self.start_component(component)
+            # One triggerer after the other, so that each one's job id is known (triggerer_of).
+            for name in self.triggerer_names:
+                self.start_triggerer(name, wait_healthy=False, timeout=self.start_timeout)
             self.wait_healthy(timeout=self.start_timeout)
             self.timings["start"] = time.monotonic() - t0
         except BaseException:
             print(self.diagnostics(), file=sys.stderr)
             self.stop()
             raise
+
+    def _start_services(self) -> None:
+        """PostgreSQL (a new cluster) and Redis, each on a free loopback port."""
+        check_python_packages()
+        self._postgres = PostgresCluster(free_port())
+        self._postgres.initdb(self.log_path("initdb"))
+        postgres = self.start_component("postgres")
+        self._redis = RedisServer(free_port(), self.home / "redis")
+        redis_server = self.start_component("redis")
+        self._postgres.wait_ready(lambda: postgres.poll() is None, timeout=self.start_timeout)
+        self._redis.wait_ready(lambda: redis_server.poll() is None, timeout=self.start_timeout)
 
     def _migrate(self) -> None:
         log = self.log_path("db-migrate")
@@ -317,6 +441,10 @@ class AirflowDeployment:
         if proc is not None and proc.poll() is None:
             raise DeploymentError(f"{component} is already running (pid {proc.pid})")
         log = self.log_path(component)
+        # PostgreSQL runs as an unprivileged user when we are root, with its own environment.
+        where: dict[str, Any] = {"env": getattr(self, "_env", None), "cwd": self.home}
+        if component == "postgres" and self._postgres is not None:
+            where = self._postgres.popen_kwargs()
         with log.open("ab") as out:
             out.write(f"\n===== starting {component} at {time.strftime('%H:%M:%S')} =====\n".encode())
             out.flush()
@@ -324,13 +452,12 @@ class AirflowDeployment:
             # signals meant for this component reach its children and nothing else.
             proc = subprocess.Popen(
                 self._argv(component),
-                env=self._env,
-                cwd=self.home,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 preexec_fn=_terminate_with_parent,
+                **where,
             )
         self.procs[component] = proc
         self._popens.append(proc)
@@ -377,20 +504,51 @@ class AirflowDeployment:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGCONT)
 
-    def kill_triggerer(self) -> None:
-        """SIGKILL the triggerer and its TriggerRunner subprocess: a crash, no cleanup runs."""
-        self.kill_component("triggerer", signal.SIGKILL)
+    def kill_triggerer(self, name: str = "triggerer") -> None:
+        """SIGKILL a triggerer and its TriggerRunner subprocess: a crash, no cleanup runs."""
+        self.kill_component(name, signal.SIGKILL)
 
-    def start_triggerer(self, wait_healthy: bool = True, timeout: float = 60.0) -> None:
-        """Start a new triggerer; by default wait until the health endpoint sees its heartbeat."""
+    def start_triggerer(
+        self, name: str = "triggerer", wait_healthy: bool = True, timeout: float = 60.0
+    ) -> int:
+        """Start a (new) triggerer; wait until its job heartbeats; return its job id.
+
+        ``wait_healthy``: with a single triggerer, also wait until the health endpoint sees
+        its heartbeat (with several, the endpoint reports the newest of them).
+        """
         started = time.time()
-        self.start_component("triggerer")
-        if wait_healthy:
-            self.wait_healthy(["triggerer"], timeout=timeout, heartbeat_after=started)
+        known = set(self.triggerer_jobs.values())
+        self.start_component(name)
 
-    def restart_triggerer(self) -> None:
-        self.kill_triggerer()
-        self.start_triggerer()
+        def new_job() -> int | None:
+            if self.procs[name].poll() is not None:
+                raise DeploymentError(f"{name} exited ({self.procs[name].returncode})\n{self.log_tail(name)}")
+            try:
+                response = self.api.get("/jobs", params={"job_type": "TriggererJob", "is_alive": True})
+            except httpx.TransportError:
+                return None
+            if response.status_code != 200:
+                return None
+            ids = [job["id"] for job in response.json()["jobs"] if job["id"] not in known]
+            ids = [i for i in ids if i > max(known, default=0)]
+            return min(ids) if ids else None
+
+        job_id = _wait_until(new_job, timeout, 0.3, f"{name} to heartbeat", self.diagnostics)
+        self.triggerer_jobs[name] = job_id
+        if wait_healthy and self.triggerers == 1:
+            self.wait_healthy(["triggerer"], timeout=timeout, heartbeat_after=started)
+        return job_id
+
+    def restart_triggerer(self, name: str = "triggerer") -> None:
+        self.kill_triggerer(name)
+        self.start_triggerer(name)
+
+    def triggerer_of(self, job_id: int) -> str:
+        """The triggerer component running TriggererJob ``job_id`` (a trigger's ``triggerer_id``)."""
+        for name, known in self.triggerer_jobs.items():
+            if known == job_id:
+                return name
+        raise DeploymentError(f"no triggerer of this deployment runs job {job_id}: {self.triggerer_jobs}")
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of this deployment: components, executor workers, task processes."""
@@ -455,29 +613,50 @@ class AirflowDeployment:
             self._api = None
         t0 = time.monotonic()
         leaders = {p.pid for p in self.procs.values() if p.poll() is None}
-        tasks = [p for p in self.processes() if _pgid(p.pid) not in leaders]
+        # PostgreSQL and Redis go last: Airflow's components need them to stop.  (PostgreSQL's
+        # children each start a session of their own: they are told apart by ancestry.)
+        services = {self.procs[s].pid for s in SERVICES if s in self.procs and self.procs[s].poll() is None}
+        service_pids = set(services)
+        for pid in services:
+            with contextlib.suppress(psutil.Error):
+                service_pids.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+
+        def airflow_processes() -> list[psutil.Process]:
+            return [p for p in self.processes() if p.pid not in service_pids]
+
+        tasks = [p for p in airflow_processes() if _pgid(p.pid) not in leaders]
         _signal_all(tasks, signal.SIGTERM)
         _signal_all(self._wait_gone(tasks, 2.0), signal.SIGKILL)
         self._wait_gone(tasks, 5.0)
         self.timings["stop_tasks"] = time.monotonic() - t0
-        for pgid in leaders:
+        for pgid in leaders - services:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGCONT)  # a paused component cannot act on SIGTERM
                 os.killpg(pgid, signal.SIGTERM)
-        alive = self._wait_gone(self.processes(), min(3.0, self.stop_timeout))
+        alive = self._wait_gone(airflow_processes(), min(3.0, self.stop_timeout))
         # A second SIGTERM is Airflow's own "don't wait" (the scheduler's "Signal again if
-        # you don't want to wait", the triggerer's "Forcing exit due to second exit signal"):
-        # the triggerer otherwise waits 10 s for its TriggerRunner after cancelling triggers.
-        for pgid in leaders & {p.pid for p in alive}:
+        # you don't want to wait", the triggerer's "Forcing exit due to second exit signal",
+        # a Celery worker's cold shutdown): the triggerer otherwise waits 10 s for its
+        # TriggerRunner after cancelling triggers.
+        for pgid in (leaders - services) & {p.pid for p in alive}:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGTERM)
-        alive = self._wait_gone(self.processes(), max(0.0, self.stop_timeout - 3.0))
-        self.timings["stop_components"] = time.monotonic() - t0 - self.timings["stop_tasks"]
+        alive = self._wait_gone(airflow_processes(), max(0.0, self.stop_timeout - 3.0))
         if alive:
             print(
                 f"stop(): SIGKILL after {self.stop_timeout:.0f}s: {[_cmdline(p) for p in alive]}",
                 file=sys.stderr,
             )
+        _signal_all(alive, signal.SIGKILL)
+        self._wait_gone(alive, 5.0)
+        if services:
+            # PostgreSQL: SIGINT is its "fast" shutdown (SIGTERM waits for clients to leave).
+            for name, sig in (("postgres", signal.SIGINT), ("redis", signal.SIGTERM)):
+                proc = self.procs.get(name)
+                if proc is not None and proc.poll() is None:
+                    proc.send_signal(sig)
+            alive += self._wait_gone(self.processes(), 10.0)
+        self.timings["stop_components"] = time.monotonic() - t0 - self.timings["stop_tasks"]
         for _ in range(3):  # a process may fork while its siblings are being killed
             leftovers = self.processes()
             _signal_all(leftovers, signal.SIGKILL)
@@ -490,6 +669,8 @@ class AirflowDeployment:
         atexit.unregister(self.stop)
         if self._own_home and not os.environ.get("AIRFLOW_SYSTEM_KEEP_HOME"):
             shutil.rmtree(self.home, ignore_errors=True)
+            if self._postgres is not None:
+                self._postgres.remove()
 
     # ------------------------------------------------------------------ health and diagnostics
 
@@ -510,16 +691,19 @@ class AirflowDeployment:
 
     def wait_healthy(
         self,
-        components: Iterable[str] = COMPONENTS,
+        components: Iterable[str] | None = None,
         timeout: float = 120.0,
         heartbeat_after: float | None = None,
     ) -> dict[str, Any]:
         """Wait until the API server answers and the given components report healthy heartbeats.
 
+        A Celery worker is healthy once it logged that it is ready (it has no heartbeat in
+        ``/monitor/health``).  Default: every component of the topology.
+
         :param heartbeat_after: epoch seconds; the heartbeat must be newer (a restarted
             component is not "healthy" on the strength of its dead predecessor's heartbeat).
         """
-        components = list(components)
+        components = list(self.components if components is None else components)
 
         def healthy() -> dict[str, Any] | None:
             for name in components:
@@ -531,6 +715,8 @@ class AirflowDeployment:
             if health is None or health["metadatabase"]["status"] != "healthy":
                 return None
             for name in components:
+                if name in self.worker_names and not self._worker_ready(name):
+                    return None
                 key = _HEALTH_KEYS.get(name)
                 if key is None:
                     continue
@@ -545,6 +731,15 @@ class AirflowDeployment:
 
         return _wait_until(healthy, timeout, 0.5, f"healthy {components}", self.diagnostics)
 
+    def _worker_ready(self, name: str) -> bool:
+        """Whether the current process of a Celery worker logged ``<name>@127.0.0.1 ready.``."""
+        try:
+            text = self.log_path(name).read_text(errors="replace")
+        except OSError:
+            return False
+        current = text.rsplit("===== starting", 1)[-1]
+        return f"{name.removeprefix('celery-')}@{LOOPBACK} ready." in current
+
     def log_tail(self, component: str, lines: int = 40) -> str:
         path = self.log_path(component)
         if not path.exists():
@@ -554,7 +749,7 @@ class AirflowDeployment:
 
     def diagnostics(self, lines: int = 40) -> str:
         """The tail of every component's log, for a failing test's output."""
-        names = ["db-migrate", *COMPONENTS]
+        names = ["initdb", "db-migrate", *self.components]
         return "\n".join(self.log_tail(name, lines) for name in names if self.log_path(name).exists())
 
     # ------------------------------------------------------------------ DAGs, runs, tasks
@@ -778,19 +973,21 @@ class AirflowDeployment:
     def workloads(self) -> list[Workload]:
         """Every task workload an executor slot ran so far, from the supervisors' own account.
 
-        Each LocalExecutor worker (forked from the scheduler, so it logs to ``scheduler.log``)
-        runs one workload at a time under the task SDK supervisor, which logs
+        Each LocalExecutor worker (forked from the scheduler, so it logs to ``scheduler.log``),
+        or each Celery worker's pool process (``celery-worker-<n>.log``), runs one workload at
+        a time under the task SDK supervisor, which logs
         ``Workload finished ... duration=<s> final_state=<state> workload_id=<ti id>`` when the
         task process is done.  A deferrable task has one workload per worker part: the part
         that submits and defers, and the part that resumes.  This is the executor slot's
         occupation as the worker measured it, not as inferred from task instance dates
         (which span the whole deferral).
         """
-        path = self.log_path("scheduler")
-        if not path.exists():
-            return []
+        lines = []
+        for component in ("scheduler", *self.worker_names):
+            with contextlib.suppress(OSError):
+                lines += self.log_path(component).read_text(errors="replace").splitlines()
         found = []
-        for line in path.read_text(errors="replace").splitlines():
+        for line in lines:
             if "Workload finished" not in line:
                 continue
             fields = dict(_LOG_FIELD.findall(line))
@@ -808,14 +1005,15 @@ class AirflowDeployment:
                     exit_code=fields.get("exit_code", ""),
                 )
             )
-        return found
+        return sorted(found, key=lambda w: w.end)
 
     def task_pid(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> int:
         """The pid of the running task process (the child of the task's supervisor).
 
         The LocalExecutor runs each task in a worker process forked from the scheduler
-        (process title ``airflow worker -- LocalExecutor: <ti id>``); that worker is the task
-        SDK *supervisor* and forks the task process proper, which runs the operator.  The
+        (process title ``airflow worker -- LocalExecutor: <ti id>``), the CeleryExecutor in a
+        pool process of a Celery worker; that process is the task SDK *supervisor* and forks
+        the task process proper, which runs the operator.  The
         task instance's ``pid`` (reported by the supervisor through the execution API) is the
         task process.  It is checked to belong to this deployment before it is returned.
         """
@@ -858,6 +1056,44 @@ class AirflowDeployment:
             pid = self.task_pid(dag_id, run_id, task_id, map_index)
         os.kill(pid, sig)
         return pid
+
+    def worker_of(self, pid: int) -> str | None:
+        """The Celery worker a (task) process belongs to, by session; None if no worker's."""
+        sid = _sid(pid)
+        for name in self.worker_names:
+            proc = self.procs.get(name)
+            if proc is not None and proc.pid == sid:
+                return name
+        return None
+
+    def kill_worker(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+        """SIGKILL the worker running this task, with the task: a lost worker machine.
+
+        CeleryExecutor: every process of the Celery worker that runs the task (its main
+        process, pool processes, the task's supervisor and the task process): nothing is
+        reported, the broker message stays unacknowledged.  Returns the worker's name; start
+        it again with ``start_worker``.  LocalExecutor: the task's supervisor (the executor's
+        worker process) and the task process; the scheduler lives on.  Returns ``"local"``.
+        """
+        pid = self.task_pid(dag_id, run_id, task_id, map_index)
+        supervisor = self.supervisor_pid(dag_id, run_id, task_id, map_index)
+        worker = self.worker_of(pid)
+        if self.topology == "celery" and worker is None:
+            raise DeploymentError(f"task process {pid} of {task_id} is in no Celery worker's session")
+        if worker is None:
+            victims = [psutil.Process(supervisor), psutil.Process(pid)]
+        else:
+            victims = [p for p in self.processes() if _sid(p.pid) == self.procs[worker].pid]
+        _signal_all(victims, signal.SIGKILL)
+        left = self._wait_gone(victims, 10.0)
+        if left:
+            raise DeploymentError(f"SIGKILL left {[_cmdline(p) for p in left]}")
+        return worker or "local"
+
+    def start_worker(self, name: str, timeout: float = 60.0) -> None:
+        """Start a Celery worker (again) and wait until it is ready for tasks."""
+        self.start_component(name)
+        self.wait_healthy([name], timeout=timeout)
 
 
 _PR_SET_PDEATHSIG = 1

@@ -1,9 +1,19 @@
-"""Issue #5: the RunComfy operators in a real Airflow deployment, against the emulator.
+"""Issues #5 and #12: the RunComfy operators in a real Airflow deployment, against the emulator.
 
-One deployment for every scenario (``deployment.py``: API server, scheduler with the
-LocalExecutor, DAG processor, triggerer; SQLite; 127.0.0.1 only) with **one executor slot**
-(``parallelism=1``), and the session's RunComfy emulator (a thread of this process on
-127.0.0.1) as the ``runcomfy_default`` connection.  The DAGs are in
+One deployment per topology for every scenario (``deployment.py``, 127.0.0.1 only) with
+**one executor slot** (``parallelism=1``), and the session's RunComfy emulator (a thread of
+this process on 127.0.0.1) as the ``runcomfy_default`` connection.  The topologies
+(``topology`` parameter, see ``conftest.py``):
+
+- ``local``: API server, scheduler with the LocalExecutor, DAG processor, triggerer; SQLite.
+- ``celery``: the same with the CeleryExecutor, a Redis broker, PostgreSQL (metadata DB and
+  Celery result backend), two Celery workers and two triggerers.
+
+Most scenarios run on both and assert the same outcome; where Celery behaves differently
+(a scheduler restart does not touch a task running on a worker; with two triggerers a dead
+one's triggers move to the other without a restart) the test says so and asserts what is
+right there.  A few scenarios about Airflow itself rather than the deployment run on
+``local`` only (``@pytest.mark.topologies``), to keep the Celery share of CI small.  The DAGs are in
 ``dags/runcomfy_scenarios.py``; each test gives its jobs their length with an emulator rule
 matching a tag in the run's ``prompt``, and reads what RunComfy received from the emulator's
 journal: submits (what is paid for), status/result polls, cancels.
@@ -18,7 +28,7 @@ them, not inferred from task instance dates (which span the whole deferral).
 
 Scenarios (in file order; every wait is bounded):
 
-1. 20 deferrable jobs of 10 s with one slot: done in well under 200 s, each task seen
+1. 10 deferrable jobs of 20 s with one slot: done in well under 200 s, each task seen
    ``deferred`` while its job is ``in_progress``, executor workloads never overlap.
 2. Worker-slot-seconds of a deferred job against a blocking one of the same length.
 3. 50 mapped tasks in a 3-slot pool that counts deferred tasks: 50 submits, polls per job,
@@ -66,28 +76,6 @@ IMAGE_INDEX = re.compile(r"/system/(\d+)\.png$")
 OVERLAP_TOLERANCE = 0.1
 CANCELLED = "was cancelled; it will not be billed"
 NOT_CANCELLABLE = "could not be cancelled: it is already running or finished"
-
-
-#: A new scheduler resets the task instances a dead one had queued or running once that one's
-#: heartbeat is older than ``scheduler_health_check_threshold``, checking every
-#: ``orphaned_tasks_check_interval`` (defaults: 30 s and 300 s; fast here, with a 2 s heartbeat).
-FAST_ORPHAN_RESET = {
-    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "10",
-    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
-}
-
-
-@pytest.fixture(scope="module")
-def airflow(airflow_deployments, runcomfy_emulator_server) -> AirflowDeployment:
-    """The deployment: one executor slot; ``runcomfy_default`` points at the session's emulator."""
-    env = {**runcomfy_emulator_server.airflow_conn_env(), **FAST_ORPHAN_RESET}
-    return airflow_deployments.get(env_extra=env, parallelism=1)
-
-
-@pytest.fixture
-def emulator(airflow: AirflowDeployment, runcomfy_emulator):
-    """The emulator, reset for this test (no jobs, rules or journal)."""
-    return runcomfy_emulator
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -208,22 +196,27 @@ def state_store(airflow: AirflowDeployment, dag_id: str, run_id: str, key: str) 
 
 
 def test_waiting_jobs_hold_no_worker_slot(airflow: AirflowDeployment, emulator, record_timing) -> None:
-    """1. One slot, 20 tasks whose jobs take 10 s each: done in well under 20 x 10 s."""
-    tag, job_seconds, count = "s1-no-slot", 10.0, 20
+    """1. One slot, 10 tasks whose jobs take 20 s each: done in well under 10 x 20 s.
+
+    Jobs long against a worker part (a part takes 1-4 s on a busy 2-core machine, more on
+    Celery: a trip through Redis and a pool process), so that the bounds below separate
+    "held the slot for the job" from "held it for two short parts" on any machine.
+    """
+    tag, dag_id, count, job_seconds = "s1-no-slot", FANOUT_10, 10, 20.0
     emulator.add_rule(prompt_contains=tag, queue_seconds=0, run_seconds=job_seconds)
-    airflow.wait_for_dag(FANOUT_20)
+    airflow.wait_for_dag(dag_id)
     t0 = time.monotonic()
-    run_id = airflow.trigger_dag(FANOUT_20, conf={"prompt": f"{tag}: make it blue"})
+    run_id = airflow.trigger_dag(dag_id, conf={"prompt": f"{tag}: make it blue"})
 
     # Watch the task instances and the emulator's jobs side by side until the run ends.
     deferred_while_running: set[int] = set()
     peak_deferred = 0
     deadline = t0 + 180
-    while (state := airflow.dag_run(FANOUT_20, run_id)["state"]) not in ("success", "failed"):
-        assert time.monotonic() < deadline, airflow._run_details(FANOUT_20, run_id)
+    while (state := airflow.dag_run(dag_id, run_id)["state"]) not in ("success", "failed"):
+        assert time.monotonic() < deadline, airflow._run_details(dag_id, run_id)
         phases = {map_index_of(job): job.phase for job in jobs_tagged(emulator, tag)}
         deferred = [
-            ti["map_index"] for ti in task_instances(airflow, FANOUT_20, run_id) if ti["state"] == "deferred"
+            ti["map_index"] for ti in task_instances(airflow, dag_id, run_id) if ti["state"] == "deferred"
         ]
         peak_deferred = max(peak_deferred, len(deferred))
         deferred_while_running.update(i for i in deferred if phases.get(i) == "in_progress")
@@ -232,15 +225,16 @@ def test_waiting_jobs_hold_no_worker_slot(airflow: AirflowDeployment, emulator, 
     record_timing(f"{count} deferred jobs x {job_seconds:.0f} s, parallelism=1", elapsed)
     record_timing(f"most task instances deferred at once (of {count})", peak_deferred, unit="")
 
-    assert state == "success", airflow._run_details(FANOUT_20, run_id)
-    tis = task_instances(airflow, FANOUT_20, run_id)
+    assert state == "success", airflow._run_details(dag_id, run_id)
+    tis = task_instances(airflow, dag_id, run_id)
     assert sorted(ti["map_index"] for ti in tis if ti["state"] == "success") == list(range(count))
     # Each task was seen deferred while the emulator said its job was running.
     assert deferred_while_running == set(range(count))
     # Had each task held the only slot while its job ran, the jobs would have run one after
-    # the other: count x job_seconds at least.  Half of that is "well under", with room for
-    # a slow CI machine (here the run takes about job_seconds + count x 1.5 s).
-    assert elapsed < count * job_seconds / 2, f"{elapsed:.0f}s for {count} jobs of {job_seconds:.0f}s"
+    # the other: count x job_seconds at least, and never two deferred at once.  (The run takes
+    # about job_seconds + 2 x count worker parts.)
+    assert peak_deferred >= 2
+    assert elapsed < count * job_seconds * 0.6, f"{elapsed:.0f}s for {count} jobs of {job_seconds:.0f}s"
     assert len(submits_tagged(emulator, tag)) == count
     assert emulator.journal.count("cancel") == 0
 
@@ -260,6 +254,7 @@ def test_waiting_jobs_hold_no_worker_slot(airflow: AirflowDeployment, emulator, 
     assert max(slot_seconds) < job_seconds
 
 
+@pytest.mark.topologies("local")
 def test_slot_seconds_deferred_against_blocking(airflow: AirflowDeployment, emulator, record_timing) -> None:
     """2. The same 10 s job, deferrable and blocking: how long each held an executor slot."""
     tag, job_seconds = "s2-slot-seconds", 10.0
@@ -344,7 +339,14 @@ def test_fifty_mapped_tasks_in_a_pool(airflow: AirflowDeployment, emulator, reco
 
 
 def test_triggerer_killed_and_restarted(airflow: AirflowDeployment, emulator, record_timing) -> None:
-    """4. kill -9 the triggerer while 10 tasks are deferred; a new one finishes them all."""
+    """4. kill -9 a triggerer while 10 tasks are deferred; the triggers resume elsewhere, mid-job.
+
+    ``local``: the only triggerer; a new one is started and takes its triggers over.
+    ``celery`` (two triggerers): the one running the first task's trigger is killed and *not*
+    restarted until the other has taken over every trigger it ran (rows it claims with
+    ``SELECT ... FOR UPDATE SKIP LOCKED`` once the dead one's heartbeat is older than the
+    health-check threshold); the triggers the survivor already ran stay where they are.
+    """
     tag, count = "s4-triggerer-restart", 10
     emulator.add_rule(prompt_contains=tag, queue_seconds=0, run_seconds=35)
     run_id = airflow.trigger_dag(FANOUT_10, conf={"prompt": f"{tag}: make it blue"})
@@ -353,24 +355,34 @@ def test_triggerer_killed_and_restarted(airflow: AirflowDeployment, emulator, re
     }
     jobs = jobs_tagged(emulator, tag)
     assert len(jobs) == count and {job.phase for job in jobs} == {"in_progress"}
+    victim = airflow.triggerer_of(old[0]["triggerer_id"])
+    dead_job = airflow.triggerer_jobs[victim]
+    orphans = [i for i, trigger in old.items() if trigger["triggerer_id"] == dead_job]
+    survivors = {job for name, job in airflow.triggerer_jobs.items() if name != victim}
+    record_timing(f"triggers on the killed triggerer (of {count})", len(orphans), unit="")
 
     t0 = time.monotonic()
-    airflow.kill_triggerer()
-    airflow.start_triggerer()
-    record_timing("triggerer SIGKILL -> new triggerer healthy", time.monotonic() - t0)
-    phases = {job.request_id: job.phase for job in jobs}
-    for i, trigger in old.items():  # the same trigger rows, resumed by the new triggerer
-        moved = airflow.wait_for_trigger(
-            FANOUT_10, run_id, "edit", map_index=i, timeout=60, not_on_triggerer=trigger["triggerer_id"]
-        )
-        assert moved["id"] == trigger["id"]
-        request_id = airflow.xcom(FANOUT_10, run_id, "edit", key="request_id", map_index=i)
-        phases[request_id] = emulator.job(request_id).phase
-    record_timing(f"triggerer SIGKILL -> {count} triggers running again", time.monotonic() - t0)
-    assert set(phases.values()) == {"in_progress"}, phases  # each wait resumed mid-job
-
-    assert airflow.wait_for_run(FANOUT_10, run_id, timeout=120) == "success"
-    record_timing(f"triggerer SIGKILL -> {count} tasks success", time.monotonic() - t0)
+    airflow.kill_triggerer(victim)
+    try:
+        if not survivors:
+            airflow.start_triggerer(victim)
+            record_timing("triggerer SIGKILL -> new triggerer healthy", time.monotonic() - t0)
+            survivors = {airflow.triggerer_jobs[victim]}
+        phases = {job.request_id: job.phase for job in jobs}
+        for i in orphans:  # the same trigger rows, resumed by another triggerer job
+            moved = airflow.wait_for_trigger(
+                FANOUT_10, run_id, "edit", map_index=i, timeout=60, not_on_triggerer=dead_job
+            )
+            assert moved["id"] == old[i]["id"] and moved["triggerer_id"] in survivors
+            request_id = airflow.xcom(FANOUT_10, run_id, "edit", key="request_id", map_index=i)
+            phases[request_id] = emulator.job(request_id).phase
+        record_timing(f"triggerer SIGKILL -> {len(orphans)} triggers running again", time.monotonic() - t0)
+        assert set(phases.values()) == {"in_progress"}, phases  # each wait resumed mid-job
+        assert airflow.wait_for_run(FANOUT_10, run_id, timeout=120) == "success"
+        record_timing(f"triggerer SIGKILL -> {count} tasks success", time.monotonic() - t0)
+    finally:
+        if airflow.procs[victim].poll() is not None:  # HA: back to two triggerers for what follows
+            airflow.start_triggerer(victim)
     tis = task_instances(airflow, FANOUT_10, run_id)
     assert [ti["try_number"] for ti in tis] == [1] * count
     request_ids = {job.request_id for job in jobs}
@@ -385,9 +397,11 @@ def test_scheduler_killed_and_restarted(airflow: AirflowDeployment, emulator, re
     """5. kill -9 the scheduler (and with it the LocalExecutor's workers) with one task deferred
     and one blocking task polling in a worker; a new scheduler finishes both, one submit each.
 
-    The deferred task needs no scheduler while it waits.  The blocking task's supervisor dies
-    with the scheduler; the new scheduler resets the orphaned task instance and its next try
-    re-attaches to the job instead of submitting again.
+    The deferred task needs no scheduler while it waits.  ``local``: the blocking task's
+    supervisor dies with the scheduler; the new scheduler resets the orphaned task instance and
+    its next try re-attaches to the job instead of submitting again.  ``celery``: the task runs
+    on a Celery worker the scheduler does not own: it goes on polling, the new scheduler adopts
+    it (by its Celery task id), and it finishes in its first try.
     """
     tag = "s5-scheduler"
     emulator.add_rule(prompt_contains=f"{tag}-deferred", queue_seconds=0, run_seconds=20)
@@ -413,15 +427,21 @@ def test_scheduler_killed_and_restarted(airflow: AirflowDeployment, emulator, re
         record_timing(f"scheduler SIGKILL -> {dag_id} success", time.monotonic() - t0)
 
     assert airflow.task_instance(DEFERRED, deferred, "edit")["try_number"] == 1
-    assert airflow.task_instance(BLOCKING, blocking, "edit")["try_number"] == 2
-    log = airflow.task_log(BLOCKING, blocking, "edit", try_number=2)
-    assert f"Re-attaching to RunComfy request {request_ids[BLOCKING]} of an earlier try" in log, log
+    if airflow.topology == "local":
+        assert airflow.task_instance(BLOCKING, blocking, "edit")["try_number"] == 2
+        log = airflow.task_log(BLOCKING, blocking, "edit", try_number=2)
+        assert f"Re-attaching to RunComfy request {request_ids[BLOCKING]} of an earlier try" in log, log
+    else:
+        assert airflow.task_instance(BLOCKING, blocking, "edit")["try_number"] == 1
+        log = airflow.task_log(BLOCKING, blocking, "edit", try_number=1)
+        assert f"RunComfy request {request_ids[BLOCKING]} succeeded" in log, log
     assert len(submits_tagged(emulator, tag)) == 2  # one per task, none again
     assert cancels_of(emulator, request_ids.values()) == []
     for dag_id, run_id in ((DEFERRED, deferred), (BLOCKING, blocking)):
         assert airflow.xcom(dag_id, run_id, "edit")["request_id"] == request_ids[dag_id]
 
 
+@pytest.mark.topologies("local")
 def test_trigger_moved_to_another_triggerer_is_not_cancelled(
     airflow: AirflowDeployment, emulator, record_timing
 ) -> None:
@@ -485,6 +505,7 @@ def test_trigger_moved_to_another_triggerer_is_not_cancelled(
     assert len(submits_tagged(emulator, tag)) == count
 
 
+@pytest.mark.topologies("local")
 def test_clear_deferred_task_pays_once(airflow: AirflowDeployment, emulator, record_timing) -> None:
     """7. A user clears a deferred task whose job is queued: the run succeeds, one job is billed.
 
@@ -547,7 +568,8 @@ def test_mark_deferred_task_failed_cancels_its_job(
     tag = "s8-kill"
     emulator.add_rule(prompt_contains=f"{tag}-queued", queue_seconds=120, run_seconds=1)
     emulator.add_rule(prompt_contains=f"{tag}-running", queue_seconds=0, run_seconds=120)
-    airflow.restart_triggerer()  # a fresh triggerer process: nothing warmed up by earlier tests
+    for name in airflow.triggerer_names:  # fresh triggerer processes: nothing warmed up before
+        airflow.restart_triggerer(name)
     kinds = ("queued", "running", "queued-503")
     runs = {
         kind: airflow.trigger_dag(DEFERRED, conf={"prompt": f"{tag}-{kind}: make it blue"}) for kind in kinds

@@ -11,6 +11,8 @@ every run (and every test) has jobs of its own length and its own journal entrie
 - ``runcomfy_blocking``: the same with ``deferrable=False`` (polls in the worker) and one
   quick retry, for the worker-death and blocking-kill scenarios.
 - ``runcomfy_timeout`` / ``runcomfy_blocking_timeout``: ``timeout=5``.
+- ``runcomfy_deferred_retry``: deferrable, one quick retry, and copies of the outputs in the
+  ``output_dir`` param (none when empty), for the worker-loss scenarios.
 
 The input images are https URLs on ``images.example.com``: the emulator does not fetch
 them (no internet) but draws a stand-in picture, so the DAGs need nothing but the
@@ -59,13 +61,13 @@ def fanout_dag(dag_id: str, count: int, pool: str | None = None) -> DAG:
     return dag
 
 
-def flux_dag(dag_id: str, **operator_kwargs: object) -> DAG:
+def flux_dag(dag_id: str, params: dict[str, Param] | None = None, **operator_kwargs: object) -> DAG:
     with DAG(
         dag_id=dag_id,
         schedule=None,
         start_date=START,
         catchup=False,
-        params=PARAMS,
+        params=params or PARAMS,
         max_active_runs=4,
         tags=["system-runcomfy"],
     ) as dag:
@@ -90,3 +92,11 @@ runcomfy_blocking = flux_dag(
 )
 runcomfy_timeout = flux_dag("runcomfy_timeout", timeout=5)
 runcomfy_blocking_timeout = flux_dag("runcomfy_blocking_timeout", deferrable=False, timeout=5)
+runcomfy_deferred_retry = flux_dag(
+    "runcomfy_deferred_retry",
+    params={**PARAMS, "output_dir": Param("", type="string")},
+    timeout=600,
+    retries=1,
+    retry_delay=timedelta(seconds=1),
+    output_dir="{{ params.output_dir }}",
+)

@@ -51,6 +51,15 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_runcomfy.triggers.runcomfy"],
             }
         ],
+        # Airflow loads provider plugins from here only with ``[core] lazy_discover_providers = False``;
+        # the ``airflow.plugins`` entry point loads it in every setup (as the OpenLineage provider does).
+        "plugins": [
+            {"name": "runcomfy", "plugin-class": "airflow_provider_runcomfy.plugins.plugin.RunComfyPlugin"}
+        ],
+        "extra-links": [
+            "airflow_provider_runcomfy.operators.links.RunComfyOutputLink",
+            "airflow_provider_runcomfy.operators.links.RunComfyManifestLink",
+        ],
         "connection-types": [
             {
                 "hook-class-name": "airflow_provider_runcomfy.hooks.runcomfy.RunComfyHook",
@@ -68,6 +77,10 @@ def get_provider_info() -> dict[str, Any]:
                     "max_retries": {
                         "label": "Retries of status/result/cancel calls",
                         "schema": {"type": ["integer", "null"], "default": 4},
+                    },
+                    "max_in_flight": {
+                        "label": "Requests on the wire at once per triggerer (empty: the default)",
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
                     },
                 },
                 "ui-field-behaviour": {

@@ -18,6 +18,7 @@ from airflow_provider_runcomfy.client import RunComfyError, validate_request_id
 from airflow_provider_runcomfy.client.outcome import Finality, Outcome, finality
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 from airflow_provider_runcomfy.operators._wait import RunComfyWaitMixin, fail, max_output_bytes_or_default
+from airflow_provider_runcomfy.operators.links import RunComfyOutputLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -43,6 +44,7 @@ class RunComfyRequestSensor(RunComfyWaitMixin, BaseSensorOperator):
     """
 
     template_fields: Sequence[str] = ("request_id", "model_id", "output_dir")
+    operator_extra_links = (RunComfyOutputLink(),)
     ui_color = "#e8e0ff"
 
     def __init__(

@@ -1,0 +1,146 @@
+"""Make the connection list's *Test* button work for ``runcomfy`` connections (Airflow 3.3.2).
+
+What goes wrong without this: the *Test* button of the connection list posts
+the stored connection with ``"port": Number(null)``, i.e. ``"port": 0``, to
+``POST /api/v2/connections/test``. A ``runcomfy`` connection has no port (the
+form hides the field), so the API sees "port 0 differs from the stored port
+NULL", refuses to reuse the stored (masked) token and answers 400 "The host or
+port to test differs from the stored connection" -- every test fails. And the
+test runs under a random connection id, so a message naming the connection
+names ``'SR6FOyy1'``.
+
+What this does, for ``runcomfy`` connections only: a pure ASGI middleware (no
+effect on any other request) drops ``"port": 0`` from the test's body -- port 0
+is no port anyone can connect to, and leaving it out is what the API reads as
+"unchanged" -- and records the connection id the user is testing, which
+``RunComfyHook.test_connection`` reads (``tested_connection_id``) to name it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: The connection id whose test is running in this request (None outside one).
+TESTED_CONNECTION: ContextVar[str | None] = ContextVar("runcomfy_tested_connection", default=None)
+
+TEST_PATH = "/api/v2/connections/test"
+#: A test body is a connection: a few KB. Larger bodies are passed on untouched.
+MAX_BODY = 1_000_000
+
+
+def tested_connection_id() -> str | None:
+    """The id of the connection the UI is testing, when called inside ``POST /connections/test``."""
+    return TESTED_CONNECTION.get()
+
+
+def name_tested_connection(conn_id: str, message: str) -> str:
+    """``message`` with the connection the user is testing named, not the API's random stand-in id.
+
+    ``POST /connections/test`` runs the test under a random 8-character id. Inside it (this
+    module's middleware installed) the real id is known; without the middleware an id that
+    looks like the stand-in is replaced by "this connection".
+    """
+    real = tested_connection_id()
+    if real and real != conn_id:
+        return message.replace(repr(conn_id), repr(real)).replace(conn_id, real)
+    if real is None and _looks_like_stand_in(conn_id):
+        return message.replace(f"Airflow connection {conn_id!r}", "this Airflow connection").replace(
+            repr(conn_id), "this connection"
+        )
+    return message
+
+
+def _looks_like_stand_in(conn_id: str) -> bool:
+    """The API's stand-in id: 8 letters/digits, set only as an ``AIRFLOW_CONN_`` environment variable."""
+    import os
+
+    return (
+        len(conn_id) == 8
+        and conn_id.isalnum()
+        and conn_id.isascii()
+        and f"AIRFLOW_CONN_{conn_id.upper()}" in os.environ
+    )
+
+
+def fix_test_body(body: bytes) -> tuple[bytes, str | None]:
+    """``(body to pass on, connection id)``: a ``runcomfy`` test body without ``"port": 0``.
+
+    Any other body (another connection type, not JSON) is returned unchanged with no id.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body, None
+    if not isinstance(data, dict) or data.get("conn_type") != "runcomfy":
+        return body, None
+    connection_id = data.get("connection_id") if isinstance(data.get("connection_id"), str) else None
+    if data.get("port") == 0 and not isinstance(data.get("port"), bool):
+        del data["port"]
+        return json.dumps(data).encode(), connection_id
+    return body, connection_id
+
+
+class ConnectionTestFix:
+    """ASGI middleware: see the module docstring. Every other request passes straight through."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not scope["path"].endswith(TEST_PATH):
+            await self.app(scope, receive, send)
+            return
+        body, complete = await _read_body(receive)
+        connection_id = None
+        if complete:
+            body, connection_id = fix_test_body(body)
+            scope = dict(scope)
+            scope["headers"] = [
+                (name, str(len(body)).encode() if name.lower() == b"content-length" else value)
+                for name, value in scope["headers"]
+            ]
+        token = TESTED_CONNECTION.set(connection_id)
+        try:
+            await self.app(scope, _replay(body, receive, more=not complete), send)
+        finally:
+            TESTED_CONNECTION.reset(token)
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+    """The request body, and whether all of it was read (False past ``MAX_BODY``)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+        if size > MAX_BODY:
+            return b"".join(chunks), False
+
+
+def _replay(body: bytes, receive: Receive, *, more: bool) -> Receive:
+    """A ``receive`` that first hands over ``body`` (the part already read), then the rest."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return replay

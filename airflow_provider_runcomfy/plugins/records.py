@@ -1,0 +1,319 @@
+"""What the outputs view shows, read from Airflow's metadata DB in the API server.
+
+A RunComfy task leaves everything the view needs behind: its state (the task
+instance), the ``request_id`` XCom pushed right after the submit, its return
+value (model, outputs, kept copies, cost) and its rendered template fields
+(the prompt and the input pictures). A batch task's return value names its
+``manifest.jsonl``, one line per input. Nothing here calls RunComfy.
+
+The view never fetches a URL or opens a file it is *given* by the browser: a
+picture is addressed by task instance and position, and its location is looked
+up here, so the endpoint cannot be turned into an open proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+#: Keys under which RunComfy models take their input pictures (the seed models' and common others').
+INPUT_IMAGE_KEYS = ("image_url", "image_urls", "image", "images", "input_image", "reference_image")
+
+#: Return-value keys that may name a batch's manifest (``RunComfyBatchOperator``).
+MANIFEST_KEYS = ("manifest", "manifest_uri")
+
+#: File extensions a kept copy may have to be served: pictures and videos, nothing else.
+MEDIA_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "gif", "avif", "tiff", "mp4", "webm", "mov"})
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass
+class Item:
+    """One RunComfy job as the view shows it: a task instance, or one line of a batch manifest."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    #: The line of the batch manifest (``None`` for a task instance of a model operator).
+    item: int | None = None
+    state: str | None = None
+    status: str | None = None
+    request_id: str | None = None
+    model_id: str | None = None
+    prompt: str | None = None
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    stored: list[dict[str, Any]] = field(default_factory=list)
+    cost_usd: float | None = None
+    error: str | None = None
+    manifest: str | None = None
+    #: A batch's counts of items (``total``, ``succeeded``, ``failed``) from its return value.
+    counts: dict[str, int] = field(default_factory=dict)
+    try_number: int | None = None
+    operator: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def failed(self) -> bool:
+        """Ended without outputs: the task failed, or its RunComfy job did."""
+        return not self.succeeded and (self.state in ("failed", "upstream_failed") or self.status == "failed")
+
+    @property
+    def output_count(self) -> int:
+        return max(len(self.outputs), len(self.stored))
+
+    def output_source(self, n: int) -> tuple[str, str] | None:
+        """``("stored", uri)`` of output ``n``'s kept copy if it may be served, else ``("url", url)``."""
+        if n < len(self.stored):
+            uri = str(self.stored[n].get("uri") or "")
+            if uri and self.is_own_copy(uri):
+                return "stored", uri
+        if n < len(self.outputs):
+            return "url", self.outputs[n]
+        return None
+
+    def is_own_copy(self, uri: str) -> bool:
+        """Whether ``uri`` is in this run's folder of ``output_dir`` and has a picture's extension.
+
+        The URI comes from XCom, which users with XCom write access can edit: without this
+        check the API server would read whatever file an XCom names.
+        """
+        return self.in_run_folder(uri) and _extension(uri) in MEDIA_EXTENSIONS
+
+    def in_run_folder(self, uri: str) -> bool:
+        """Whether ``uri`` is under ``{output_dir}/{dag_id}/{run_id}/``, where this run's files go."""
+        path = urlsplit(uri).path if "://" in uri else uri
+        run_folder = f"/{_SAFE.sub('_', self.dag_id)}/{_SAFE.sub('_', self.run_id)}/"
+        return run_folder in path and ".." not in path.split("/")
+
+
+def _extension(uri: str) -> str:
+    name = (urlsplit(uri).path if "://" in uri else uri).rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def input_images(fields: Mapping[str, Any]) -> list[str]:
+    """The input pictures (URLs, ``data:`` URIs or storage paths) named in an operator's fields.
+
+    Looks at the typed operators' ``image_url``/``image_urls`` and at any model's ``input``
+    dict; keeps the order and drops duplicates.
+    """
+    found: list[str] = []
+    sources: list[Mapping[str, Any]] = [fields]
+    if isinstance(fields.get("input"), Mapping):
+        sources.append(fields["input"])
+    for source in sources:
+        for key in INPUT_IMAGE_KEYS:
+            value = source.get(key)
+            values = value if isinstance(value, list | tuple) else [value]
+            for v in values:
+                if isinstance(v, str) and v.strip() and v not in found:
+                    found.append(v)
+    return found
+
+
+def item_from_result(item: Item, result: Any) -> None:
+    """Fill ``item`` from a task's return value (or a manifest line): outputs, copies, cost."""
+    if not isinstance(result, Mapping):
+        return
+    item.request_id = _text(result.get("request_id")) or item.request_id
+    item.model_id = _text(result.get("model_id")) or item.model_id
+    item.status = _text(result.get("status")) or item.status
+    item.outputs = [url for url in result.get("outputs") or [] if isinstance(url, str)]
+    item.stored = [dict(copy) for copy in result.get("stored") or [] if isinstance(copy, Mapping)]
+    cost = result.get("cost_usd", result.get("cost"))
+    item.cost_usd = float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None
+    item.error = _text(result.get("error")) or item.error
+    item.manifest = next((result[k] for k in MANIFEST_KEYS if isinstance(result.get(k), str)), None)
+    item.counts = {k: result[k] for k in ("total", "succeeded", "failed") if isinstance(result.get(k), int)}
+
+
+def item_from_manifest_line(parent: Item, index: int, record: Mapping[str, Any]) -> Item:
+    """One line of a batch manifest as an ``Item`` of the batch's task instance."""
+    item = Item(parent.dag_id, parent.run_id, parent.task_id, parent.map_index, item=index)
+    item.model_id = parent.model_id
+    item.state = parent.state
+    item_from_result(item, record)
+    given = record.get("input")
+    if isinstance(given, Mapping):
+        item.inputs = input_images(given)
+        item.prompt = _text(given.get("prompt"))
+    elif isinstance(given, str):
+        item.inputs = [given]
+    elif isinstance(given, list):
+        item.inputs = [v for v in given if isinstance(v, str)]
+    item.manifest = None
+    return item
+
+
+# -- the metadata DB ----------------------------------------------------------------------------
+
+
+def load_items(
+    session: Session,
+    dag_id: str,
+    run_id: str,
+    task_id: str | None = None,
+    map_index: int | None = None,
+) -> list[Item]:
+    """The RunComfy task instances of a DAG run (or of one task), in task and map-index order.
+
+    Four indexed queries whatever the number of task instances: the run's id, its RunComfy
+    XComs (``request_id``, ``manifest`` and the return value), the task instances' states
+    and their rendered fields. A task instance
+    counts as a RunComfy one when it pushed a ``request_id`` or returned a RunComfy result.
+    """
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields as RTIF
+    from airflow.models.taskinstance import TaskInstance as TI
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import select
+
+    def scoped(query: Any, model: Any) -> Any:
+        query = query.where(model.dag_id == dag_id, model.run_id == run_id)
+        if task_id is not None:
+            query = query.where(model.task_id == task_id)
+        if map_index is not None:
+            query = query.where(model.map_index == map_index)
+        return query
+
+    from airflow.models.dagrun import DagRun
+
+    # XComs by the run's id: the prefix of their primary key, whatever the number of tasks.
+    dag_run_id = session.scalar(select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    if dag_run_id is None:
+        return []
+    query = select(XComModel.task_id, XComModel.map_index, XComModel.key, XComModel.value).where(
+        XComModel.dag_run_id == dag_run_id, XComModel.key.in_(("request_id", "return_value", "manifest"))
+    )
+    if task_id is not None:
+        query = query.where(XComModel.task_id == task_id)
+    if map_index is not None:
+        query = query.where(XComModel.map_index == map_index)
+    xcoms = session.execute(query).all()
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for row_task, row_index, key, value in xcoms:
+        found.setdefault((row_task, row_index), {})[key] = XComModel.deserialize_value(_Row(value))
+    keys = {key for key, values in found.items() if _is_runcomfy(values)}
+    if not keys:
+        return []
+    wanted_tasks = sorted({task for task, _ in keys})
+    states = {
+        (row.task_id, row.map_index): row
+        for row in session.execute(
+            scoped(
+                select(TI.task_id, TI.map_index, TI.state, TI.try_number, TI.operator),
+                TI,
+            ).where(TI.task_id.in_(wanted_tasks))
+        ).all()
+    }
+    rendered = {
+        (row.task_id, row.map_index): row.rendered_fields
+        for row in session.execute(
+            scoped(select(RTIF.task_id, RTIF.map_index, RTIF.rendered_fields), RTIF).where(
+                RTIF.task_id.in_(wanted_tasks)
+            )
+        ).all()
+    }
+    items = []
+    for key in sorted(keys):
+        row = states.get(key)
+        item = Item(dag_id, run_id, key[0], key[1])
+        if row is not None:
+            item.state, item.try_number, item.operator = _text(row.state), row.try_number, row.operator
+        values = found[key]
+        item.request_id = _text(values.get("request_id"))
+        item_from_result(item, values.get("return_value"))
+        # A batch pushes its manifest's URI before it fails or returns.
+        item.manifest = item.manifest or _text(values.get("manifest"))
+        fields = rendered.get(key) or {}
+        if isinstance(fields, Mapping):
+            item.inputs = input_images(fields)
+            item.prompt = _text(fields.get("prompt")) or _text(_mapping(fields.get("input")).get("prompt"))
+            item.model_id = item.model_id or _text(fields.get("model_id"))
+        item.model_id = item.model_id or _model_of_operator(item.operator)
+        items.append(item)
+    return items
+
+
+def read_manifest_lines(
+    uri: str, *, max_bytes: int, skip: int = 0, limit: int | None = None
+) -> Iterable[Any]:
+    """The JSON lines of a manifest (any ``ObjectStoragePath`` URI), reading at most ``max_bytes``.
+
+    Yields ``(index, record)``; lines before ``skip`` are counted but not parsed.
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    path = ObjectStoragePath(uri)
+    read = 0
+    with path.fs.open(path.path, "rb") as file:
+        for index, line in enumerate(file):
+            read += len(line)
+            if read > max_bytes:
+                raise ValueError(f"the manifest is larger than {max_bytes} bytes; open it from its storage")
+            if index < skip or not line.strip():
+                continue
+            if limit is not None and index >= skip + limit:
+                yield index, None  # there is more: the caller shows a "next page" link
+                return
+            record = json.loads(line)
+            yield index, record if isinstance(record, Mapping) else {}
+
+
+def filter_items(items: Sequence[Item], show: str) -> list[Item]:
+    """``show``: ``all``, ``succeeded`` or ``failed``."""
+    if show == "succeeded":
+        return [item for item in items if item.succeeded]
+    if show == "failed":
+        return [item for item in items if item.failed]
+    return list(items)
+
+
+def _model_of_operator(operator: str | None) -> str | None:
+    """The model a typed operator runs (its task failed before returning one)."""
+    from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT, NANO_BANANA_EDIT
+
+    return {
+        "FluxKontextProEditOperator": FLUX_KONTEXT_PRO_EDIT,
+        "NanoBananaEditOperator": NANO_BANANA_EDIT,
+    }.get(operator or "")
+
+
+def _is_runcomfy(values: Mapping[str, Any]) -> bool:
+    result = values.get("return_value")
+    if (
+        isinstance(result, Mapping)
+        and "request_id" in result
+        and ("outputs" in result or "model_id" in result)
+    ):
+        return True
+    if isinstance(result, Mapping) and any(isinstance(result.get(k), str) for k in MANIFEST_KEYS):
+        return True
+    return isinstance(values.get("request_id"), str) or isinstance(values.get("manifest"), str)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+class _Row:
+    """What ``XComModel.deserialize_value`` reads: an object with a ``value``."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value

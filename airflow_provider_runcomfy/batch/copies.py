@@ -2,7 +2,7 @@
 
 The bytes are streamed by ``client.download.OutputDownloader`` (capped, checked,
 hashed, never authenticated) into a part file that is renamed once whole
-(``outputs.storage``), under a name fixed by the item and its request::
+(``outputs.files``, as ``outputs.storage`` does), under a name fixed by the item and its request::
 
     {task folder}/outputs/{index:06d}_{request_id}_{n}.{ext}
 
@@ -13,12 +13,10 @@ Called from worker threads: each thread has its own downloader.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_runcomfy.client.download import OutputDownloader, OutputDownloadError, Sink
-from airflow_provider_runcomfy.outputs.storage import StoredOutput, _move, _part_file, safe_segment
+from airflow_provider_runcomfy.client.download import OutputDownloader
+from airflow_provider_runcomfy.outputs.files import copy_output, safe_segment
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -44,36 +42,15 @@ def copy_item_outputs(
     """Copy every output URL of ``record``'s outcome; the ``stored`` entries of the manifest."""
     request_id = str(record.request_id)
     urls = list((record.outcome or {}).get("outputs") or [])
-    fs, root = folder.fs, folder.path
-    stored = []
-    for n, url in enumerate(urls):
-        stem = f"{item.index:06d}_{safe_segment(request_id)}_{n}"
-        parts: list[str] = []
-
-        @contextmanager
-        def open_part(stem: str = stem, parts: list[str] = parts) -> Iterator[Sink]:
-            with _part_file(fs, f"{root}/{stem}") as (part, sink):
-                parts.append(part)
-                yield sink
-
-        try:
-            download = _downloader(max_bytes, api_base_url).download(url, open_part)
-        except OutputDownloadError as error:
-            raise type(error)(
-                f"Output {n} of RunComfy request {request_id} (item {item.index}): {error.message}",
-                status_code=error.status_code,
-                retry_after=error.retry_after,
-                request_id=request_id,
-            ) from error
-        name = f"{stem}.{download.extension}"
-        _move(fs, parts[-1], f"{root}/{name}")
-        stored.append(
-            StoredOutput(
-                uri=str(folder / name),
-                source_url=url,
-                bytes=download.bytes,
-                sha256=download.sha256,
-                content_type=download.content_type,
-            ).as_dict()
-        )
-    return stored
+    downloader = _downloader(max_bytes, api_base_url)
+    return [
+        copy_output(
+            downloader,
+            folder,
+            f"{item.index:06d}_{safe_segment(request_id)}_{n}",
+            url,
+            label=f"Output {n} of RunComfy request {request_id} (item {item.index})",
+            request_id=request_id,
+        ).as_dict()
+        for n, url in enumerate(urls)
+    ]

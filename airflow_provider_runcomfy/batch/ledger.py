@@ -27,17 +27,17 @@ of a cleared task reuses every finished item, and a changed input is a new item.
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_runcomfy.outputs.files import move_into_place, part_file, remove_quietly
+
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-log = logging.getLogger(__name__)
 
 #: Bumped if the record shape ever changes incompatibly.
 LEDGER_VERSION = 1
@@ -163,7 +163,7 @@ class Ledger:
         checkpoint = next((n for n in names if n.rsplit("/", 1)[-1] == CHECKPOINT), None)
         if checkpoint is not None:
             self._read_checkpoint(fs, checkpoint)
-        segments = sorted((_seq_of(n), n) for n in names if n.rsplit("/", 1)[-1].startswith("seg-"))
+        segments = sorted((_seq_of(n), n) for n in names if _is_segment(n))
         for seq, name in segments:
             self._seq = max(self._seq, seq)
             if seq <= self._checkpoint_seq:
@@ -173,7 +173,7 @@ class Ledger:
             self._segments.append((seq, name))
         for name in names:
             if name.endswith(".part"):  # a write cut short by a crash: it never counted
-                _remove_quietly(fs, name)
+                remove_quietly(fs, name)
         return self
 
     def _read_checkpoint(self, fs: Any, name: str) -> None:
@@ -253,21 +253,16 @@ class Ledger:
         self._checkpoint_seq = self._seq
         fs = self.dir.fs
         for _, name in self._segments:
-            _remove_quietly(fs, name)
+            remove_quietly(fs, name)
         self._segments.clear()
 
     def _write(self, name: str, blob: bytes) -> str:
         fs, root = self.dir.fs, self.dir.path
         fs.makedirs(root, exist_ok=True)
         target = f"{root}/{name}"
-        part = f"{target}.{uuid.uuid4().hex[:8]}.part"
-        try:
-            with fs.open(part, "wb") as file:
-                file.write(blob)
-            fs.mv(part, target)
-        except BaseException:
-            _remove_quietly(fs, part)
-            raise
+        with part_file(fs, target) as (part, file):
+            file.write(blob)
+        move_into_place(fs, part, target)
         return target
 
     # -- views ----------------------------------------------------------------------------------
@@ -277,6 +272,12 @@ class Ledger:
 
     def get(self, key: str) -> ItemRecord | None:
         return self.items.get(key)
+
+
+def _is_segment(name: str) -> bool:
+    # A write cut short leaves ``seg-....jsonl.<rand>.part``: never an event (it may be half a line).
+    base = name.rsplit("/", 1)[-1]
+    return base.startswith("seg-") and base.endswith(".jsonl")
 
 
 def _seq_of(name: str) -> int:
@@ -302,12 +303,3 @@ def _read_lines(fs: Any, name: str) -> list[dict[str, Any]]:
             "could pay for jobs again: restore it, or move the ledger folder away once you are sure none "
             "of its jobs is still wanted."
         ) from error
-
-
-def _remove_quietly(fs: Any, path: str) -> None:
-    try:
-        fs.rm(path)
-    except (FileNotFoundError, OSError):
-        pass
-    except Exception as error:  # an object store's own errors: a stray file is not worth failing for
-        log.warning("Could not remove %s: %s", path, error)

@@ -93,14 +93,7 @@ def submit_call(model_id: str, payload: Mapping[str, Any]) -> Call:
 
 def status_call(request_id: str) -> Call:
     """Describe a status read."""
-    validate_request_id(request_id)
-    return Call(
-        what=f"status of request {request_id}",
-        method="GET",
-        path=f"/v1/requests/{request_id}/status",
-        response_model=RequestStatus,
-        request_id=request_id,
-    )
+    return _request_call(request_id, "status of", "GET", "status", RequestStatus)
 
 
 def result_call(request_id: str, include_cost: bool = True) -> Call:
@@ -109,27 +102,34 @@ def result_call(request_id: str, include_cost: bool = True) -> Call:
     Asked for on every read: the cost is what a job was billed, and the model id lets a
     re-attached wait say what it waited for; the answer grows by two small fields.
     """
-    validate_request_id(request_id)
-    return Call(
-        what=f"result of request {request_id}",
-        method="GET",
-        path=f"/v1/requests/{request_id}/result",
-        response_model=RequestResult,
+    return _request_call(
+        request_id,
+        "result of",
+        "GET",
+        "result",
+        RequestResult,
         params={"include_cost": "true"} if include_cost else {},
-        request_id=request_id,
         max_body=MAX_RESULT_BODY,
     )
 
 
 def cancel_call(request_id: str) -> Call:
     """Describe a cancel; repeating one is harmless (cancelling a finished job is a no-op)."""
+    return _request_call(request_id, "cancel of", "POST", "cancel", CancelResponse)
+
+
+def _request_call(
+    request_id: str, what: str, method: str, action: str, response_model: type[BaseModel], **options: Any
+) -> Call:
+    """A call on one request, ``/v1/requests/{request_id}/{action}``; the id is checked first."""
     validate_request_id(request_id)
     return Call(
-        what=f"cancel of request {request_id}",
-        method="POST",
-        path=f"/v1/requests/{request_id}/cancel",
-        response_model=CancelResponse,
+        what=f"{what} request {request_id}",
+        method=method,
+        path=f"/v1/requests/{request_id}/{action}",
+        response_model=response_model,
         request_id=request_id,
+        **options,
     )
 
 

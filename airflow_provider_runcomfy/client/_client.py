@@ -29,7 +29,6 @@ from airflow_provider_runcomfy.client.models import (
     RequestStatus,
     SubmitResponse,
 )
-from airflow_provider_runcomfy.client.retry import RetryPolicy
 
 #: The most requests one asyncio client has on the wire at once (and so the most connections it
 #: opens: each TLS connection holds ~300 KB); more wait their turn on a semaphore, woken one at a
@@ -40,24 +39,10 @@ DEFAULT_MAX_IN_FLIGHT = 64
 class _ClientBase:
     settings: ClientSettings
 
-    def __init__(
-        self,
-        token: str,
-        *,
-        base_url: str | None = None,
-        connect_timeout: float | None = None,
-        read_timeout: float | None = None,
-        retry: RetryPolicy | None = None,
-        credential_hint: str = "the RunComfy API token",
-    ) -> None:
-        self.settings = ClientSettings.create(
-            token,
-            base_url=base_url,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retry=retry,
-            credential_hint=credential_hint,
-        )
+    def __init__(self, token: str, **settings: Any) -> None:
+        # The keywords (base_url, timeouts, retry, credential_hint) are ``ClientSettings.create``'s,
+        # documented on the two clients; an unknown one is a TypeError there.
+        self.settings = ClientSettings.create(token, **settings)
 
     @property
     def base_url(self) -> str:

@@ -7,14 +7,19 @@ compression bomb, a redirect, a connection cut before or during the answer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from airflow_provider_runcomfy.emulator import bombs, connections
 from airflow_provider_runcomfy.emulator.faults import Fault
+
+# The ASGI types, as starlette spells them: starlette is FastAPI's, not a dependency of ours.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 
 class ApiError(Exception):

@@ -13,21 +13,20 @@ tens of thousands of jobs; only the snapshots tests ask for are O(n).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 from airflow_provider_runcomfy.emulator.config import EmulatorConfig
 from airflow_provider_runcomfy.emulator.faults import Fault, OutputKind, Rule
+from airflow_provider_runcomfy.emulator.jobs import Job, JobInfo, JobPlan, Phase
 from airflow_provider_runcomfy.emulator.journal import Journal, JournalEntry
 from airflow_provider_runcomfy.emulator.models import ModelSpec, parse_aspect_ratio
 from airflow_provider_runcomfy.emulator.queue import QueueIndex
-from airflow_provider_runcomfy.emulator.render import InputPicture, RenderCache
+from airflow_provider_runcomfy.emulator.render import RenderCache
 
 __all__ = [
     "EmulatorState",
@@ -35,104 +34,15 @@ __all__ = [
     "InsufficientBalance",
     "Job",
     "JobInfo",
+    "JobPlan",
     "Journal",
     "JournalEntry",
+    "Phase",
     "Rule",
 ]
 
-#: Where a job is in its life, as the emulator computes it from the clock.
-Phase = Literal["in_queue", "in_progress", "succeeded", "failed", "cancelled"]
-
-
-@dataclass(frozen=True)
-class JobPlan:
-    """How a job will run and what it will produce, fixed at submit from the input, rules and config."""
-
-    prompt: str
-    seed: int | None
-    image_urls: tuple[tuple[str, str], ...]
-    """``(field label, url)`` of each input image."""
-    aspect: tuple[int, int] | None
-    output_kind: OutputKind
-    num_outputs: int
-    output_bytes: int | None
-    fail_message: str | None
-    queue_seconds: float
-    run_seconds: float
-    long_side: int
-
-
-@dataclass
-class Job:
-    """One submitted request."""
-
-    request_id: str
-    model_id: str
-    owner: str
-    """The token that submitted it: only that token may read or cancel it (403001)."""
-    input: dict[str, Any]
-    plan: JobPlan
-    created_at: float
-    cost_usd: float
-    cancelled_at: float | None = None
-    expired: bool = False
-    inputs: list[InputPicture] | None = None
-    """The resolved input pictures, once fetched."""
-    input_error: str | None = None
-    """Why an input could not be fetched: the job fails with this message."""
-    inputs_task: Any = None
-    """The asyncio task fetching the inputs (owned by the server's event loop)."""
-    own_bases: tuple[str, ...] = ()
-    """The base URLs under which input URLs point at the emulator itself."""
-    seq: int = 0
-    """Its place in submit order (the queue index's key)."""
-
-    @property
-    def finished_at(self) -> float:
-        """When the job finishes (or did): cancelled, or queued plus run time after submit."""
-        if self.cancelled_at is not None:
-            return self.cancelled_at
-        return self.created_at + self.plan.queue_seconds + self.plan.run_seconds
-
-    @property
-    def failure(self) -> str | None:
-        """Why the job fails, as far as known: a rule's message or an input that could not be fetched."""
-        return self.plan.fail_message or self.input_error
-
-    def phase(self, now: float) -> Phase:
-        """Where the job is at ``now``; ``succeeded`` means "not known to fail" until inputs are resolved."""
-        if self.cancelled_at is not None:
-            return "cancelled"
-        if now < self.created_at + self.plan.queue_seconds:
-            return "in_queue"
-        if now < self.finished_at:
-            return "in_progress"
-        return "failed" if self.failure else "succeeded"
-
-
-@dataclass
-class JobInfo:
-    """A snapshot of a job for tests: what it is, where it is, what it cost."""
-
-    request_id: str
-    model_id: str
-    input: dict[str, Any]
-    phase: str
-    created_at: float
-    finished_at: float
-    cost_usd: float
-    num_outputs: int
-    error: str | None
-    expired: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy, for the admin API."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobInfo:
-        """The inverse of ``to_dict``."""
-        return cls(**data)
+#: A fault or a rule: what the controls plan, each with an id and a count of hits.
+_Planned = TypeVar("_Planned", Fault, Rule)
 
 
 class InsufficientBalance(Exception):
@@ -194,15 +104,11 @@ class EmulatorState:
         """Plan ``fault`` (see ``Fault`` for the kinds); returns it with its ``id``."""
         if fault.times is not None and fault.times < 1:
             raise ValueError("times must be at least 1, or None for every request")
-        with self._lock:
-            added = fault.model_copy(update={"id": next(self._ids), "hits": 0})
-            self._faults.append(added)
-            return added.model_copy()
+        return self._plan(self._faults, fault)
 
     def list_faults(self) -> list[Fault]:
         """Copies of the faults still planned (and those used up, with their ``hits``)."""
-        with self._lock:
-            return [f.model_copy() for f in self._faults]
+        return self._copies(self._faults)
 
     def clear_faults(self) -> None:
         """Remove every fault."""
@@ -211,20 +117,27 @@ class EmulatorState:
 
     def add_rule(self, rule: Rule) -> Rule:
         """Add ``rule`` after the others (see ``Rule``); returns it with its ``id``."""
-        with self._lock:
-            added = rule.model_copy(update={"id": next(self._ids), "hits": 0})
-            self._rules.append(added)
-            return added.model_copy()
+        return self._plan(self._rules, rule)
 
     def list_rules(self) -> list[Rule]:
         """Copies of the rules, in the order they are tried."""
-        with self._lock:
-            return [r.model_copy() for r in self._rules]
+        return self._copies(self._rules)
 
     def clear_rules(self) -> None:
         """Remove every rule."""
         with self._lock:
             self._rules.clear()
+
+    def _plan(self, plans: list[_Planned], item: _Planned) -> _Planned:
+        # Faults and rules share one id sequence; the caller gets a copy (the state keeps counting hits).
+        with self._lock:
+            added = item.model_copy(update={"id": next(self._ids), "hits": 0})
+            plans.append(added)
+            return added.model_copy()
+
+    def _copies(self, plans: list[_Planned]) -> list[_Planned]:
+        with self._lock:
+            return [plan.model_copy() for plan in plans]
 
     def expire(self, request_id: str) -> bool:
         """Make a job answer 404001 from now on, as if its results had expired. ``False`` if unknown."""

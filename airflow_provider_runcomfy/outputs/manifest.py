@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.client import RunComfyError
-from airflow_provider_runcomfy.outputs.storage import write_atomically
+from airflow_provider_runcomfy.outputs.files import write_atomically
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath

@@ -28,184 +28,49 @@ replaces the old one atomically.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import re
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from airflow_provider_runcomfy.client._limits import truncate
-from airflow_provider_runcomfy.client.download import (
-    CHUNK_SIZE,
-    DEFAULT_MAX_OUTPUT_BYTES,
-    OutputDownloader,
-    OutputDownloadError,
-    Sink,
+from airflow_provider_runcomfy.client.download import DEFAULT_MAX_OUTPUT_BYTES, OutputDownloader
+from airflow_provider_runcomfy.client.errors import OutputStorageError, RunComfyError
+
+# Where copies go and how a file is written whole live in ``files``; these names stay importable
+# from here, where the operators, DAG examples and users have always found them.
+from airflow_provider_runcomfy.outputs.files import (
+    StoredOutput,
+    check_writable,
+    copy_output,
+    remove_quietly,
+    resolve_output_dir,
+    run_directory,
+    safe_segment,
+    sha256_of,
+    task_directory,
+    write_atomically,
 )
-from airflow_provider_runcomfy.client.errors import InvalidInputError, OutputStorageError, RunComfyError
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
+
+__all__ = [
+    "STATE_KEY",
+    "OutputStore",
+    "StoredOutput",
+    "check_writable",
+    "resolve_output_dir",
+    "run_directory",
+    "safe_segment",
+    "sha256_of",
+    "task_directory",
+    "write_atomically",
+]
 
 log = logging.getLogger(__name__)
 
 #: ``task_state_store`` key of the copies a task instance has made (kept across retries and clears).
 STATE_KEY = "runcomfy_stored"
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-@dataclass(frozen=True)
-class StoredOutput:
-    """One kept copy, as it appears in the task's return value under ``stored``.
-
-    :param uri: where the copy is (``ObjectStoragePath`` can open it).
-    :param source_url: the RunComfy output URL it was copied from.
-    :param bytes: its size.
-    :param sha256: its sha256, hex.
-    :param content_type: its media type, e.g. ``image/png``.
-    """
-
-    uri: str
-    source_url: str
-    bytes: int
-    sha256: str
-    content_type: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON form (XCom, manifest, ``task_state_store``)."""
-        return asdict(self)
-
-
-def safe_segment(text: object) -> str:
-    """``text`` as one path segment every object store accepts: ``[A-Za-z0-9._-]``, others become ``_``.
-
-    Run ids hold ``:`` and ``+`` (``manual__2026-01-01T00:00:00+00:00``), which some stores
-    and tools mishandle; dag and task ids are already safe and stay as they are.
-    """
-    segment = _UNSAFE.sub("_", str(text))
-    return "_" if segment in ("", ".", "..") else segment
-
-
-def resolve_output_dir(output_dir: Any, *, probe: bool = True) -> ObjectStoragePath:
-    """``output_dir`` (a path, a URL or an ``ObjectStoragePath``) as an ``ObjectStoragePath``, proven writable.
-
-    Raises ``InvalidInputError`` (the task fails without retries) when it is empty or no
-    filesystem can serve its scheme, and ``OutputStorageError`` when a probe object cannot be
-    written there and removed again (a read-only directory, a bucket without write access,
-    an ``http://`` filesystem). Called before the job is submitted, so a wrong ``output_dir``
-    costs nothing.
-
-    :param probe: write and remove the probe (``check_writable``); False where the caller
-        writes at once anyway and turns a failure into a clear error itself.
-    """
-    from airflow.sdk import ObjectStoragePath
-
-    if isinstance(output_dir, ObjectStoragePath):
-        if probe:
-            check_writable(output_dir)
-        return output_dir
-    text = (os.fspath(output_dir) if isinstance(output_dir, os.PathLike) else str(output_dir or "")).strip()
-    if not text:
-        raise InvalidInputError(
-            "output_dir is empty: give a local directory or a URL such as s3://bucket/prefix."
-        )
-    scheme = urlsplit(text).scheme.lower()
-    if len(scheme) <= 1:  # a plain path (or a Windows drive letter): absolute, so retries agree
-        text, scheme = f"file://{Path(text).expanduser().resolve()}", "file"
-    _ensure_filesystem(scheme, text)
-    path = ObjectStoragePath(text)
-    if probe:
-        check_writable(path)
-    return path
-
-
-def check_writable(path: ObjectStoragePath) -> None:
-    """Write a small probe object into ``path`` and remove it; ``OutputStorageError`` if either fails.
-
-    The only proof that copies can be kept there: a filesystem may open for reading and
-    refuse writes (read-only mounts, http://), a bucket may deny ``PutObject`` or
-    ``DeleteObject`` (the copies need both: part files are moved, then removed).
-    """
-    fs, folder = path.fs, path.path.rstrip("/")
-    probe = f"{folder}/.runcomfy-probe-{uuid.uuid4().hex[:12]}"
-    try:
-        if not fs.exists(folder):
-            fs.makedirs(folder, exist_ok=True)
-        with fs.open(probe, "wb") as file:
-            file.write(b"airflow-provider-runcomfy checks that output_dir can be written\n")
-        fs.rm(probe)
-    except Exception as error:  # OSError, NotImplementedError (http), an object store's own errors
-        _remove_quietly(fs, probe)
-        raise OutputStorageError(
-            f"output_dir {str(path)!r} cannot be written ({type(error).__name__}: {truncate(error, 300)}); "
-            "nothing was submitted. Give a directory or bucket prefix the worker may write to and "
-            "delete from (a local path, s3://, gs://...; http:// and https:// cannot be written)."
-        ) from None
-
-
-def _ensure_filesystem(scheme: str, output_dir: str) -> None:
-    """Make ``scheme`` usable by ``ObjectStoragePath``: Airflow's filesystem if any, else fsspec's."""
-    from airflow.sdk.io import attach, has_fs
-
-    if scheme in ("file", "local") or has_fs(scheme):
-        return
-    import fsspec
-
-    try:
-        fs = fsspec.filesystem(scheme)
-    except (ImportError, ValueError) as error:
-        raise InvalidInputError(
-            f"output_dir {output_dir!r}: no filesystem can write {scheme}:// here ({error}). Install the "
-            "Airflow provider that brings it (s3://: apache-airflow-providers-amazon; gs://: "
-            "apache-airflow-providers-google; abfs://, wasb://: apache-airflow-providers-microsoft-azure)."
-        ) from None
-    attach(scheme, fs=fs)
-    log.info("Airflow registers no filesystem for %s://; using fsspec's %s.", scheme, type(fs).__name__)
-
-
-def task_directory(
-    output_dir: Any, *, dag_id: str, run_id: str, task_id: str, map_index: int | None
-) -> ObjectStoragePath:
-    """``{output_dir}/{dag_id}/{run_id}/{task_id}/{map_index}``: one task instance's copies, nobody else's."""
-    index = -1 if map_index is None else int(map_index)
-    return run_directory(output_dir, dag_id=dag_id, run_id=run_id) / safe_segment(task_id) / str(index)
-
-
-def run_directory(output_dir: Any, *, dag_id: str, run_id: str) -> ObjectStoragePath:
-    """``{output_dir}/{dag_id}/{run_id}``: where one DAG run's copies (and its manifest) go.
-
-    Not probed: it is written at once, and the task checked ``output_dir`` before submitting.
-    """
-    return resolve_output_dir(output_dir, probe=False) / safe_segment(dag_id) / safe_segment(run_id)
-
-
-def write_atomically(path: ObjectStoragePath, write: Callable[[Sink], None]) -> ObjectStoragePath:
-    """Write a file through ``write(sink)`` to a part file, then move it onto ``path``.
-
-    Readers never see a half-written manifest or picture: the final name appears whole or not at all.
-    """
-    fs, target = path.fs, path.path
-    _make_parent(fs, target)
-    with _part_file(fs, target.rsplit(".", 1)[0]) as (part, sink):
-        write(sink)
-    _move(fs, part, target)
-    return path
-
-
-def sha256_of(path: ObjectStoragePath) -> str:
-    """The sha256 of a stored file, read in chunks (memory stays flat)."""
-    digest = hashlib.sha256()
-    with path.fs.open(path.path, "rb") as file:
-        while chunk := file.read(CHUNK_SIZE):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class OutputStore:
@@ -305,32 +170,13 @@ class OutputStore:
     def _download(
         self, downloader: OutputDownloader, request_id: str, n: int, url: str, stem: str
     ) -> StoredOutput:
-        fs, folder = self.directory.fs, self.directory.path
-        parts: list[str] = []
-
-        @contextmanager
-        def open_part() -> Iterator[Sink]:
-            with _part_file(fs, f"{folder}/{stem}") as (part, sink):
-                parts.append(part)
-                yield sink
-
-        try:
-            download = downloader.download(url, open_part)
-        except OutputDownloadError as error:
-            raise type(error)(
-                f"Output {n} of RunComfy request {request_id}: {error.message}",
-                status_code=error.status_code,
-                retry_after=error.retry_after,
-                request_id=request_id,
-            ) from error
-        name = f"{stem}.{download.extension}"
-        _move(fs, parts[-1], f"{folder}/{name}")
-        copy = StoredOutput(
-            uri=str(self.directory / name),
-            source_url=url,
-            bytes=download.bytes,
-            sha256=download.sha256,
-            content_type=download.content_type,
+        copy = copy_output(
+            downloader,
+            self.directory,
+            stem,
+            url,
+            label=f"Output {n} of RunComfy request {request_id}",
+            request_id=request_id,
         )
         self.log.info(
             "Kept output %d of RunComfy request %s: %s (%d bytes, sha256 %s).",
@@ -408,7 +254,7 @@ class OutputStore:
         for name in names:
             if str(name).endswith(".part"):
                 self.log.info("Removing %s, left by an interrupted try.", name)
-                _remove_quietly(fs, str(name))
+                remove_quietly(fs, str(name))
 
 
 def _task_api_base_url(context: Any) -> str | None:
@@ -417,39 +263,3 @@ def _task_api_base_url(context: Any) -> str | None:
         return str(context["task"].hook.client.base_url)
     except Exception:  # no task, no hook, no connection: the strict policy applies
         return None
-
-
-@contextmanager
-def _part_file(fs: Any, stem: str) -> Iterator[tuple[str, Any]]:
-    """A new ``{stem}.<random>.part`` open for writing; deleted again if the block fails."""
-    part = f"{stem}.{uuid.uuid4().hex[:12]}.part"
-    try:
-        with fs.open(part, "wb") as file:
-            yield part, file
-    except BaseException:
-        _remove_quietly(fs, part)
-        raise
-
-
-def _move(fs: Any, part: str, target: str) -> None:
-    """Move a complete part file onto its final name (a rename on local disks: atomic)."""
-    try:
-        fs.mv(part, target)
-    except BaseException:
-        _remove_quietly(fs, part)
-        raise
-
-
-def _make_parent(fs: Any, target: str) -> None:
-    parent = target.rsplit("/", 1)[0]
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-
-
-def _remove_quietly(fs: Any, path: str) -> None:
-    try:
-        fs.rm(path)
-    except (FileNotFoundError, OSError):
-        pass
-    except Exception as error:  # an object store's own errors: a stray part file is not worth failing for
-        log.warning("Could not remove %s: %s", path, error)

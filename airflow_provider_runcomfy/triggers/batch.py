@@ -20,7 +20,7 @@ from airflow_provider_runcomfy.batch.progress import Progress
 from airflow_provider_runcomfy.batch.window import WakeRule, Window
 from airflow_provider_runcomfy.client import RunComfyError
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
-from airflow_provider_runcomfy.triggers.runcomfy import FINISHED_TASK_STATES, ON_KILL_SECONDS
+from airflow_provider_runcomfy.triggers._guard import cancel_if_task_finished
 
 
 class RunComfyBatchTrigger(BaseTrigger):
@@ -110,46 +110,16 @@ class RunComfyBatchTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         """Cancel the batch's jobs when a user marked the deferred task failed or success -- only then.
 
-        The same guard as ``RunComfyRequestTrigger.on_kill``: Airflow 3.3.2 also calls this for
-        a cleared task (whose next try re-attaches to these jobs) and for a trigger that merely
-        moved to another triggerer (the task is still ``deferred``); the task's state decides.
+        The same guard as ``RunComfyRequestTrigger.on_kill`` (``triggers._guard``): a cleared task
+        (whose next try re-attaches to these jobs) or a trigger that merely moved to another
+        triggerer cancels nothing; the task's state decides.
         """
-        if not self.cancel_on_kill or not self.window:
-            return
-        loop = asyncio.get_running_loop()
-        work = loop.create_task(self._cancel_unless_still_wanted())
-        give_up = loop.time() + ON_KILL_SECONDS
-        while not work.done() and (left := give_up - loop.time()) > 0:
-            try:
-                await asyncio.wait({work}, timeout=left)
-            except asyncio.CancelledError:
-                # Airflow keeps cancelling a trigger while on_kill runs; giving in would leave
-                # queued jobs to run and be billed. The wait stays bounded by ON_KILL_SECONDS.
-                if (task := asyncio.current_task()) is not None:
-                    task.uncancel()
-        if not work.done():
-            work.cancel()
-            self.log.warning(
-                "Could not cancel the batch's %d jobs within %d s; some may still run and be billed.",
-                len(self.window),
-                ON_KILL_SECONDS,
+        if self.cancel_on_kill and self.window:
+            await cancel_if_task_finished(
+                self, f"the batch's {len(self.window)} jobs in flight", self._cancel
             )
-            return
-        work.result()
 
-    async def _cancel_unless_still_wanted(self) -> None:
-        state = await self._task_state()
-        if state is not None and state not in FINISHED_TASK_STATES:
-            self.log.info(
-                "The batch task is %s (a trigger that moved, or a cleared task whose next try "
-                "re-attaches to these jobs); not cancelling its %d jobs.",
-                state,
-                len(self.window),
-            )
-            return
-        self.log.info(
-            "Task is %s: cancelling the batch's %d jobs in flight.", state or "gone", len(self.window)
-        )
+    async def _cancel(self) -> None:
         semaphore = asyncio.Semaphore(16)
         counts = {"cancelled": 0, "running": 0, "error": 0}
 
@@ -171,26 +141,3 @@ class RunComfyBatchTrigger(BaseTrigger):
             "(RunComfy finishes and bills them), %(error)d could not be cancelled.",
             counts,
         )
-
-    async def _task_state(self) -> str | None:
-        """The task instance's state now, through the triggerer's task-state API; None if unknown."""
-        ti = self.task_instance
-        if ti is None:
-            return None
-        try:
-            from airflow.sdk.execution_time import task_runner
-            from airflow.sdk.execution_time.comms import GetTaskStates
-
-            map_index = ti.map_index if ti.map_index is not None and ti.map_index >= 0 else None
-            response = await task_runner.SUPERVISOR_COMMS.asend(
-                GetTaskStates(
-                    dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=map_index
-                )
-            )
-            states = getattr(response, "task_states", {}).get(ti.run_id, {})
-            key = ti.task_id if map_index is None else f"{ti.task_id}_{map_index}"
-            state = states.get(key)
-        except Exception as error:
-            self.log.warning("Could not read the task's state (%s); assuming a user killed it.", error)
-            return None
-        return str(state.value if hasattr(state, "value") else state) if state is not None else "none"

@@ -9,7 +9,6 @@ the meaning of each answer is ``client.outcome``'s.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -20,15 +19,14 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_runcomfy.client import RunComfyError
 from airflow_provider_runcomfy.client.outcome import Outcome, describe_cancel, describe_status
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+from airflow_provider_runcomfy.triggers._guard import (  # noqa: F401 -- re-exported, formerly defined here
+    FINISHED_TASK_STATES,
+    ON_KILL_SECONDS,
+    cancel_if_task_finished,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_runcomfy.client import AsyncRunComfyClient, RequestState, RequestStatus
-
-#: Task states after which nobody will wait for the job any more: the only ones ``on_kill`` cancels for.
-FINISHED_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
-
-#: How long ``on_kill`` keeps at its cancel (Airflow allows it ``[triggerer] on_kill_timeout``, 30 s).
-ON_KILL_SECONDS = 25
 
 
 class RunComfyRequestTrigger(BaseTrigger):
@@ -100,47 +98,13 @@ class RunComfyRequestTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         """Cancel the job when a user marked the deferred task failed or success -- and only then.
 
-        Airflow 3.3 calls ``on_kill`` whenever this triggerer stops owning the trigger
-        "by user action": a task marked failed/success, but also a cleared task (whose
-        next try re-attaches to this very job) and, in 3.3.2, a trigger that merely moved
-        to another triggerer (the task is still ``deferred``). So the task's state decides:
-        the job is cancelled only once the task is finished, or when the state cannot be read.
+        A cleared task (whose next try re-attaches to this very job) and a trigger that merely
+        moved to another triggerer also reach here; ``triggers._guard`` lets the task's state decide.
         """
-        if not self.cancel_on_kill:
-            return
-        loop = asyncio.get_running_loop()
-        work = loop.create_task(self._cancel_unless_still_wanted())
-        give_up = loop.time() + ON_KILL_SECONDS
-        while not work.done() and (left := give_up - loop.time()) > 0:
-            try:
-                await asyncio.wait({work}, timeout=left)
-            except asyncio.CancelledError:
-                # Airflow 3.3.2 keeps cancelling a trigger until it reports finished, also
-                # while on_kill runs; giving in would drop the cancel and the queued job
-                # would run and be billed. The wait stays bounded by ON_KILL_SECONDS.
-                if (task := asyncio.current_task()) is not None:
-                    task.uncancel()
-        if not work.done():
-            work.cancel()
-            self.log.warning(
-                "Could not cancel RunComfy request %s within %d s; it may still run and be billed.",
-                self.request_id,
-                ON_KILL_SECONDS,
-            )
-            return
-        work.result()  # an error is Airflow's to log
+        if self.cancel_on_kill:
+            await cancel_if_task_finished(self, f"RunComfy request {self.request_id}", self._cancel)
 
-    async def _cancel_unless_still_wanted(self) -> None:
-        state = await self._task_state()
-        if state is not None and state not in FINISHED_TASK_STATES:
-            self.log.info(
-                "RunComfy request %s: the task is %s (a trigger that moved, or a cleared task whose "
-                "next try re-attaches to this job); not cancelling.",
-                self.request_id,
-                state,
-            )
-            return
-        self.log.info("Task is %s: cancelling RunComfy request %s.", state or "gone", self.request_id)
+    async def _cancel(self) -> None:
         async with self._client() as client:
             response = await client.cancel(self.request_id)
         self.log.info(describe_cancel(self.request_id, response.cancelled))
@@ -157,26 +121,3 @@ class RunComfyRequestTrigger(BaseTrigger):
         news = status.status is not self._logged_state
         self._logged_state = status.status
         self.log.log(logging.INFO if news else logging.DEBUG, describe_status(status))
-
-    async def _task_state(self) -> str | None:
-        """The task instance's state now, through the triggerer's task-state API; None if unknown."""
-        ti = self.task_instance
-        if ti is None:
-            return None
-        try:
-            from airflow.sdk.execution_time import task_runner
-            from airflow.sdk.execution_time.comms import GetTaskStates
-
-            map_index = ti.map_index if ti.map_index is not None and ti.map_index >= 0 else None
-            response = await task_runner.SUPERVISOR_COMMS.asend(
-                GetTaskStates(
-                    dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=map_index
-                )
-            )
-            states = getattr(response, "task_states", {}).get(ti.run_id, {})
-            key = ti.task_id if map_index is None else f"{ti.task_id}_{map_index}"
-            state = states.get(key)
-        except Exception as error:
-            self.log.warning("Could not read the task's state (%s); assuming a user killed it.", error)
-            return None
-        return str(state.value if hasattr(state, "value") else state) if state is not None else "none"

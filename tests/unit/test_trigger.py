@@ -6,15 +6,13 @@ in the on_kill tests: it is the one thing no emulator can stand in for.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from airflow.sdk.execution_time import task_runner
-from airflow.sdk.execution_time.comms import TaskStatesResult
+from task_states import TaskInstance, install, kill_while_airflow_recancels
 
 from airflow_provider_runcomfy.client import RunComfyClient
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
@@ -134,34 +132,10 @@ async def test_a_permanent_error_ends_the_wait_at_once(
 # -- on_kill and the moved-trigger guard ------------------------------------------------------------
 
 
-@dataclass
-class TaskInstance:
-    dag_id: str = "d"
-    task_id: str = "edit"
-    run_id: str = "manual__1"
-    map_index: int = -1
-
-
-class TaskStates:
-    """Stands in for the triggerer's supervisor channel: answers GetTaskStates with a given state."""
-
-    def __init__(self, state: str | None, delay: float = 0.0) -> None:
-        self.state = state
-        self.delay = delay
-        self.asked: list[Any] = []
-
-    async def asend(self, msg: Any) -> TaskStatesResult:
-        self.asked.append(msg)
-        await asyncio.sleep(self.delay)
-        key = msg.task_ids[0] if msg.map_index is None else f"{msg.task_ids[0]}_{msg.map_index}"
-        return TaskStatesResult(task_states={msg.run_ids[0]: {key: self.state}})
-
-
 def killed_trigger(request_id: str, state: str | None, monkeypatch: pytest.MonkeyPatch, map_index: int = -1):
-    comms = TaskStates(state)
-    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
+    comms = install(state, monkeypatch)
     trigger = RunComfyRequestTrigger(request_id, poll_interval=0.1)
-    trigger.task_instance = TaskInstance(map_index=map_index)  # type: ignore[assignment]
+    trigger.task_instance = TaskInstance(map_index=map_index)
     return trigger, comms
 
 
@@ -203,7 +177,7 @@ async def test_on_kill_cancels_when_the_task_state_cannot_be_read(
     request_id = submit(client, runcomfy_emulator)
     monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", None, raising=False)  # no channel at all
     trigger = RunComfyRequestTrigger(request_id)
-    trigger.task_instance = TaskInstance()  # type: ignore[assignment]
+    trigger.task_instance = TaskInstance()
     await trigger.on_kill()
     assert client.get_result(request_id).status.value == "cancelled"
 
@@ -216,11 +190,7 @@ async def test_on_kill_finishes_its_cancel_although_airflow_keeps_cancelling_it(
     request_id = submit(client, runcomfy_emulator)
     trigger, comms = killed_trigger(request_id, "failed", monkeypatch)
     comms.delay = 0.5  # a fresh triggerer answers its first task-state read slowly
-    killing = asyncio.ensure_future(trigger.on_kill())
-    for _ in range(10):  # what the triggerer's cancel loop does meanwhile
-        await asyncio.sleep(0.1)
-        killing.cancel()
-    await asyncio.wait({killing}, timeout=10)
+    await kill_while_airflow_recancels(trigger.on_kill())
     assert client.get_result(request_id).status.value == "cancelled"
     assert runcomfy_emulator.journal.count("cancel") == 1
 

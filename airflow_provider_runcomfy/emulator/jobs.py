@@ -1,0 +1,108 @@
+"""The emulator's jobs: how each will run (``JobPlan``), what it is (``Job``), and a snapshot for tests.
+
+Plain data, kept by ``state.EmulatorState`` and computed from its clock: a job is not
+updated as time passes, its phase is worked out from when it was submitted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from airflow_provider_runcomfy.emulator.faults import OutputKind
+from airflow_provider_runcomfy.emulator.render import InputPicture
+
+#: Where a job is in its life, as the emulator computes it from the clock.
+Phase = Literal["in_queue", "in_progress", "succeeded", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """How a job will run and what it will produce, fixed at submit from the input, rules and config."""
+
+    prompt: str
+    seed: int | None
+    image_urls: tuple[tuple[str, str], ...]
+    """``(field label, url)`` of each input image."""
+    aspect: tuple[int, int] | None
+    output_kind: OutputKind
+    num_outputs: int
+    output_bytes: int | None
+    fail_message: str | None
+    queue_seconds: float
+    run_seconds: float
+    long_side: int
+
+
+@dataclass
+class Job:
+    """One submitted request."""
+
+    request_id: str
+    model_id: str
+    owner: str
+    """The token that submitted it: only that token may read or cancel it (403001)."""
+    input: dict[str, Any]
+    plan: JobPlan
+    created_at: float
+    cost_usd: float
+    cancelled_at: float | None = None
+    expired: bool = False
+    inputs: list[InputPicture] | None = None
+    """The resolved input pictures, once fetched."""
+    input_error: str | None = None
+    """Why an input could not be fetched: the job fails with this message."""
+    inputs_task: Any = None
+    """The asyncio task fetching the inputs (owned by the server's event loop)."""
+    own_bases: tuple[str, ...] = ()
+    """The base URLs under which input URLs point at the emulator itself."""
+    seq: int = 0
+    """Its place in submit order (the queue index's key)."""
+
+    @property
+    def finished_at(self) -> float:
+        """When the job finishes (or did): cancelled, or queued plus run time after submit."""
+        if self.cancelled_at is not None:
+            return self.cancelled_at
+        return self.created_at + self.plan.queue_seconds + self.plan.run_seconds
+
+    @property
+    def failure(self) -> str | None:
+        """Why the job fails, as far as known: a rule's message or an input that could not be fetched."""
+        return self.plan.fail_message or self.input_error
+
+    def phase(self, now: float) -> Phase:
+        """Where the job is at ``now``; ``succeeded`` means "not known to fail" until inputs are resolved."""
+        if self.cancelled_at is not None:
+            return "cancelled"
+        if now < self.created_at + self.plan.queue_seconds:
+            return "in_queue"
+        if now < self.finished_at:
+            return "in_progress"
+        return "failed" if self.failure else "succeeded"
+
+
+@dataclass
+class JobInfo:
+    """A snapshot of a job for tests: what it is, where it is, what it cost."""
+
+    request_id: str
+    model_id: str
+    input: dict[str, Any]
+    phase: str
+    created_at: float
+    finished_at: float
+    cost_usd: float
+    num_outputs: int
+    error: str | None
+    expired: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy, for the admin API."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobInfo:
+        """The inverse of ``to_dict``."""
+        return cls(**data)

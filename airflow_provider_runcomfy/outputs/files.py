@@ -1,0 +1,266 @@
+"""Files in ``output_dir``: where they go, how they are written whole, and the record of one copy.
+
+The pieces ``storage.OutputStore`` (one task's outputs), ``batch.copies`` (a batch's outputs)
+and ``manifest`` (a run's manifest) share:
+
+- where: ``resolve_output_dir`` (proven writable before anything is paid for),
+  ``task_directory``, ``run_directory``, ``safe_segment``;
+- whole or not at all: ``part_file`` / ``move_into_place`` (and ``write_atomically``
+  built on them): the bytes go to ``{stem}.<random>.part`` next to the final name and are
+  moved onto it only once complete and checked; a failed attempt deletes its part file;
+- one copy: ``copy_output`` streams one output URL (``client.download``) into place and
+  returns its ``StoredOutput``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from airflow_provider_runcomfy.client._limits import truncate
+from airflow_provider_runcomfy.client.download import CHUNK_SIZE, OutputDownloader, OutputDownloadError, Sink
+from airflow_provider_runcomfy.client.errors import InvalidInputError, OutputStorageError
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    """One kept copy, as it appears in the task's return value under ``stored``.
+
+    :param uri: where the copy is (``ObjectStoragePath`` can open it).
+    :param source_url: the RunComfy output URL it was copied from.
+    :param bytes: its size.
+    :param sha256: its sha256, hex.
+    :param content_type: its media type, e.g. ``image/png``.
+    """
+
+    uri: str
+    source_url: str
+    bytes: int
+    sha256: str
+    content_type: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (XCom, manifest, ``task_state_store``)."""
+        return asdict(self)
+
+
+def safe_segment(text: object) -> str:
+    """``text`` as one path segment every object store accepts: ``[A-Za-z0-9._-]``, others become ``_``.
+
+    Run ids hold ``:`` and ``+`` (``manual__2026-01-01T00:00:00+00:00``), which some stores
+    and tools mishandle; dag and task ids are already safe and stay as they are.
+    """
+    segment = _UNSAFE.sub("_", str(text))
+    return "_" if segment in ("", ".", "..") else segment
+
+
+def resolve_output_dir(output_dir: Any, *, probe: bool = True) -> ObjectStoragePath:
+    """``output_dir`` (a path, a URL or an ``ObjectStoragePath``) as an ``ObjectStoragePath``, proven writable.
+
+    Raises ``InvalidInputError`` (the task fails without retries) when it is empty or no
+    filesystem can serve its scheme, and ``OutputStorageError`` when a probe object cannot be
+    written there and removed again (a read-only directory, a bucket without write access,
+    an ``http://`` filesystem). Called before the job is submitted, so a wrong ``output_dir``
+    costs nothing.
+
+    :param probe: write and remove the probe (``check_writable``); False where the caller
+        writes at once anyway and turns a failure into a clear error itself.
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    if isinstance(output_dir, ObjectStoragePath):
+        if probe:
+            check_writable(output_dir)
+        return output_dir
+    text = (os.fspath(output_dir) if isinstance(output_dir, os.PathLike) else str(output_dir or "")).strip()
+    if not text:
+        raise InvalidInputError(
+            "output_dir is empty: give a local directory or a URL such as s3://bucket/prefix."
+        )
+    scheme = urlsplit(text).scheme.lower()
+    if len(scheme) <= 1:  # a plain path (or a Windows drive letter): absolute, so retries agree
+        text, scheme = f"file://{Path(text).expanduser().resolve()}", "file"
+    _ensure_filesystem(scheme, text)
+    path = ObjectStoragePath(text)
+    if probe:
+        check_writable(path)
+    return path
+
+
+def check_writable(path: ObjectStoragePath) -> None:
+    """Write a small probe object into ``path`` and remove it; ``OutputStorageError`` if either fails.
+
+    The only proof that copies can be kept there: a filesystem may open for reading and
+    refuse writes (read-only mounts, http://), a bucket may deny ``PutObject`` or
+    ``DeleteObject`` (the copies need both: part files are moved, then removed).
+    """
+    fs, folder = path.fs, path.path.rstrip("/")
+    probe = f"{folder}/.runcomfy-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        if not fs.exists(folder):
+            fs.makedirs(folder, exist_ok=True)
+        with fs.open(probe, "wb") as file:
+            file.write(b"airflow-provider-runcomfy checks that output_dir can be written\n")
+        fs.rm(probe)
+    except Exception as error:  # OSError, NotImplementedError (http), an object store's own errors
+        remove_quietly(fs, probe)
+        raise OutputStorageError(
+            f"output_dir {str(path)!r} cannot be written ({type(error).__name__}: {truncate(error, 300)}); "
+            "nothing was submitted. Give a directory or bucket prefix the worker may write to and "
+            "delete from (a local path, s3://, gs://...; http:// and https:// cannot be written)."
+        ) from None
+
+
+def _ensure_filesystem(scheme: str, output_dir: str) -> None:
+    """Make ``scheme`` usable by ``ObjectStoragePath``: Airflow's filesystem if any, else fsspec's."""
+    from airflow.sdk.io import attach, has_fs
+
+    if scheme in ("file", "local") or has_fs(scheme):
+        return
+    import fsspec
+
+    try:
+        fs = fsspec.filesystem(scheme)
+    except (ImportError, ValueError) as error:
+        raise InvalidInputError(
+            f"output_dir {output_dir!r}: no filesystem can write {scheme}:// here ({error}). Install the "
+            "Airflow provider that brings it (s3://: apache-airflow-providers-amazon; gs://: "
+            "apache-airflow-providers-google; abfs://, wasb://: apache-airflow-providers-microsoft-azure)."
+        ) from None
+    attach(scheme, fs=fs)
+    log.info("Airflow registers no filesystem for %s://; using fsspec's %s.", scheme, type(fs).__name__)
+
+
+def task_directory(
+    output_dir: Any, *, dag_id: str, run_id: str, task_id: str, map_index: int | None
+) -> ObjectStoragePath:
+    """``{output_dir}/{dag_id}/{run_id}/{task_id}/{map_index}``: one task instance's copies, nobody else's."""
+    index = -1 if map_index is None else int(map_index)
+    return run_directory(output_dir, dag_id=dag_id, run_id=run_id) / safe_segment(task_id) / str(index)
+
+
+def run_directory(output_dir: Any, *, dag_id: str, run_id: str) -> ObjectStoragePath:
+    """``{output_dir}/{dag_id}/{run_id}``: where one DAG run's copies (and its manifest) go.
+
+    Not probed: it is written at once, and the task checked ``output_dir`` before submitting.
+    """
+    return resolve_output_dir(output_dir, probe=False) / safe_segment(dag_id) / safe_segment(run_id)
+
+
+def write_atomically(path: ObjectStoragePath, write: Callable[[Sink], None]) -> ObjectStoragePath:
+    """Write a file through ``write(sink)`` to a part file, then move it onto ``path``.
+
+    Readers never see a half-written manifest or picture: the final name appears whole or not at all.
+    """
+    fs, target = path.fs, path.path
+    _make_parent(fs, target)
+    with part_file(fs, target.rsplit(".", 1)[0]) as (part, sink):
+        write(sink)
+    move_into_place(fs, part, target)
+    return path
+
+
+def sha256_of(path: ObjectStoragePath) -> str:
+    """The sha256 of a stored file, read in chunks (memory stays flat)."""
+    digest = hashlib.sha256()
+    with path.fs.open(path.path, "rb") as file:
+        while chunk := file.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy_output(
+    downloader: OutputDownloader,
+    folder: ObjectStoragePath,
+    stem: str,
+    url: str,
+    *,
+    label: str,
+    request_id: str,
+) -> StoredOutput:
+    """Stream ``url`` into ``{folder}/{stem}.{ext}`` (the extension from what arrived), whole or not at all.
+
+    :param label: names the output in an error ("Output 2 of RunComfy request abc").
+    :param request_id: the request the output belongs to, carried by the error.
+    """
+    fs, root = folder.fs, folder.path
+    parts: list[str] = []
+
+    @contextmanager
+    def open_part() -> Iterator[Sink]:
+        with part_file(fs, f"{root}/{stem}") as (part, sink):
+            parts.append(part)
+            yield sink
+
+    try:
+        download = downloader.download(url, open_part)
+    except OutputDownloadError as error:
+        raise type(error)(
+            f"{label}: {error.message}",
+            status_code=error.status_code,
+            retry_after=error.retry_after,
+            request_id=request_id,
+        ) from error
+    name = f"{stem}.{download.extension}"
+    move_into_place(fs, parts[-1], f"{root}/{name}")
+    return StoredOutput(
+        uri=str(folder / name),
+        source_url=url,
+        bytes=download.bytes,
+        sha256=download.sha256,
+        content_type=download.content_type,
+    )
+
+
+@contextmanager
+def part_file(fs: Any, stem: str) -> Iterator[tuple[str, Any]]:
+    """A new ``{stem}.<random>.part`` open for writing; deleted again if the block fails."""
+    part = f"{stem}.{uuid.uuid4().hex[:12]}.part"
+    try:
+        with fs.open(part, "wb") as file:
+            yield part, file
+    except BaseException:
+        remove_quietly(fs, part)
+        raise
+
+
+def move_into_place(fs: Any, part: str, target: str) -> None:
+    """Move a complete part file onto its final name (a rename on local disks: atomic)."""
+    try:
+        fs.mv(part, target)
+    except BaseException:
+        remove_quietly(fs, part)
+        raise
+
+
+def _make_parent(fs: Any, target: str) -> None:
+    """Create the folder ``target`` goes into (object stores need no folders; local disks do)."""
+    parent = target.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+
+
+def remove_quietly(fs: Any, path: str) -> None:
+    """Delete ``path`` if it is there; a failure is logged, never raised (a stray part file is harmless)."""
+    try:
+        fs.rm(path)
+    except (FileNotFoundError, OSError):
+        pass
+    except Exception as error:  # an object store's own errors: a stray part file is not worth failing for
+        log.warning("Could not remove %s: %s", path, error)

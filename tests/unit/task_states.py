@@ -1,0 +1,55 @@
+"""The triggerer's task-state channel, stood in for: what a trigger's ``on_kill`` asks before cancelling.
+
+Airflow's supervisor comms are the one thing no emulator can stand in for; both triggers'
+on_kill tests use this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from airflow.sdk.execution_time import task_runner
+from airflow.sdk.execution_time.comms import TaskStatesResult
+
+
+@dataclass
+class TaskInstance:
+    dag_id: str = "d"
+    task_id: str = "edit"
+    run_id: str = "manual__1"
+    map_index: int = -1
+
+
+class TaskStates:
+    """Answers GetTaskStates with a given state (after ``delay`` seconds), and keeps what it was asked."""
+
+    def __init__(self, state: str | None, delay: float = 0.0) -> None:
+        self.state = state
+        self.delay = delay
+        self.asked: list[Any] = []
+
+    async def asend(self, msg: Any) -> TaskStatesResult:
+        self.asked.append(msg)
+        await asyncio.sleep(self.delay)
+        key = msg.task_ids[0] if msg.map_index is None else f"{msg.task_ids[0]}_{msg.map_index}"
+        return TaskStatesResult(task_states={msg.run_ids[0]: {key: self.state}})
+
+
+def install(state: str | None, monkeypatch: pytest.MonkeyPatch) -> TaskStates:
+    """Make the triggerer's channel answer ``state`` for the rest of the test."""
+    comms = TaskStates(state)
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
+    return comms
+
+
+async def kill_while_airflow_recancels(on_kill: Coroutine[Any, Any, None]) -> None:
+    """Run ``on_kill`` while cancelling it every 0.1 s, as Airflow 3.3.2's triggerer does until it ends."""
+    killing = asyncio.ensure_future(on_kill)
+    for _ in range(10):
+        await asyncio.sleep(0.1)
+        killing.cancel()
+    await asyncio.wait({killing}, timeout=10)

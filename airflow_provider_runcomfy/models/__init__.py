@@ -5,7 +5,15 @@ This package knows nothing of Airflow or HTTP. The operators call
 """
 
 from airflow_provider_runcomfy.models.base import ModelInput
-from airflow_provider_runcomfy.models.image_url import MAX_DATA_URI_LENGTH, ImageUrl, image_url_problem
+from airflow_provider_runcomfy.models.image_url import (
+    MAX_DATA_URI_BYTES,
+    MAX_DATA_URI_LENGTH,
+    STORAGE_SCHEMES,
+    ImageUrl,
+    as_reference,
+    image_url_problem,
+    is_storage_reference,
+)
 from airflow_provider_runcomfy.models.registry import INPUT_MODELS, validate_input
 from airflow_provider_runcomfy.models.seeds import (
     FLUX_KONTEXT_PRO_EDIT,
@@ -20,8 +28,10 @@ from airflow_provider_runcomfy.models.seeds import (
 __all__ = [
     "FLUX_KONTEXT_PRO_EDIT",
     "INPUT_MODELS",
+    "MAX_DATA_URI_BYTES",
     "MAX_DATA_URI_LENGTH",
     "NANO_BANANA_EDIT",
+    "STORAGE_SCHEMES",
     "FluxKontextAspectRatio",
     "FluxKontextProEditInput",
     "ImageUrl",
@@ -29,6 +39,8 @@ __all__ = [
     "NanoBananaAspectRatio",
     "NanoBananaEditInput",
     "NanoBananaOutputFormat",
+    "as_reference",
     "image_url_problem",
+    "is_storage_reference",
     "validate_input",
 ]

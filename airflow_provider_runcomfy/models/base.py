@@ -45,6 +45,10 @@ class ModelInput(BaseModel):
     #: The RunComfy model these are the inputs of, e.g. ``google/nano-banana/edit``.
     model_id: ClassVar[str]
 
+    #: The fields holding input images (a URL or a list of URLs), which may also name a file in
+    #: the user's storage: ``airflow_provider_runcomfy.sources`` signs or inlines those.
+    image_fields: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, /, **data: Any) -> None:
         try:
             super().__init__(**data)

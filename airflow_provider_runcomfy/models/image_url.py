@@ -9,30 +9,49 @@ therefore check the shape of each URL before anything is sent:
   so tests can point the emulator at files it serves itself; a public
   ``http://`` URL is refused because RunComfy asks for HTTPS;
 * ``data:image/<type>;base64,<data>``: RunComfy accepts data URIs (a PNG of
-  about 6 MiB), so a larger one is refused with the advice to host the file.
+  about 6 MiB), so a larger one is refused with the advice to host the file;
+* a file in the user's own storage: an ``s3://``, ``gs://``, ``abfs://``,
+  ``file://``... URL, an absolute local path, or an ``ObjectStoragePath``.
+  RunComfy cannot fetch those; ``airflow_provider_runcomfy.sources`` turns each
+  into a pre-signed https URL or a ``data:`` URI when the task runs. Here only
+  the shape is checked (no I/O: this runs when the DAG is parsed).
 
-The URL stays a plain ``str``, exactly as the user wrote it: we check it, we
-never rewrite it.
+The value stays a plain ``str``, exactly as the user wrote it (an
+``ObjectStoragePath`` or ``pathlib.Path`` becomes its string form): we check
+it, we never rewrite it.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, StrictStr
+from pydantic import AfterValidator, BeforeValidator, StrictStr
 from pydantic_core import PydanticCustomError
 
 from airflow_provider_runcomfy.client._validation import is_loopback_host
 
-#: Longest data URI accepted, in characters. Base64 inflates by 4/3, so 8 MiB of
-#: text is the ~6 MiB PNG RunComfy accepts plus some slack.
-MAX_DATA_URI_LENGTH = 8 * 1024 * 1024
+#: Largest file sent inline as a ``data:`` URI, in bytes: the ~6 MiB PNG RunComfy's Model API
+#: is seen to accept. (RunComfy's own clients cap data URIs at 64 MiB, but that is a guard of
+#: theirs, not a promise of the API's.) Larger files go through a pre-signed URL instead.
+MAX_DATA_URI_BYTES = 6 * 1024 * 1024
+
+#: Longest data URI accepted, in characters: the base64 of ``MAX_DATA_URI_BYTES`` (4/3 of it)
+#: and room for the ``data:image/<type>;base64,`` header.
+MAX_DATA_URI_LENGTH = 4 * MAX_DATA_URI_BYTES // 3 + 64
+
+#: URL schemes of storage read through fsspec (``ObjectStoragePath``) rather than fetched by RunComfy.
+STORAGE_SCHEMES = frozenset(
+    {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "file", "local", "memory"}
+)
 
 ACCEPTED_IMAGE_URLS = (
     "an https:// URL RunComfy can fetch without login, an http:// URL on a loopback host "
-    "(emulator only), or a data:image/...;base64,... URI"
+    "(emulator only), a data:image/...;base64,... URI, or a file in your storage "
+    "(s3://, gs://, abfs://, file:// or an absolute local path), which is signed or inlined "
+    "when the task runs"
 )
 
 _DATA_URI_HEADER = re.compile(r"data:image/[a-z0-9.+-]+(?:;[a-z0-9._-]+=[^;,\s]*)*;base64,", re.IGNORECASE)
@@ -41,11 +60,52 @@ _WHITESPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 _SHOWN_URL_LENGTH = 100
 
 
+def is_storage_reference(value: str) -> bool:
+    """Whether ``value`` names a file in the user's storage: a storage URL or an absolute local path.
+
+    Such a value is not sent as it is: ``airflow_provider_runcomfy.sources`` signs or inlines it.
+    A path must be absolute (``/data/in.png``): a relative one would depend on the worker's
+    working directory. ``//host/x`` is a scheme-relative URL, not a path.
+    """
+    if not value or _WHITESPACE_OR_CONTROL.search(value[:1] + value[-1:]):
+        return False
+    if value.startswith("/"):
+        return not value.startswith("//")
+    scheme, sep, rest = value.partition("://")
+    return bool(sep) and scheme.lower() in STORAGE_SCHEMES and bool(rest.strip("/"))
+
+
+def as_reference(value: Any) -> Any:
+    """An ``ObjectStoragePath`` or ``os.PathLike`` as its string form; any other value unchanged.
+
+    ``str(ObjectStoragePath)`` keeps the connection id (``s3://aws_default@bucket/key``), so
+    the string opens the same storage again.
+    """
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if (
+        not isinstance(value, (str, bytes))
+        and hasattr(value, "protocol")
+        and hasattr(value, "storage_options")
+    ):
+        text = str(value)  # a UPath / ObjectStoragePath; a local one prints as a bare path
+        return text if "://" in text or text.startswith("/") else value
+    return value
+
+
+def as_references(value: Any) -> Any:
+    """``as_reference`` of a value, or of each item of a list or tuple (which becomes a list)."""
+    if isinstance(value, (list, tuple)):
+        return [as_reference(item) for item in value]
+    return as_reference(value)
+
+
 def image_url_problem(url: str) -> str | None:
-    """Say what is wrong with ``url`` as an image input, or return ``None`` when it is accepted.
+    """Say what is wrong with ``url`` as an image URL to send, or return ``None`` when it is accepted.
 
     The answer is a sentence fragment for an error message (it names neither the
-    field nor the model; the caller does).
+    field nor the model; the caller does). Storage references (``is_storage_reference``)
+    are not URLs RunComfy can fetch: this refuses them; the model fields accept them.
     """
     if url[:5].lower() == "data:":
         return _data_uri_problem(url)
@@ -86,8 +146,9 @@ def _data_uri_problem(url: str) -> str | None:
     if len(url) > MAX_DATA_URI_LENGTH:
         return (
             f"a data URI of {len(url) / (1024 * 1024):.1f} MiB is too large: RunComfy accepts data URIs "
-            f"up to about {MAX_DATA_URI_LENGTH // (1024 * 1024)} MiB (a PNG of about 6 MiB). Host the file "
-            "where RunComfy can fetch it (e.g. a pre-signed https:// URL) and pass that URL instead"
+            f"up to about {MAX_DATA_URI_LENGTH // (1024 * 1024)} MiB (a PNG of about "
+            f"{MAX_DATA_URI_BYTES // (1024 * 1024)} MiB). Host the file where RunComfy can fetch it: pass "
+            "its s3:// or gs:// path (the provider signs it) or a pre-signed https:// URL instead"
         )
     header = _DATA_URI_HEADER.match(url)
     if header is None:
@@ -111,7 +172,7 @@ def _shown(url: str) -> str:
 
 def _check_image_url(url: str) -> str:
     problem = image_url_problem(url)
-    if problem is not None:
+    if problem is not None and not is_storage_reference(url):
         # A PydanticCustomError keeps our sentence as the message, without the
         # "Value error, " prefix pydantic puts on a plain ValueError.
         raise PydanticCustomError("image_url", "{problem}", {"problem": problem})
@@ -119,4 +180,4 @@ def _check_image_url(url: str) -> str:
 
 
 #: A string that is an acceptable image input (see the module docstring); dumped unchanged.
-ImageUrl = Annotated[StrictStr, AfterValidator(_check_image_url)]
+ImageUrl = Annotated[StrictStr, BeforeValidator(as_reference), AfterValidator(_check_image_url)]

@@ -14,6 +14,7 @@ from typing import Any
 
 from airflow_provider_runcomfy.client._validation import validate_model_id
 from airflow_provider_runcomfy.models.base import ModelInput, invalid_input
+from airflow_provider_runcomfy.models.image_url import as_references
 from airflow_provider_runcomfy.models.seeds import FluxKontextProEditInput, NanoBananaEditInput
 
 #: The typed input class of each model that has one, keyed by RunComfy model id.
@@ -61,7 +62,9 @@ def validate_input(model_id: str, payload: Mapping[str, Any] | ModelInput) -> di
 
     if input_class is not None:
         return input_class(**payload).to_payload()
-    return _json_object(model_id, payload)
+    # A path object (``ObjectStoragePath``, ``pathlib.Path``) is not JSON: it travels as its string
+    # form, which ``airflow_provider_runcomfy.sources`` signs or inlines before the submit.
+    return _json_object(model_id, {key: as_references(value) for key, value in payload.items()})
 
 
 def _json_object(model_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,12 +33,14 @@ class FluxKontextProEditInput(ModelInput):
     :param prompt: the edit to make. Required here although the schema gives a
         default of ``""``: a job without a prompt is almost surely a mistake in the
         DAG, but an empty string, which the schema allows, is still accepted.
-    :param image_url: the image to edit (see :data:`ImageUrl` for what is accepted).
+    :param image_url: the image to edit (see :data:`ImageUrl` for what is accepted: a URL, or
+        a file in your storage that is signed or inlined when the task runs).
     :param seed: any integer, for a reproducible result; RunComfy picks one when unset.
     :param aspect_ratio: of the output, W:H; RunComfy's default is ``16:9``.
     """
 
     model_id = FLUX_KONTEXT_PRO_EDIT
+    image_fields = ("image_url",)
 
     prompt: StrictStr = Field(description="The edit to make.")
     image_url: ImageUrl = Field(description="The image to edit.")
@@ -59,6 +61,7 @@ class NanoBananaEditInput(ModelInput):
     """
 
     model_id = NANO_BANANA_EDIT
+    image_fields = ("image_urls",)
 
     prompt: StrictStr = Field(max_length=1000, description="The edit to make.")
     image_urls: Annotated[list[ImageUrl], Field(min_length=1, max_length=10)] = Field(

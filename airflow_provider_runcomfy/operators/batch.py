@@ -26,12 +26,16 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_provider_runcomfy.batch.worker import BatchWorkerIO
 from airflow_provider_runcomfy.client.errors import InvalidInputError, JobTimeoutError, RunComfyError
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+from airflow_provider_runcomfy.operators.links import RunComfyManifestLink, RunComfyOutputLink
+from airflow_provider_runcomfy.sources.preflight import PreflightMode, check_preflight
+from airflow_provider_runcomfy.sources.prepare import check_sign_expiry
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_runcomfy.batch.engine import BatchRun, BatchSpend, Prepared
     from airflow_provider_runcomfy.batch.items import BatchItem
+    from airflow_provider_runcomfy.models.catalog import BatchGuard
 
 OnUnknownSubmit = Literal["report", "resubmit"]
 
@@ -81,10 +85,24 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
     :param max_output_bytes: the largest output file kept (default 200 MB).
     :param submit_concurrency: submits on the wire at once (fewer after 429s, recovering).
     :param runcomfy_conn_id: the Airflow connection holding the API token.
+    :param max_cost_usd: the batch's budget in USD: a batch whose estimate is over it does not start;
+        once recorded spend plus the estimates in flight would pass it, no further item is submitted,
+        the jobs in flight finish and are kept, and the return value says ``stopped_by_budget``.
+        See ``docs/spend.md``.
+    :param on_schema_unavailable: items of a model without typed inputs are checked against its
+        published JSON Schema; when it cannot be had, ``"warn"`` (default) submits them unchecked,
+        ``"fail"`` fails the task before any submit.
+    :param preflight: ``"warn"`` (default), ``"strict"`` or ``"off"``: check every item's https
+        inputs before anything is submitted (a 404, a web page or a file over 50 MB makes the item
+        invalid; a host the worker cannot reach is a warning, with ``"strict"`` an invalid item).
+        Files given as paths (``s3://``, local) are checked either way. See ``docs/inputs.md``.
+    :param sign_expiry: how long the pre-signed URLs of ``s3://``/``gs://`` inputs stay valid
+        (seconds or a ``timedelta``); None: ``timeout`` plus 15 minutes (a day without one).
     """
 
     template_fields: Sequence[str] = ("model_id", "inputs", "output_dir")
     template_fields_renderers: ClassVar[dict[str, str]] = {"inputs": "json"}
+    operator_extra_links = (RunComfyOutputLink(), RunComfyManifestLink())
     ui_color = "#d8ccff"
 
     def __init__(
@@ -103,9 +121,15 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
         max_output_bytes: int | None = None,
         submit_concurrency: int = 8,
         runcomfy_conn_id: str = RunComfyHook.default_conn_name,
+        max_cost_usd: float | None = None,
+        on_schema_unavailable: str = "warn",
+        preflight: PreflightMode = "warn",
+        sign_expiry: int | timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.preflight = check_preflight(preflight)
+        self.sign_expiry = check_sign_expiry(sign_expiry)
         if not output_dir:
             raise ValueError(
                 "output_dir is required: the batch keeps its ledger, outputs and manifest there."
@@ -129,6 +153,15 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
         self.max_output_bytes = max_output_bytes
         self.submit_concurrency = max(1, int(submit_concurrency))
         self.runcomfy_conn_id = runcomfy_conn_id
+        if max_cost_usd is not None or on_schema_unavailable != "warn":
+            # Checked when the DAG is parsed; imported only when used, so parsing stays cheap.
+            from airflow_provider_runcomfy.models.catalog import check_on_schema_unavailable
+            from airflow_provider_runcomfy.models.spend import check_max_cost
+
+            max_cost_usd = check_max_cost(max_cost_usd)
+            check_on_schema_unavailable(on_schema_unavailable)
+        self.max_cost_usd = max_cost_usd
+        self.on_schema_unavailable = on_schema_unavailable
         self._run: BatchRun | None = None
 
     # -- seams for the inputs and spend helpers ---------------------------------------------------
@@ -140,18 +173,57 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
         (``for_submit=False``: the place to pre-flight input URLs, concurrently and bounded),
         and again for the few items about to be submitted (``for_submit=True``: the place to
         sign storage paths, so that a pre-signed URL is fresh and never stored). An item
-        returned as an error is reported like an invalid one and never submitted. The
-        default sends each input as given.
+        returned as an error is reported like an invalid one and never submitted.
+
+        Here (``sources``, see ``docs/inputs.md``): the first pass checks every item's files in
+        storage and pre-flights its https inputs, concurrently and bounded, signing and reading
+        nothing; the second signs or inlines the files of the items about to be submitted (their
+        URLs are not pre-flighted again). The ledger and the manifest keep the inputs as given.
         """
-        return [item.input if isinstance(item.input, dict) else _not_a_dict(item) for item in items]
+        from airflow_provider_runcomfy.sources import InputPreparer, sign_expiry_for
+
+        payloads = [item.input for item in items if isinstance(item.input, dict)]
+        with InputPreparer(
+            preflight="off" if for_submit else self.preflight,
+            sign_expiry=self.sign_expiry or sign_expiry_for(self.timeout),
+            # The run's (read when it opened): no connection look-up from inside the refill's loop.
+            api_base_url=self._run.api_base_url if self._run is not None else self._base_url(),
+            check_only=not for_submit,
+            logger=self.log,
+        ) as preparer:
+            prepared = iter(preparer.prepare_many(self.model_id, payloads))
+        results: list[Prepared] = []
+        for item in items:
+            if not isinstance(item.input, dict):
+                results.append(_not_a_dict(item))
+                continue
+            one = next(prepared)
+            results.append(one if isinstance(one, RunComfyError) else one.payload_to_send)
+        return results
 
     def may_submit(self, item: BatchItem, spend: BatchSpend) -> bool:
         """BUDGET SEAM: asked before each submit; False stops submitting (reported as ``stopped_by_budget``).
 
         ``spend`` has the recorded cost so far, the jobs in flight, the submits made and the
-        items still to submit. The default always allows.
+        items still to submit. Refuses from the first item that would take recorded spend plus the
+        estimates in flight past ``max_cost_usd`` (see ``models.spend.Budget``).
         """
-        return True
+        return self.spend_guard.may_submit(item.input, spent_usd=spend.spent_usd, in_flight=spend.in_flight)
+
+    @cached_property
+    def spend_guard(self) -> BatchGuard:
+        """Any model's items checked against its published schema, and the budget (``models.catalog``)."""
+        from airflow_provider_runcomfy.models.catalog import BatchGuard
+
+        # Built in the worker before the submit loop (``_check`` asks first): the price is read here.
+        return BatchGuard(
+            self.model_id,
+            self.runcomfy_conn_id,
+            self.hook.get_model,
+            max_cost_usd=self.max_cost_usd,
+            on_schema_unavailable=self.on_schema_unavailable,
+            log=self.log,
+        ).read_price()
 
     # -- Airflow entry points -----------------------------------------------------------------
 
@@ -179,7 +251,18 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
             )
         ti = context["ti"]
         run.start_try(int(ti.try_number), f"{getattr(ti, 'id', '')}:{ti.try_number}")
+        self._check_budget(run)
         return self._advance(context, run)
+
+    def _check_budget(self, run: BatchRun) -> None:
+        """Before a try submits anything: refuse a batch whose estimate is over ``max_cost_usd``."""
+        from airflow_provider_runcomfy.batch.ledger import READY
+
+        ready = [item.input for item, _ in run.records(READY)]
+        try:
+            self.spend_guard.start(ready, spent_usd=run.spend().spent_usd)
+        except RunComfyError as error:
+            raise AirflowFailException(error.message) from error
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after a wait: record its outcomes, copy, refill, defer again or finish."""
@@ -257,9 +340,9 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
         return self._run
 
     def _check(self, run: BatchRun, *, report: bool = True) -> int:
-        from airflow_provider_runcomfy.models import validate_input
-
-        invalid = run.check(lambda items: self.prepare_items(items, for_submit=False), validate_input)
+        invalid = run.check(
+            lambda items: self.prepare_items(items, for_submit=False), self.spend_guard.validate
+        )
         if invalid and report:
             from airflow_provider_runcomfy.batch import ledger as L
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
@@ -17,6 +18,8 @@ from airflow.sdk import BaseOperator
 from airflow_provider_runcomfy.client import InvalidInputError, RunComfyError
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT, NANO_BANANA_EDIT, validate_input
+from airflow_provider_runcomfy.models.catalog import check_on_schema_unavailable
+from airflow_provider_runcomfy.models.spend import check_max_cost
 from airflow_provider_runcomfy.operators._submit import (
     ON_UNKNOWN_SUBMIT,
     STATE_KEY,
@@ -30,9 +33,15 @@ from airflow_provider_runcomfy.operators._wait import (
     fail,
     max_output_bytes_or_default,
 )
+from airflow_provider_runcomfy.operators.lineage import RunComfyLineageMixin
+from airflow_provider_runcomfy.operators.links import RunComfyOutputLink
+from airflow_provider_runcomfy.sources.preflight import PreflightMode, check_preflight
+from airflow_provider_runcomfy.sources.prepare import check_sign_expiry
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_provider_runcomfy.sources import Prepared
 
 __all__ = [
     "PERMANENT_ERRORS",
@@ -46,7 +55,7 @@ __all__ = [
 ]
 
 
-class RunComfyModelOperator(SubmitOnceMixin, RunComfyWaitMixin, BaseOperator):
+class RunComfyModelOperator(RunComfyLineageMixin, SubmitOnceMixin, RunComfyWaitMixin, BaseOperator):
     """Runs any RunComfy model: submits once, waits (in the triggerer by default), returns the outputs.
 
     XCom: ``request_id`` is pushed as soon as the job is submitted; the return value is
@@ -80,11 +89,23 @@ class RunComfyModelOperator(SubmitOnceMixin, RunComfyWaitMixin, BaseOperator):
         return value gains ``stored``: ``[{"uri", "source_url", "bytes", "sha256", "content_type"}]``.
         A retry does not download a copy it already has. See ``docs/outputs.md``.
     :param max_output_bytes: the largest output file kept (None: 200 MB); a larger one fails the task.
+    :param max_cost_usd: refuse to submit (nothing is paid; the task fails without retrying) when the
+        model's published price for this input is known to exceed this many USD. See ``docs/spend.md``.
+    :param on_schema_unavailable: the input of a model without typed inputs is checked against the
+        model's published JSON Schema before the submit; when that schema cannot be had, ``"warn"``
+        (the default) submits unchecked with a warning and ``"fail"`` submits nothing.
+    :param preflight: ``"warn"`` (default), ``"strict"`` or ``"off"``: before the submit, check each
+        https input with a HEAD (a 404, a web page or a file over 50 MB fails the task before paying;
+        a host the worker cannot reach is a warning, an error with ``"strict"``). See ``docs/inputs.md``.
+    :param sign_expiry: how long the pre-signed URLs of inputs given as ``s3://``/``gs://`` paths
+        stay valid (seconds or a ``timedelta``); None: ``timeout`` plus 15 minutes (a day without one).
     """
 
     template_fields: Sequence[str] = ("model_id", "input", "output_dir")
     template_fields_renderers: ClassVar[dict[str, str]] = {"input": "json"}
     ui_color = "#e8e0ff"
+    #: "RunComfy output" on the task instance's Details tab: its outputs tab (``plugins``).
+    operator_extra_links = (RunComfyOutputLink(),)
 
     #: Fields whose rendered Jinja text (always a string) should become an integer.
     integer_fields: ClassVar[tuple[str, ...]] = ()
@@ -100,12 +121,18 @@ class RunComfyModelOperator(SubmitOnceMixin, RunComfyWaitMixin, BaseOperator):
         timeout: float | None = 3600,
         reattach: bool = True,
         on_unknown_submit: OnUnknownSubmit = "fail",
+        max_cost_usd: float | None = None,
+        on_schema_unavailable: str = "warn",
         output_dir: Any = None,
         max_output_bytes: int | None = None,
+        preflight: PreflightMode = "warn",
+        sign_expiry: int | timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.model_id = model_id
+        self.preflight = check_preflight(preflight)
+        self.sign_expiry = check_sign_expiry(sign_expiry)
         self.output_dir = output_dir
         self.max_output_bytes = max_output_bytes_or_default(max_output_bytes)
         # A Jinja string or an XCom reference stays as it is until rendered.
@@ -116,6 +143,8 @@ class RunComfyModelOperator(SubmitOnceMixin, RunComfyWaitMixin, BaseOperator):
         self.timeout = timeout
         self.reattach = reattach
         self.on_unknown_submit = on_unknown_submit
+        self.max_cost_usd = check_max_cost(max_cost_usd)
+        self.on_schema_unavailable = check_on_schema_unavailable(on_schema_unavailable)
         if on_unknown_submit not in ON_UNKNOWN_SUBMIT:
             raise ValueError(f"on_unknown_submit must be 'fail' or 'resubmit', not {on_unknown_submit!r}.")
         if poll_interval <= 0:
@@ -147,12 +176,49 @@ class RunComfyModelOperator(SubmitOnceMixin, RunComfyWaitMixin, BaseOperator):
             self.check_output_dir()
             earlier = self.find_earlier_job(context, payload)
             if earlier.outcome is None:
-                request_id = earlier.request_id or self.submit_once(context, payload)
+                if earlier.request_id is None:
+                    # On the user's input, before files are signed: no signed URL in a message.
+                    self.check_before_paying(payload)
+                request_id = earlier.request_id or self.submit_once(
+                    context, payload, self.prepare_inputs(payload).payload_to_send
+                )
         except RunComfyError as error:
             fail(error)
         if earlier.outcome is not None:  # an earlier try's job had already succeeded
             return self.conclude(context, earlier.outcome)
         return self.wait_for(context, request_id, self.model_id)
+
+    def prepare_inputs(self, payload: dict[str, Any]) -> Prepared:
+        """Sign or inline files in storage and pre-flight https inputs, just before the submit.
+
+        Only when a submit is due: a retry that re-attaches checks and signs nothing.
+        See ``docs/inputs.md``.
+        """
+        from airflow_provider_runcomfy.sources import prepare_input, sign_expiry_for
+
+        return prepare_input(
+            self.model_id,
+            payload,
+            preflight=self.preflight,
+            sign_expiry=self.sign_expiry or sign_expiry_for(self.timeout),
+            api_base_url=self.hook.client.base_url,
+            logger=self.log,
+        )
+
+    def check_before_paying(self, payload: dict[str, Any]) -> None:
+        """A model without typed inputs: its published schema; any model: the price against ``max_cost_usd``."""
+        from airflow_provider_runcomfy.models import INPUT_MODELS
+        from airflow_provider_runcomfy.models.catalog import MODEL_CATALOG, check_before_submit
+
+        check_before_submit(
+            self.model_id,
+            payload,
+            lambda: MODEL_CATALOG.lookup(self.runcomfy_conn_id, self.model_id, self.hook.get_model),
+            check_schema=self.model_id not in INPUT_MODELS,
+            on_schema_unavailable=self.on_schema_unavailable,
+            max_cost_usd=self.max_cost_usd,
+            log=self.log,
+        )
 
     def on_kill(self) -> None:
         """Cancel the job a blocking wait is polling; a deferred task is cancelled by its trigger."""
@@ -163,7 +229,9 @@ class FluxKontextProEditOperator(RunComfyModelOperator):
     """Edits one image with ``blackforestlabs/flux-1-kontext/pro/edit``.
 
     :param prompt: the edit to make (templated).
-    :param image_url: the image, a public https URL (or a ``data:`` URI) (templated).
+    :param image_url: the image: an https URL, a ``data:`` URI, or a file in your storage (an
+        ``s3://``/``gs://`` path, a local path, an ``ObjectStoragePath``), signed or inlined when the
+        task runs (templated). See ``docs/inputs.md``.
     :param seed: an integer for reproducible results (templated).
     :param aspect_ratio: one of 21:9, 16:9, 4:3, 3:2, 1:1, 2:3, 3:4, 9:16, 9:21 (templated).
     Other arguments: see ``RunComfyModelOperator``.
@@ -199,8 +267,9 @@ class NanoBananaEditOperator(RunComfyModelOperator):
     """Edits or combines 1 to 10 images with ``google/nano-banana/edit``.
 
     :param prompt: the edit to make, at most 1000 characters (templated).
-    :param image_urls: 1 to 10 public https URLs (or ``data:`` URIs); one URL alone is accepted
-        too, which suits ``.expand(image_urls=[...])`` over single images (templated).
+    :param image_urls: 1 to 10 images, each as for ``image_url`` of the flux operator (https
+        URL, ``data:`` URI or a file in your storage); one alone is accepted too, which suits
+        ``.expand(image_urls=[...])`` over single images (templated).
     :param aspect_ratio: auto, 21:9, 16:9, 3:2, 4:3, 5:4, 1:1, 4:5, 3:4, 2:3 or 9:16 (templated).
     :param output_format: jpeg, png or webp (templated).
     :param num_images: 1 to 4 (templated).

@@ -30,7 +30,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": ["airflow_provider_runcomfy.operators.runcomfy"],
+                "python-modules": [
+                    "airflow_provider_runcomfy.operators.runcomfy",
+                    "airflow_provider_runcomfy.operators.batch",
+                ],
             }
         ],
         "sensors": [
@@ -48,7 +51,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": ["airflow_provider_runcomfy.triggers.runcomfy"],
+                "python-modules": [
+                    "airflow_provider_runcomfy.triggers.runcomfy",
+                    "airflow_provider_runcomfy.triggers.batch",
+                ],
             }
         ],
         # Airflow loads provider plugins from here only with ``[core] lazy_discover_providers = False``;

@@ -329,3 +329,15 @@ def _is_literal(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_is_literal(v) for v in value)
     return value is None or isinstance(value, (int, float, bool))
+
+
+def __getattr__(name: str) -> Any:
+    """``RunComfyBatchOperator`` is importable from here too (the public contract), loaded on use.
+
+    Lazy, so that a DAG file with single-job operators does not pay for the batch machinery.
+    """
+    if name == "RunComfyBatchOperator":
+        from airflow_provider_runcomfy.operators.batch import RunComfyBatchOperator
+
+        return RunComfyBatchOperator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -123,3 +123,10 @@ def test_trigger_round_trips_through_its_serialized_kwargs_without_a_token() -> 
         "max_consecutive_errors",
         "cancel_on_kill",
     }
+
+
+def test_the_batch_operator_is_importable_where_the_design_names_it() -> None:
+    from airflow_provider_runcomfy.operators import runcomfy
+    from airflow_provider_runcomfy.operators.batch import RunComfyBatchOperator
+
+    assert runcomfy.RunComfyBatchOperator is RunComfyBatchOperator

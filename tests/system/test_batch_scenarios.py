@@ -1,17 +1,23 @@
 """``RunComfyBatchOperator`` in a real Airflow deployment: marked failed, worker and triggerer killed.
 
-One LocalExecutor deployment (``deployment.py``, 127.0.0.1 only, two executor slots) with the
-session's emulator as ``runcomfy_default``; the DAG is ``dags/runcomfy_batch_scenarios.py``
-(20 jobs in flight, one quick retry). Each test tags its prompts so that an emulator rule
-sets its jobs' length and the journal tells its submits apart. N is modest (200) so CI stays
-fast; ``RUNCOMFY_BATCH_SYSTEM_N=2000`` runs the same scenarios at 2,000 items.
+The RunComfy scenarios' deployment (``conftest.py``'s ``airflow`` fixture: one executor slot,
+the session's emulator as ``runcomfy_default``, fast orphan and heartbeat settings); the DAG is
+``dags/runcomfy_batch_scenarios.py`` (100 jobs in flight, one quick retry). Each test tags its
+prompts so that an emulator rule sets its jobs' length and the journal tells its submits apart.
 
 1. Marked failed while deferred: the trigger cancels every queued job of the batch.
-2. The worker SIGKILLed while it copies outputs: the retry resumes; exactly N submits, every
-   output kept once.
-3. The worker SIGKILLed while a submit is on the wire: that item is ``unknown`` and not paid
-   for again; every other item once.
+2. The worker lost (``kill -9``) while it copies outputs, on both topologies, 1,000 items:
+   the retry resumes; exactly N submits, every output kept once. ``local``: the task's
+   supervisor and task process; ``celery``: the whole Celery worker running the task (then
+   started again). Either way nothing reports the death: the scheduler notices the missing
+   task heartbeats after ``task_instance_heartbeat_timeout`` (30 s here).
+3. The task process SIGKILLed while a submit is on the wire: that item is ``unknown`` and not
+   paid for again; every other item once.
 4. The triggerer SIGKILLed mid-batch, a new one started: exactly N submits, every output once.
+
+Scenarios 1, 3 and 4 run on ``local`` only, at N=200 (``RUNCOMFY_BATCH_SYSTEM_N``); the
+triggerer kill on both topologies is ``test_runcomfy_scenarios.py``'s. Scenario 2 runs at
+``RUNCOMFY_BATCH_SYSTEM_KILL_N`` items (default 1,000, issue 12) on every topology.
 """
 
 from __future__ import annotations
@@ -30,24 +36,13 @@ from deployment import AirflowDeployment
 pytestmark = pytest.mark.system
 
 DAG_ID = "runcomfy_batch_system"
-#: Items per kill scenario; ``RUNCOMFY_BATCH_SYSTEM_N=2000`` runs the issue's 2,000-item figure.
+#: Items of the local-only scenarios; ``RUNCOMFY_BATCH_SYSTEM_N=2000`` runs them at 2,000.
 N = int(os.environ.get("RUNCOMFY_BATCH_SYSTEM_N", "200"))
-#: The DAG's ``max_in_flight`` (read by the DAG file from the deployment's environment).
-MAX_IN_FLIGHT = max(20, N // 10)
-
-
-@pytest.fixture(scope="module")
-def airflow(airflow_deployments: Any, runcomfy_emulator_server: Any) -> AirflowDeployment:
-    env = {
-        **runcomfy_emulator_server.airflow_conn_env(),
-        "RUNCOMFY_BATCH_SYSTEM_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
-    }
-    return airflow_deployments.get(env_extra=env, parallelism=2)
-
-
-@pytest.fixture
-def emulator(airflow: AirflowDeployment, runcomfy_emulator: Any) -> Any:
-    return runcomfy_emulator
+#: Items of the worker-loss scenario, on both topologies (issue 12: 1,000).
+KILL_N = int(os.environ.get("RUNCOMFY_BATCH_SYSTEM_KILL_N", "1000"))
+#: The DAG's ``max_in_flight``: the DAG file reads the same variable from its environment,
+#: which the deployment's components inherit from this process.
+MAX_IN_FLIGHT = int(os.environ.get("RUNCOMFY_BATCH_SYSTEM_MAX_IN_FLIGHT", "100"))
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.3) -> Any:
@@ -86,6 +81,7 @@ def outputs_kept(out: Path) -> list[Path]:
     return [p for p in out.rglob("outputs/*") if not p.name.endswith(".part")]
 
 
+@pytest.mark.topologies("local")
 def test_marking_the_batch_failed_cancels_every_queued_job(
     airflow: AirflowDeployment, emulator: Any, tmp_path: Path
 ) -> None:
@@ -103,31 +99,69 @@ def test_marking_the_batch_failed_cancels_every_queued_job(
     assert sum(accepted_submits(emulator, tag).values()) == len(jobs)  # nothing more was submitted
 
 
-def test_a_worker_killed_while_copying_outputs_resumes_without_paying_twice(
-    airflow: AirflowDeployment, emulator: Any, tmp_path: Path
+def test_a_worker_lost_while_copying_outputs_resumes_without_paying_twice(
+    airflow: AirflowDeployment, emulator: Any, tmp_path: Path, record_timing: Any
 ) -> None:
+    """2. A 1,000-item batch whose worker dies mid-copy: the retry resumes; N submits, N outputs.
+
+    Half-way through the copies a delay fault holds one copy in the worker, and the worker is
+    lost with the task (``AirflowDeployment.kill_worker``): nothing reports it, the scheduler
+    notices the missing heartbeats and schedules the retry, which reads the ledger in
+    ``output_dir``: no item is submitted again, the outputs copied before the kill are kept.
+    """
     tag = "sys-killcopy"
-    emulator.add_rule(prompt_contains=tag, queue_seconds=0, run_seconds=2)
-    run_id = airflow.trigger_dag(DAG_ID, conf={"inputs": inputs(tag), "output_dir": str(tmp_path)})
-    wait_until(lambda: emulator.journal.count("file") >= N // 5, 600, "a fifth of the outputs copied")
-    emulator.add_fault("file", "delay", seconds=20, times=1)
+    emulator.add_rule(prompt_contains=tag, queue_seconds=0, run_seconds=1)
+    t_start = time.monotonic()
+    run_id = airflow.trigger_dag(DAG_ID, conf={"inputs": inputs(tag, KILL_N), "output_dir": str(tmp_path)})
+    wait_until(lambda: emulator.journal.count("file") >= KILL_N // 2, 600, "half of the outputs copied")
+    emulator.add_fault("file", "delay", seconds=60, times=1)
     wait_until(
         lambda: any(e.fault == "delay" for e in emulator.journal.of("file")),
         120,
         "a copy held by the delay fault",
     )
-    airflow.kill_task(DAG_ID, run_id, "batch")  # SIGKILL of the task process mid-copy
+    copied_at_kill = emulator.journal.count("file")
+    t_kill = time.monotonic()
+    worker = airflow.kill_worker(DAG_ID, run_id, "batch")  # the task and its supervisor, mid-copy
+    if worker != "local":
+        airflow.start_worker(worker)  # back to two workers; the retry may run on either
 
-    assert airflow.wait_for_run(DAG_ID, run_id, timeout=300 + N // 2) == "success"
+    def next_try() -> dict[str, Any] | None:
+        ti = airflow.task_instance(DAG_ID, run_id, "batch")
+        return ti if ti["try_number"] >= 2 else None
+
+    wait_until(next_try, 180, "the scheduler to notice the lost worker and schedule a retry", interval=0.5)
+    noticed = time.monotonic() - t_kill
+    assert airflow.wait_for_run(DAG_ID, run_id, timeout=600) == "success"
+    t_end = time.monotonic()
+
     ti = airflow.task_instance(DAG_ID, run_id, "batch")
-    assert ti["try_number"] == 2  # the kill did cost a try; the retry resumed
-    assert accepted_submits(emulator, tag) == Counter({f"{tag} item {n:04d}": 1 for n in range(N)})
+    assert ti["try_number"] == 2  # the lost worker did cost a try; the retry resumed
+    submits = accepted_submits(emulator, tag)
+    assert submits == Counter({f"{tag} item {n:04d}": 1 for n in range(KILL_N)})
     records = manifest(tmp_path)
-    assert [r["status"] for r in records] == ["succeeded"] * N
+    statuses = Counter(r["status"] for r in records)
+    assert statuses == Counter({"succeeded": KILL_N}), statuses
     kept = outputs_kept(tmp_path)
-    assert len(kept) == N and {p.name for p in kept} == {Path(r["stored"][0]["uri"]).name for r in records}
+    assert len(kept) == KILL_N and {p.name for p in kept} == {
+        Path(r["stored"][0]["uri"]).name for r in records
+    }
+
+    # Outputs kept before the kill are not fetched again: only the killed part's copies repeat.
+    fetches = emulator.journal.count("file")
+    assert KILL_N <= fetches <= KILL_N + MAX_IN_FLIGHT, fetches
+
+    record_timing("output fetches before the kill", copied_at_kill, unit="")
+    record_timing("output fetches in all", fetches, unit="")
+    record_timing("worker SIGKILL -> noticed, try 2 scheduled", noticed)
+    record_timing("worker SIGKILL -> batch done", t_end - t_kill)
+    record_timing("submits", sum(submits.values()), unit="")
+    record_timing("outputs kept", len(kept), unit="")
+    record_timing("unknown items", statuses["unknown"], unit="")
+    record_timing(f"{KILL_N}-item batch, trigger -> success", t_end - t_start)
 
 
+@pytest.mark.topologies("local")
 def test_a_worker_killed_during_a_submit_reports_that_item_unknown_and_pays_no_item_twice(
     airflow: AirflowDeployment, emulator: Any, tmp_path: Path
 ) -> None:
@@ -157,6 +191,7 @@ def test_a_worker_killed_during_a_submit_reports_that_item_unknown_and_pays_no_i
     assert len(outputs_kept(tmp_path)) == N - len(unknown)
 
 
+@pytest.mark.topologies("local")
 def test_a_triggerer_killed_mid_batch_loses_nothing_and_submits_nothing(
     airflow: AirflowDeployment, emulator: Any, tmp_path: Path
 ) -> None:

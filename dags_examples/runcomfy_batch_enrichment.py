@@ -91,6 +91,7 @@ with DAG(
         """Draws the contact sheet next to the batch's manifest and hands over the counts."""
         from airflow.sdk import ObjectStoragePath
 
+        from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
         from airflow_provider_runcomfy.outputs.contact_sheet import rows_from_records, write_contact_sheet
         from airflow_provider_runcomfy.outputs.manifest import read_manifest
         from airflow_provider_runcomfy.outputs.storage import write_atomically
@@ -101,8 +102,12 @@ with DAG(
         manifest = ObjectStoragePath(uri)
         records = read_manifest(manifest)
         # One row per input: its picture (the first image URL), then its kept copies.
+        # Inputs are fetched under the provider's URL policy; naming the API lets it allow the
+        # emulator's plain-http pictures on loopback (and nothing else) when that is the API.
+        api_base_url = RunComfyHook().client.base_url
         rows = rows_from_records(
-            [{**r, "input": (r["input"].get("image_urls") or [None])[0]} for r in records]
+            [{**r, "input": (r["input"].get("image_urls") or [None])[0]} for r in records],
+            api_base_url=api_base_url,
         )
         sheet = write_atomically(
             manifest.parent / "contact_sheet.png", lambda sink: write_contact_sheet(sink, rows)

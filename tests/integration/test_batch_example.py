@@ -141,8 +141,9 @@ def test_the_image_list_can_be_overridden_and_the_sheet_shows_decodable_pictures
     output_x = input_x + CELL + GAP
     grey = (158, 158, 158)
     # Inputs and outputs decoded from PNG: real pictures, neither placeholder nor blank.
+    # (Off the centre too: a placeholder's cross runs through the centre, and would pass there.)
     for y in (row_centre(0), row_centre(1)):
-        for x in (input_x, output_x):
+        for x in (input_x, input_x + 20, output_x, output_x + 20):
             assert pixel(rows, x, y) not in (grey, (236, 236, 236), (255, 255, 255))
     # The failed item: its input cannot be fetched (placeholder), it has no output (empty cell).
     assert pixel(rows, input_x + 20, row_centre(2)) == grey

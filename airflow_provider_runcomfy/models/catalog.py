@@ -26,8 +26,11 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from airflow_provider_runcomfy.arguments import (
+    check_on_schema_unavailable,
+)
 from airflow_provider_runcomfy.client.errors import RunComfyError
 from airflow_provider_runcomfy.models.base import invalid_input
 from airflow_provider_runcomfy.models.spend import (
@@ -45,8 +48,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_runcomfy.client.models import ModelInfo
 
-OnSchemaUnavailable = Literal["warn", "fail"]
-ON_SCHEMA_UNAVAILABLE: tuple[str, ...] = ("warn", "fail")
 
 #: How long model info is reused: prices and schemas change rarely, and a change applies within this.
 DEFAULT_TTL_SECONDS = 900.0
@@ -186,13 +187,6 @@ class ModelCatalog:
 
 #: The process's catalog: what the operators use.
 MODEL_CATALOG = ModelCatalog()
-
-
-def check_on_schema_unavailable(value: str) -> OnSchemaUnavailable:
-    """The ``on_schema_unavailable`` argument, checked when the DAG is parsed."""
-    if value not in ON_SCHEMA_UNAVAILABLE:
-        raise ValueError(f"on_schema_unavailable must be 'warn' or 'fail', not {value!r}.")
-    return value  # type: ignore[return-value]
 
 
 class InputChecker:

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_runcomfy.arguments import check_max_cost
 from airflow_provider_runcomfy.client.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -60,15 +61,6 @@ class CostEstimate:
 def usd(amount: float) -> str:
     """An amount of dollars as logs and messages show it: ``$0.0400``."""
     return f"${amount:,.4f}"
-
-
-def check_max_cost(value: Any) -> float | None:
-    """``max_cost_usd`` as a float, or ``None`` (no budget); refuses what is not a sum of dollars."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ValueError(f"max_cost_usd must be a number of dollars, 0 or more, or None; not {value!r}.")
-    return float(value)
 
 
 def estimate_cost(info: ModelInfo | None, payload: Mapping[str, Any]) -> CostEstimate | None:

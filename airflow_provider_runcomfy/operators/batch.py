@@ -23,12 +23,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_runcomfy.arguments import (
+    PreflightMode,
+    check_max_cost,
+    check_on_schema_unavailable,
+    check_preflight,
+    check_sign_expiry,
+)
 from airflow_provider_runcomfy.batch.worker import BatchWorkerIO
 from airflow_provider_runcomfy.client.errors import InvalidInputError, JobTimeoutError, RunComfyError
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 from airflow_provider_runcomfy.operators.links import RunComfyManifestLink, RunComfyOutputLink
-from airflow_provider_runcomfy.sources.preflight import PreflightMode, check_preflight
-from airflow_provider_runcomfy.sources.prepare import check_sign_expiry
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -153,13 +158,9 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
         self.max_output_bytes = max_output_bytes
         self.submit_concurrency = max(1, int(submit_concurrency))
         self.runcomfy_conn_id = runcomfy_conn_id
-        if max_cost_usd is not None or on_schema_unavailable != "warn":
-            # Checked when the DAG is parsed; imported only when used, so parsing stays cheap.
-            from airflow_provider_runcomfy.models.catalog import check_on_schema_unavailable
-            from airflow_provider_runcomfy.models.spend import check_max_cost
-
-            max_cost_usd = check_max_cost(max_cost_usd)
-            check_on_schema_unavailable(on_schema_unavailable)
+        # Checked when the DAG is parsed (``arguments`` is stdlib only, so parsing stays cheap).
+        max_cost_usd = check_max_cost(max_cost_usd)
+        check_on_schema_unavailable(on_schema_unavailable)
         self.max_cost_usd = max_cost_usd
         self.on_schema_unavailable = on_schema_unavailable
         self._run: BatchRun | None = None

@@ -15,11 +15,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_runcomfy.arguments import (
+    PreflightMode,
+    check_max_cost,
+    check_on_schema_unavailable,
+    check_preflight,
+    check_sign_expiry,
+)
 from airflow_provider_runcomfy.client import InvalidInputError, RunComfyError
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT, NANO_BANANA_EDIT, validate_input
-from airflow_provider_runcomfy.models.catalog import check_on_schema_unavailable
-from airflow_provider_runcomfy.models.spend import check_max_cost
 from airflow_provider_runcomfy.operators._submit import (
     ON_UNKNOWN_SUBMIT,
     STATE_KEY,
@@ -35,8 +40,6 @@ from airflow_provider_runcomfy.operators._wait import (
 )
 from airflow_provider_runcomfy.operators.lineage import RunComfyLineageMixin
 from airflow_provider_runcomfy.operators.links import RunComfyOutputLink
-from airflow_provider_runcomfy.sources.preflight import PreflightMode, check_preflight
-from airflow_provider_runcomfy.sources.prepare import check_sign_expiry
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -7,11 +7,11 @@ pre-signed URL, or a ``data:`` URI for storage that cannot sign -- and checks
 https inputs with a cheap pre-flight request. See docs/inputs.md.
 """
 
+from airflow_provider_runcomfy.arguments import MAX_SIGN_EXPIRY, PREFLIGHT_MODES
 from airflow_provider_runcomfy.sources.errors import InputCheckError, InputSourceError, InputUnreachableError
 from airflow_provider_runcomfy.sources.images import SIZE_GUIDES, sniff_image
 from airflow_provider_runcomfy.sources.preflight import (
     DEFAULT_PREFLIGHT_TIMEOUT,
-    PREFLIGHT_MODES,
     Preflight,
     PreflightMode,
     PreflightResult,
@@ -27,7 +27,6 @@ from airflow_provider_runcomfy.sources.prepare import (
     sign_expiry_for,
 )
 from airflow_provider_runcomfy.sources.storage import (
-    MAX_SIGN_EXPIRY,
     StoredInput,
     open_reference,
     prepare_stored,

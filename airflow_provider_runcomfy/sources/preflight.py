@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import Self
 
 import httpx
 
 from airflow_provider_runcomfy import __version__
+from airflow_provider_runcomfy.arguments import PreflightMode, check_preflight
 from airflow_provider_runcomfy.client.download import OutputDownloadError, check_fetch_url, shown_url
 from airflow_provider_runcomfy.sources.errors import InputCheckError, InputUnreachableError
 from airflow_provider_runcomfy.sources.images import (
@@ -43,9 +44,6 @@ from airflow_provider_runcomfy.sources.images import (
     sniff_image,
 )
 
-PreflightMode = Literal["warn", "strict", "off"]
-PREFLIGHT_MODES: tuple[PreflightMode, ...] = ("warn", "strict", "off")
-
 #: Seconds for one pre-flight request: short, since a healthy host answers a HEAD at once.
 DEFAULT_PREFLIGHT_TIMEOUT = 5.0
 
@@ -54,13 +52,6 @@ _USER_AGENT = f"airflow-provider-runcomfy/{__version__} (input pre-flight)"
 _UNTYPED = ("", "application/octet-stream", "binary/octet-stream")
 #: What an error page is served as: never a model's input, whatever the field.
 _ERROR_PAGE_TYPES = ("text/html", "application/json", "application/xml", "text/xml", "text/plain")
-
-
-def check_preflight(value: object) -> PreflightMode:
-    """``value`` if it is a pre-flight mode, else ``ValueError`` (checked when the DAG is parsed)."""
-    if value not in PREFLIGHT_MODES:
-        raise ValueError(f"preflight must be one of 'warn' (the default), 'strict' or 'off', not {value!r}.")
-    return value
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from datetime import timedelta
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
+from airflow_provider_runcomfy.arguments import MAX_SIGN_EXPIRY, check_sign_expiry
 from airflow_provider_runcomfy.client.download import shown_url
 from airflow_provider_runcomfy.client.errors import InvalidInputError
 from airflow_provider_runcomfy.models.image_url import as_references
@@ -43,7 +44,7 @@ from airflow_provider_runcomfy.sources.preflight import (
     PreflightMode,
     check_preflight,
 )
-from airflow_provider_runcomfy.sources.storage import MAX_SIGN_EXPIRY, prepare_stored
+from airflow_provider_runcomfy.sources.storage import prepare_stored
 
 log = logging.getLogger(__name__)
 
@@ -105,23 +106,6 @@ def sign_expiry_for(timeout: float | timedelta | None) -> int:
     if not timeout:
         return DEFAULT_SIGN_EXPIRY
     return min(int(timeout) + SIGN_EXPIRY_MARGIN, MAX_SIGN_EXPIRY)
-
-
-def check_sign_expiry(value: object) -> int | None:
-    """``sign_expiry`` in seconds (an int or a ``timedelta``), or None for "from the timeout"; else ValueError."""
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, (int, float))
-        or not 60 <= seconds <= MAX_SIGN_EXPIRY
-    ):
-        raise ValueError(
-            f"sign_expiry must be between 60 seconds and 7 days (the longest S3 and GCS sign for), "
-            f"not {value!r}."
-        )
-    return int(seconds)
 
 
 def prepare_input(

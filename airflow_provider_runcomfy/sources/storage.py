@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The longest a pre-signed URL can live: AWS's SigV4 limit (7 days), which gcsfs shares.
-MAX_SIGN_EXPIRY = 7 * 24 * 3600
 
 _SHOWN_ERROR_LENGTH = 200
 

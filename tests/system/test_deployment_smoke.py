@@ -143,10 +143,12 @@ def test_kill_running_task_process(airflow: AirflowDeployment, record_timing) ->
 
 def test_stop_leaves_no_process(airflow_deployments, airflow: AirflowDeployment, record_timing) -> None:
     """Stop with a task running and one deferred: every process of the deployment is gone."""
-    sleeping = airflow.trigger_dag("smoke_sleep", conf={"seconds": 300})
+    # One executor slot: the deferred task goes first and frees it, or a sleeping task
+    # that won the slot would keep the other queued for its whole 300 s.
     deferred = airflow.trigger_dag(DEFERRED_DAG, conf={"wait_seconds": 600})
-    airflow.wait_for_task_state("smoke_sleep", sleeping, "sleep", "running", timeout=60)
     airflow.wait_for_task_state(DEFERRED_DAG, deferred, "wait", "deferred", timeout=60)
+    sleeping = airflow.trigger_dag("smoke_sleep", conf={"seconds": 300})
+    airflow.wait_for_task_state("smoke_sleep", sleeping, "sleep", "running", timeout=60)
     task_pid = airflow.task_pid("smoke_sleep", sleeping, "sleep")
     before = airflow.processes()
     assert task_pid in {p.pid for p in before}

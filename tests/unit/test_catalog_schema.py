@@ -6,6 +6,7 @@ plus small hand-written ones for the cases the emulator's catalog does not have.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,8 +27,9 @@ IMAGE = "https://images.example.com/in.png"
 
 
 @pytest.fixture
-def client(runcomfy_emulator: RunComfyEmulator) -> RunComfyClient:
-    return RunComfyClient(token=runcomfy_emulator.token, base_url=runcomfy_emulator.base_url)
+def client(runcomfy_emulator: RunComfyEmulator) -> Iterator[RunComfyClient]:
+    with RunComfyClient(token=runcomfy_emulator.token, base_url=runcomfy_emulator.base_url) as client:
+        yield client
 
 
 def problems(schema: dict[str, Any], payload: dict[str, Any]) -> list[str]:

@@ -5,7 +5,8 @@ redirects); an ``httpx.MockTransport`` only to stand for an https CDN, which
 the emulator is not -- and even then, a redirect it makes to loopback is sent
 on to the real emulator if followed, so "nothing was requested" is read from
 the emulator's own journal. Memory is measured in a fresh process
-(``rss_probe``): the figure a bomb inflates.
+(``rss_probe``): the figure a bomb inflates. ``emu`` (tests/unit/conftest.py) is the
+emulator with jobs that finish at once.
 """
 
 from __future__ import annotations
@@ -35,12 +36,6 @@ from airflow_provider_runcomfy.outputs.contact_sheet import _cell_content, thumb
 
 FLUX = "blackforestlabs/flux-1-kontext/pro/edit"
 RUNCOMFY = "https://model-api.runcomfy.net"
-
-
-@pytest.fixture
-def emu(runcomfy_emulator: RunComfyEmulator) -> RunComfyEmulator:
-    runcomfy_emulator.set_config(queue_seconds=0, run_seconds=0)
-    return runcomfy_emulator
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 No I/O happens here (this runs at DAG parse time): the shape is checked, the
 value is kept as the user wrote it, and ``sources`` signs or inlines it when
-the task runs.
+the task runs. The paths are listed with the other image references in
+``_helpers_inputs``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _helpers_inputs import NOT_STORAGE_PATHS, STORAGE_PATHS
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_runcomfy.client import InvalidInputError
@@ -25,28 +27,6 @@ from airflow_provider_runcomfy.models import (
 
 FLUX = "blackforestlabs/flux-1-kontext/pro/edit"
 NANO = "google/nano-banana/edit"
-
-STORAGE_PATHS = [
-    "s3://bucket/a.png",
-    "s3://aws_default@bucket/in/a.png",
-    "gs://bucket/a.png",
-    "abfs://container/a.png",
-    "file:///tmp/a.png",
-    "memory://pictures/a.png",
-    "/tmp/a.png",
-    "/data/my pictures/a.png",
-]
-
-NOT_STORAGE_PATHS = [
-    "a.png",  # relative: depends on the worker's working directory
-    "pictures/a.png",
-    "//example.com/a.png",  # scheme-relative URL
-    "ftp://example.com/a.png",
-    "s3://",
-    " /tmp/a.png",
-    "/tmp/a.png\n",
-    "https://example.com/a.png",
-]
 
 
 @pytest.mark.parametrize("path", STORAGE_PATHS)

@@ -32,6 +32,20 @@ def submit(client: RunComfyClient, emu: RunComfyEmulator, prompt: str = "p") -> 
     return client.submit(FLUX_KONTEXT_PRO_EDIT, {"prompt": prompt, "image_url": emu.sample_url()}).request_id
 
 
+@pytest.fixture
+def queued_job(client: RunComfyClient, runcomfy_emulator: RunComfyEmulator) -> str:
+    """A job that waits in RunComfy's queue for 30 s: cancelled there, it costs nothing."""
+    runcomfy_emulator.set_config(queue_seconds=30)
+    return submit(client, runcomfy_emulator)
+
+
+@pytest.fixture
+def running_job(client: RunComfyClient, runcomfy_emulator: RunComfyEmulator) -> str:
+    """A job that starts at once and runs for 30 s: RunComfy will finish and bill it, whatever we do."""
+    runcomfy_emulator.set_config(queue_seconds=0, run_seconds=30)
+    return submit(client, runcomfy_emulator)
+
+
 async def only_event(trigger: RunComfyRequestTrigger) -> dict[str, Any]:
     events = [event.payload async for event in trigger.run()]
     assert len(events) == 1
@@ -64,35 +78,23 @@ async def test_failed_event_carries_runcomfys_message(
     assert event["message"].endswith("failed: NSFW content detected")
 
 
-async def test_cancelled_event(client: RunComfyClient, runcomfy_emulator: RunComfyEmulator) -> None:
-    runcomfy_emulator.set_config(queue_seconds=30)
-    request_id = submit(client, runcomfy_emulator)
-    client.cancel(request_id)
-    event = await only_event(RunComfyRequestTrigger(request_id, poll_interval=0.1))
+async def test_cancelled_event(client: RunComfyClient, queued_job: str) -> None:
+    client.cancel(queued_job)
+    event = await only_event(RunComfyRequestTrigger(queued_job, poll_interval=0.1))
     assert event["status"] == "cancelled"
 
 
-async def test_timeout_event_at_the_wall_clock_deadline(
-    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
-) -> None:
-    runcomfy_emulator.set_config(queue_seconds=30)
+async def test_timeout_event_at_the_wall_clock_deadline(queued_job: str) -> None:
     started = time.monotonic()
     event = await only_event(
-        RunComfyRequestTrigger(
-            submit(client, runcomfy_emulator), poll_interval=0.2, deadline=time.time() + 0.6
-        )
+        RunComfyRequestTrigger(queued_job, poll_interval=0.2, deadline=time.time() + 0.6)
     )
     assert event["status"] == "timeout"
     assert time.monotonic() - started < 2.0
 
 
-async def test_a_deadline_already_past_after_a_restart_is_not_reset(
-    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
-) -> None:
-    runcomfy_emulator.set_config(queue_seconds=30)
-    _, kwargs = RunComfyRequestTrigger(
-        submit(client, runcomfy_emulator), poll_interval=5, deadline=time.time() - 1
-    ).serialize()
+async def test_a_deadline_already_past_after_a_restart_is_not_reset(queued_job: str) -> None:
+    _, kwargs = RunComfyRequestTrigger(queued_job, poll_interval=5, deadline=time.time() - 1).serialize()
     started = time.monotonic()
     event = await only_event(RunComfyRequestTrigger(**kwargs))  # what a restarted triggerer builds
     assert event["status"] == "timeout"
@@ -139,59 +141,56 @@ def killed_trigger(request_id: str, state: str | None, monkeypatch: pytest.Monke
     return trigger, comms
 
 
-@pytest.mark.parametrize("state", ["failed", "success", "upstream_failed"])
-async def test_on_kill_cancels_a_queued_job_when_a_user_acted_on_the_task(
+@pytest.mark.parametrize(
+    ("state", "cancels"),
+    [
+        ("failed", True),  # a user marked the task failed or success (or its upstream failed)
+        ("success", True),
+        ("upstream_failed", True),
+        ("deferred", False),  # still deferred: the trigger only moved (Airflow 3.3.2)
+        (None, False),
+        ("scheduled", False),  # cleared: the next try re-attaches to the job
+        ("queued", False),
+        ("up_for_retry", False),
+    ],
+)
+async def test_on_kill_cancels_a_queued_job_only_when_a_user_acted_on_the_task(
     client: RunComfyClient,
     runcomfy_emulator: RunComfyEmulator,
     monkeypatch: pytest.MonkeyPatch,
+    queued_job: str,
     state: str | None,
+    cancels: bool,
 ) -> None:
-    runcomfy_emulator.set_config(queue_seconds=30)
-    request_id = submit(client, runcomfy_emulator)
-    trigger, comms = killed_trigger(request_id, state, monkeypatch)
+    trigger, comms = killed_trigger(queued_job, state, monkeypatch)
     await trigger.on_kill()
-    (cancel,) = runcomfy_emulator.journal.of("cancel")
-    assert cancel.request_id == request_id
-    assert client.get_result(request_id).status.value == "cancelled"
+    cancelled = [entry.request_id for entry in runcomfy_emulator.journal.of("cancel")]
+    assert cancelled == ([queued_job] if cancels else [])
+    assert client.get_status(queued_job).status.value == ("cancelled" if cancels else "in_queue")
     assert comms.asked[0].dag_id == "d"
 
 
-@pytest.mark.parametrize("state", ["deferred", None, "scheduled", "queued", "up_for_retry"])
-async def test_on_kill_does_not_cancel_a_job_a_try_still_wants(
-    client: RunComfyClient,
-    runcomfy_emulator: RunComfyEmulator,
-    monkeypatch: pytest.MonkeyPatch,
-    state: str | None,
-) -> None:
-    """Still deferred: the trigger only moved (Airflow 3.3.2). Cleared: the next try re-attaches to the job."""
-    runcomfy_emulator.set_config(queue_seconds=30)
-    trigger, _ = killed_trigger(submit(client, runcomfy_emulator), state, monkeypatch, map_index=3)
-    await trigger.on_kill()
-    assert runcomfy_emulator.journal.count("cancel") == 0
-
-
 async def test_on_kill_cancels_when_the_task_state_cannot_be_read(
-    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
+    client: RunComfyClient, queued_job: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runcomfy_emulator.set_config(queue_seconds=30)
-    request_id = submit(client, runcomfy_emulator)
     monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", None, raising=False)  # no channel at all
-    trigger = RunComfyRequestTrigger(request_id)
+    trigger = RunComfyRequestTrigger(queued_job)
     trigger.task_instance = TaskInstance()
     await trigger.on_kill()
-    assert client.get_result(request_id).status.value == "cancelled"
+    assert client.get_result(queued_job).status.value == "cancelled"
 
 
 async def test_on_kill_finishes_its_cancel_although_airflow_keeps_cancelling_it(
-    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
+    client: RunComfyClient,
+    runcomfy_emulator: RunComfyEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    queued_job: str,
 ) -> None:
     """Airflow 3.3.2 re-cancels a trigger's task until it reports finished, also during on_kill."""
-    runcomfy_emulator.set_config(queue_seconds=30)
-    request_id = submit(client, runcomfy_emulator)
-    trigger, comms = killed_trigger(request_id, "failed", monkeypatch)
+    trigger, comms = killed_trigger(queued_job, "failed", monkeypatch)
     comms.delay = 0.5  # a fresh triggerer answers its first task-state read slowly
     await kill_while_airflow_recancels(trigger.on_kill())
-    assert client.get_result(request_id).status.value == "cancelled"
+    assert client.get_result(queued_job).status.value == "cancelled"
     assert runcomfy_emulator.journal.count("cancel") == 1
 
 
@@ -204,14 +203,9 @@ async def test_on_kill_asks_for_the_mapped_task_instance(
 
 
 async def test_on_kill_of_a_running_job_reports_it_will_be_billed(
-    client: RunComfyClient,
-    runcomfy_emulator: RunComfyEmulator,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    running_job: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    runcomfy_emulator.set_config(queue_seconds=0, run_seconds=30)
-    request_id = submit(client, runcomfy_emulator)
-    trigger, _ = killed_trigger(request_id, "failed", monkeypatch)
+    trigger, _ = killed_trigger(running_job, "failed", monkeypatch)
     await trigger.on_kill()  # Airflow's task loggers write through structlog, to stdout here
     assert "already running or finished (RunComfy will finish and bill it)" in capsys.readouterr().out
 

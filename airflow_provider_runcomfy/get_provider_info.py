@@ -27,36 +27,14 @@ def get_provider_info() -> dict[str, Any]:
                 "tags": ["service"],
             }
         ],
-        "operators": [
-            {
-                "integration-name": _INTEGRATION,
-                "python-modules": [
-                    "airflow_provider_runcomfy.operators.runcomfy",
-                    "airflow_provider_runcomfy.operators.batch",
-                ],
-            }
-        ],
-        "sensors": [
-            {
-                "integration-name": _INTEGRATION,
-                "python-modules": ["airflow_provider_runcomfy.sensors.runcomfy"],
-            }
-        ],
-        "hooks": [
-            {
-                "integration-name": _INTEGRATION,
-                "python-modules": ["airflow_provider_runcomfy.hooks.runcomfy"],
-            }
-        ],
-        "triggers": [
-            {
-                "integration-name": _INTEGRATION,
-                "python-modules": [
-                    "airflow_provider_runcomfy.triggers.runcomfy",
-                    "airflow_provider_runcomfy.triggers.batch",
-                ],
-            }
-        ],
+        "operators": _modules(
+            "airflow_provider_runcomfy.operators.runcomfy", "airflow_provider_runcomfy.operators.batch"
+        ),
+        "sensors": _modules("airflow_provider_runcomfy.sensors.runcomfy"),
+        "hooks": _modules("airflow_provider_runcomfy.hooks.runcomfy"),
+        "triggers": _modules(
+            "airflow_provider_runcomfy.triggers.runcomfy", "airflow_provider_runcomfy.triggers.batch"
+        ),
         # Airflow loads provider plugins from here only with ``[core] lazy_discover_providers = False``;
         # the ``airflow.plugins`` entry point loads it in every setup (as the OpenLineage provider does).
         "plugins": [
@@ -72,22 +50,14 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-name": "RunComfy",
                 "connection-type": "runcomfy",
                 "conn-fields": {
-                    "connect_timeout": {
-                        "label": "Connect timeout (seconds)",
-                        "schema": {"type": ["number", "null"], "default": 10},
-                    },
-                    "read_timeout": {
-                        "label": "Read timeout (seconds)",
-                        "schema": {"type": ["number", "null"], "default": 60},
-                    },
-                    "max_retries": {
-                        "label": "Retries of status/result/cancel calls",
-                        "schema": {"type": ["integer", "null"], "default": 4},
-                    },
-                    "max_in_flight": {
-                        "label": "Requests on the wire at once per triggerer (empty: the default)",
-                        "schema": {"type": ["integer", "null"], "minimum": 1},
-                    },
+                    "connect_timeout": _optional("Connect timeout (seconds)", "number", default=10),
+                    "read_timeout": _optional("Read timeout (seconds)", "number", default=60),
+                    "max_retries": _optional("Retries of status/result/cancel calls", "integer", default=4),
+                    "max_in_flight": _optional(
+                        "Requests on the wire at once per triggerer (empty: the default)",
+                        "integer",
+                        minimum=1,
+                    ),
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login", "extra", "description"],
@@ -100,3 +70,13 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
     }
+
+
+def _modules(*modules: str) -> list[dict[str, Any]]:
+    """The entry of this integration that lists ``modules``."""
+    return [{"integration-name": _INTEGRATION, "python-modules": list(modules)}]
+
+
+def _optional(label: str, json_type: str, **schema: Any) -> dict[str, Any]:
+    """A connection form field that may be left empty (the client's default then applies)."""
+    return {"label": label, "schema": {"type": [json_type, "null"], **schema}}

@@ -80,20 +80,12 @@ def submit_call(model_id: str, payload: Mapping[str, Any]) -> Call:
         raise errors.InvalidInputError(
             f"The input of {model_id} must be a JSON object (a dict), not {type(payload).__name__}."
         )
-    return Call(
-        what=f"submit to {model_id}",
-        method="POST",
-        path=f"/v1/models/{model_id}",
-        response_model=SubmitResponse,
-        idempotent=False,
-        json=dict(payload),
-        model_id=model_id,
-    )
+    return _call("submit to", "POST", SubmitResponse, model_id=model_id, idempotent=False, json=dict(payload))
 
 
 def status_call(request_id: str) -> Call:
     """Describe a status read."""
-    return _request_call(request_id, "status of", "GET", "status", RequestStatus)
+    return _call("status of", "GET", RequestStatus, request_id=request_id, action="status")
 
 
 def result_call(request_id: str, include_cost: bool = True) -> Call:
@@ -102,12 +94,12 @@ def result_call(request_id: str, include_cost: bool = True) -> Call:
     Asked for on every read: the cost is what a job was billed, and the model id lets a
     re-attached wait say what it waited for; the answer grows by two small fields.
     """
-    return _request_call(
-        request_id,
+    return _call(
         "result of",
         "GET",
-        "result",
         RequestResult,
+        request_id=request_id,
+        action="result",
         params={"include_cost": "true"} if include_cost else {},
         max_body=MAX_RESULT_BODY,
     )
@@ -115,35 +107,35 @@ def result_call(request_id: str, include_cost: bool = True) -> Call:
 
 def cancel_call(request_id: str) -> Call:
     """Describe a cancel; repeating one is harmless (cancelling a finished job is a no-op)."""
-    return _request_call(request_id, "cancel of", "POST", "cancel", CancelResponse)
-
-
-def _request_call(
-    request_id: str, what: str, method: str, action: str, response_model: type[BaseModel], **options: Any
-) -> Call:
-    """A call on one request, ``/v1/requests/{request_id}/{action}``; the id is checked first."""
-    validate_request_id(request_id)
-    return Call(
-        what=f"{what} request {request_id}",
-        method=method,
-        path=f"/v1/requests/{request_id}/{action}",
-        response_model=response_model,
-        request_id=request_id,
-        **options,
-    )
+    return _call("cancel of", "POST", CancelResponse, request_id=request_id, action="cancel")
 
 
 def model_call(model_id: str) -> Call:
     """Describe a model-info read (also the cheapest authenticated call, used to test a token)."""
     validate_model_id(model_id)
-    return Call(
-        what=f"info of model {model_id}",
-        method="GET",
-        path=f"/v1/models/{model_id}",
-        response_model=ModelInfo,
-        model_id=model_id,
-        max_body=MAX_MODEL_BODY,
-    )
+    return _call("info of model", "GET", ModelInfo, model_id=model_id, max_body=MAX_MODEL_BODY)
+
+
+def _call(
+    what: str,
+    method: str,
+    response_model: type[BaseModel],
+    *,
+    model_id: str | None = None,
+    request_id: str | None = None,
+    action: str | None = None,
+    **options: Any,
+) -> Call:
+    """A call on one request, ``/v1/requests/{request_id}/{action}``, or else on one model, ``/v1/models/{model_id}``.
+
+    A request id is checked here; a model id by the caller (a submit checks it before its payload).
+    """
+    if action is not None:
+        request_id = validate_request_id(request_id)
+        what, path = f"{what} request {request_id}", f"/v1/requests/{request_id}/{action}"
+    else:
+        what, path = f"{what} {model_id}", f"/v1/models/{model_id}"
+    return Call(what, method, path, response_model, request_id=request_id, model_id=model_id, **options)
 
 
 class BearerAuth(httpx.Auth):

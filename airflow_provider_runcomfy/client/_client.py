@@ -21,6 +21,7 @@ from airflow_provider_runcomfy.client import _base
 from airflow_provider_runcomfy.client._answers import Answer, BodyReader, parse_response, transport_error
 from airflow_provider_runcomfy.client._base import RAW_SLACK, Call, ClientSettings
 from airflow_provider_runcomfy.client._wait import StatusCallback, Watch
+from airflow_provider_runcomfy.client.closing import Closing
 from airflow_provider_runcomfy.client.errors import RunComfyError
 from airflow_provider_runcomfy.client.models import (
     CancelResponse,
@@ -53,7 +54,7 @@ class _ClientBase:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
 
 
-class RunComfyClient(_ClientBase):
+class RunComfyClient(Closing, _ClientBase):
     """Blocking client, for a worker that submits, polls or cancels.
 
     :param token: the RunComfy API token (sent only to ``base_url``'s origin).
@@ -67,12 +68,6 @@ class RunComfyClient(_ClientBase):
     def __init__(self, token: str, **kwargs: Any) -> None:
         super().__init__(token, **kwargs)
         self._http = httpx.Client(**self.settings.httpx_options())
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the connection pool."""

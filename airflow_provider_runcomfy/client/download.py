@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 import httpx
 from tenacity import Retrying
@@ -53,6 +53,7 @@ from airflow_provider_runcomfy.client._urlpolicy import (
     checked,
     resolve,
 )
+from airflow_provider_runcomfy.client.closing import Closing
 from airflow_provider_runcomfy.client.errors import (
     OutputContentTypeError,
     OutputDownloadError,
@@ -154,7 +155,7 @@ def check_max_output_bytes(value: object) -> int:
     return value
 
 
-class OutputDownloader:
+class OutputDownloader(Closing):
     """Fetches output files into sinks, with the rules above; one per task, closed after use.
 
     :param max_bytes: the cap on one file (``max_output_bytes``), counted after any
@@ -195,12 +196,6 @@ class OutputDownloader:
         self._opener = Opener(
             self.policy, httpx.Timeout(read_timeout, connect=connect_timeout), _HEADERS, transport
         )
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the connections."""

@@ -1,24 +1,16 @@
 """What counts as "this machine" for the emulator: ``localhost`` and loopback IP literals.
 
-The emulator has its own copy of this rule rather than the client's: it
-plays the server and must not share the client's mistakes (nor its
-private modules). ``*.localhost`` names do not count here: the admin API's
-DNS-rebinding check wants names a foreign page cannot choose.
+The client's public rule (``airflow_provider_runcomfy.client.is_loopback_host``), under the
+emulator's name: one rule, so that the client's "plain http:// only on loopback" and the
+emulator's "listen and take admin calls only on loopback" cannot drift apart. ``*.localhost``
+names do not count: the admin API's DNS-rebinding check wants names a foreign page cannot choose.
 """
 
 from __future__ import annotations
 
-import ipaddress
+from airflow_provider_runcomfy.client import is_loopback_host
 
+#: Whether ``host`` (no port; brackets allowed) is ``localhost`` or an address in 127/8 or ::1.
+is_loopback_name = is_loopback_host
 
-def is_loopback_name(host: str | None) -> bool:
-    """Whether ``host`` (no port; brackets allowed) is ``localhost`` or an address in 127/8 or ::1."""
-    if not host:
-        return False
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+__all__ = ["is_loopback_name"]

@@ -25,6 +25,20 @@ from airflow_provider_runcomfy.client.errors import InvalidInputError
 
 _SHOWN_VALUE_LENGTH = 60
 
+#: How a JSON type (JSON Schema's name for it) reads in a problem.
+TYPE_WORDS = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "an object (a dict)",
+    "null": "null",
+}
+
+#: pydantic's type errors, as the JSON type each asks for.
+_PYDANTIC_TYPES = {"int_type": "integer", "string_type": "string", "list_type": "array"}
+
 
 class ModelInput(BaseModel):
     """The inputs of one RunComfy model, checked against its schema before anything is sent.
@@ -82,13 +96,14 @@ def describe_validation_errors(model_cls: type[BaseModel], errors: Iterable[Erro
     """
     lines = []
     for error in errors:
-        path = _path(error["loc"])
+        path = field_path(error["loc"])
         problem = _describe(model_cls, error)
         lines.append(f"{path}: {problem}" if path else problem)
     return lines
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """``image_urls[2]``, ``options.size``: where a problem is, as a DAG author writes it."""
     path = ""
     for part in loc:
         if isinstance(part, int):
@@ -113,30 +128,20 @@ def _describe(model_cls: type[BaseModel], error: ErrorDetails) -> str:
         hint = f" (did you mean {close[0]}?)" if close else ""
         return f"is not an input of this model{hint}; its inputs are {', '.join(fields)}"
     if kind == "literal_error":
-        allowed = _literal_values(model_cls, field)
-        expected = ", ".join(str(v) for v in allowed) if allowed else ctx.get("expected", "")
-        return f"{_short(value)} is not one of {expected}"
-    if kind in ("greater_than_equal", "less_than_equal") and "ge" in bounds and "le" in bounds:
-        return f"must be between {bounds['ge']} and {bounds['le']} (got {_short(value)})"
-    if kind == "greater_than_equal":
-        return f"must be at least {ctx['ge']} (got {_short(value)})"
-    if kind == "less_than_equal":
-        return f"must be at most {ctx['le']} (got {_short(value)})"
+        return not_one_of(value, _literal_values(model_cls, field) or [ctx.get("expected", "")])
+    if kind in ("greater_than_equal", "less_than_equal"):
+        lower = kind == "greater_than_equal"
+        limit = ctx.get("ge" if lower else "le")
+        return out_of_bounds(value, limit, lower=lower, low=bounds.get("ge"), high=bounds.get("le"))
     if kind == "string_too_long":
-        return f"must be at most {ctx['max_length']} characters (got {len(value)})"
+        return wrong_length(len(value), ctx["max_length"], lower=False)
     if kind in ("too_short", "too_long"):
         low, high = bounds.get("min_length"), bounds.get("max_length")
+        lower = kind == "too_short"
         count = ctx.get("actual_length", "?")
-        if low is not None and high is not None:
-            return f"must have {low} to {high} items (got {count})"
-        limit = f"at least {low}" if kind == "too_short" else f"at most {high}"
-        return f"must have {limit} items (got {count})"
-    if kind == "int_type":
-        return f"must be an integer (got {_short(value)})"
-    if kind == "string_type":
-        return f"must be a string (got {_short(value)})"
-    if kind == "list_type":
-        return f"must be a list (got {_short(value)})"
+        return wrong_count(count, low if lower else high, lower=lower, low=low, high=high)
+    if kind in _PYDANTIC_TYPES:
+        return wrong_type(value, [_PYDANTIC_TYPES[kind]])
     # Our own checks (image URLs) already speak plainly; so does the rest of pydantic, mostly.
     return error["msg"]
 
@@ -166,9 +171,47 @@ def _literal_values(model_cls: type[BaseModel], field: object) -> list[Any]:
     return values
 
 
-def _short(value: object) -> str:
+def short(value: object) -> str:
     """``repr(value)``, cut short: errors must not echo a 1,000-character prompt or a data URI."""
     shown = repr(value)
     if len(shown) > _SHOWN_VALUE_LENGTH:
         shown = shown[: _SHOWN_VALUE_LENGTH - 3] + "..."
     return shown
+
+
+# The words of a problem, shared with ``models.schema`` so that a model checked against its
+# typed class and one checked against its published JSON Schema fail in the same sentences.
+
+
+def not_one_of(value: object, allowed: Iterable[object]) -> str:
+    """``'square' is not one of auto, 21:9, ...``."""
+    return f"{short(value)} is not one of {', '.join(str(v) for v in allowed)}"
+
+
+def wrong_type(value: object, kinds: Iterable[str]) -> str:
+    """``must be an integer (got 'x')``; ``kinds`` are JSON Schema's type names."""
+    wanted = " or ".join(TYPE_WORDS.get(str(k), str(k)) for k in kinds)
+    return f"must be {wanted} (got {short(value)})"
+
+
+def out_of_bounds(value: object, limit: object, *, lower: bool, low: object, high: object) -> str:
+    """``must be between low and high`` when both are declared, else ``at least``/``at most`` ``limit``."""
+    if low is not None and high is not None:
+        return f"must be between {low} and {high} (got {short(value)})"
+    return f"must be {_side(limit, lower)} (got {short(value)})"
+
+
+def wrong_count(count: object, limit: object, *, lower: bool, low: object, high: object) -> str:
+    """``must have low to high items`` when both are declared, else ``at least``/``at most`` ``limit``."""
+    if low is not None and high is not None:
+        return f"must have {low} to {high} items (got {count})"
+    return f"must have {_side(limit, lower)} items (got {count})"
+
+
+def wrong_length(length: int, limit: object, *, lower: bool) -> str:
+    """``must be at most 2000 characters (got 2400)``."""
+    return f"must be {_side(limit, lower)} characters (got {length})"
+
+
+def _side(limit: object, lower: bool) -> str:
+    return f"at least {limit}" if lower else f"at most {limit}"

@@ -26,20 +26,18 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.protocols import Validator
 
-from airflow_provider_runcomfy.models.base import _path, _short
+from airflow_provider_runcomfy.models.base import (
+    field_path,
+    not_one_of,
+    out_of_bounds,
+    short,
+    wrong_count,
+    wrong_length,
+    wrong_type,
+)
 
 #: More problems than this are summarised ("... and N more"): one message, not a page.
 MAX_PROBLEMS = 10
-
-_TYPE_WORDS = {
-    "integer": "an integer",
-    "number": "a number",
-    "string": "a string",
-    "boolean": "true or false",
-    "array": "a list",
-    "object": "an object (a dict)",
-    "null": "null",
-}
 
 
 class UnusableSchemaError(ValueError):
@@ -91,7 +89,7 @@ def undeclared_inputs(schema: Mapping[str, Any], payload: Mapping[str, Any]) -> 
 
 def _describe(error: ValidationError) -> list[str]:
     """The ``path: problem`` lines of one jsonschema error."""
-    path = _path(tuple(error.absolute_path))
+    path = field_path(tuple(error.absolute_path))
     kind, value, instance = error.validator, error.validator_value, error.instance
     schema = error.schema if isinstance(error.schema, Mapping) else {}
 
@@ -117,36 +115,27 @@ def _describe(error: ValidationError) -> list[str]:
 def _problem(kind: Any, value: Any, instance: Any, schema: Mapping[str, Any], error: ValidationError) -> str:
     """What is wrong with one value, in the words of ``models.base``."""
     if kind == "enum":
-        return f"{_short(instance)} is not one of {', '.join(str(v) for v in value)}"
+        return not_one_of(instance, value)
     if kind == "const":
-        return f"must be {_short(value)} (got {_short(instance)})"
+        return f"must be {short(value)} (got {short(instance)})"
     if kind == "type":
-        kinds = [value] if isinstance(value, str) else list(value)
-        wanted = " or ".join(_TYPE_WORDS.get(str(k), str(k)) for k in kinds)
-        return f"must be {wanted} (got {_short(instance)})"
-    if kind in ("minimum", "maximum") and "minimum" in schema and "maximum" in schema:
-        return f"must be between {schema['minimum']} and {schema['maximum']} (got {_short(instance)})"
-    if kind == "minimum":
-        return f"must be at least {value} (got {_short(instance)})"
-    if kind == "maximum":
-        return f"must be at most {value} (got {_short(instance)})"
+        return wrong_type(instance, [value] if isinstance(value, str) else value)
+    if kind in ("minimum", "maximum"):
+        low, high = schema.get("minimum"), schema.get("maximum")
+        return out_of_bounds(instance, value, lower=kind == "minimum", low=low, high=high)
     if kind == "exclusiveMinimum":
-        return f"must be greater than {value} (got {_short(instance)})"
+        return f"must be greater than {value} (got {short(instance)})"
     if kind == "exclusiveMaximum":
-        return f"must be less than {value} (got {_short(instance)})"
+        return f"must be less than {value} (got {short(instance)})"
     if kind == "multipleOf":
-        return f"must be a multiple of {value} (got {_short(instance)})"
+        return f"must be a multiple of {value} (got {short(instance)})"
     if kind in ("minLength", "maxLength") and isinstance(instance, str):
-        limit = "at least" if kind == "minLength" else "at most"
-        return f"must be {limit} {value} characters (got {len(instance)})"
+        return wrong_length(len(instance), value, lower=kind == "minLength")
     if kind in ("minItems", "maxItems") and isinstance(instance, list):
         low, high = schema.get("minItems"), schema.get("maxItems")
-        if low is not None and high is not None:
-            return f"must have {low} to {high} items (got {len(instance)})"
-        limit = "at least" if kind == "minItems" else "at most"
-        return f"must have {limit} {value} items (got {len(instance)})"
+        return wrong_count(len(instance), value, lower=kind == "minItems", low=low, high=high)
     if kind == "pattern":
-        return f"{_short(instance)} does not match the pattern {_cut(str(value), 80)!r}"
+        return f"{short(instance)} does not match the pattern {_cut(str(value), 80)!r}"
     if kind == "uniqueItems":
         return "must not list the same item twice"
     return _cut(error.message)

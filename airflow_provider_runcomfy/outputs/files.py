@@ -96,7 +96,15 @@ def resolve_output_dir(output_dir: Any, *, probe: bool = True) -> ObjectStorageP
     scheme = urlsplit(text).scheme.lower()
     if len(scheme) <= 1:  # a plain path (or a Windows drive letter): absolute, so retries agree
         text, scheme = f"file://{Path(text).expanduser().resolve()}", "file"
-    _ensure_filesystem(scheme, text)
+    if not airflow_serves(scheme):
+        attach_fsspec(
+            scheme,
+            lambda error: InvalidInputError(
+                f"output_dir {text!r}: no filesystem can write {scheme}:// here ({error}). Install the "
+                "Airflow provider that brings it (s3://: apache-airflow-providers-amazon; gs://: "
+                "apache-airflow-providers-google; abfs://, wasb://: apache-airflow-providers-microsoft-azure)."
+            ),
+        )
     path = ObjectStoragePath(text)
     if probe:
         check_writable(path)
@@ -127,22 +135,28 @@ def check_writable(path: ObjectStoragePath) -> None:
         ) from None
 
 
-def _ensure_filesystem(scheme: str, output_dir: str) -> None:
-    """Make ``scheme`` usable by ``ObjectStoragePath``: Airflow's filesystem if any, else fsspec's."""
-    from airflow.sdk.io import attach, has_fs
+def airflow_serves(scheme: str) -> bool:
+    """Whether ``ObjectStoragePath`` serves ``scheme`` as it is: a local path, or an Airflow provider's filesystem."""
+    from airflow.sdk.io import has_fs
 
-    if scheme in ("file", "local") or has_fs(scheme):
-        return
+    return scheme in ("file", "local") or has_fs(scheme)
+
+
+def attach_fsspec(scheme: str, failure: Callable[[Exception], Exception]) -> None:
+    """Serve ``scheme`` by fsspec's own filesystem (s3fs, gcsfs, adlfs, memory) where no provider does.
+
+    Shared by the outputs (``output_dir``) and the inputs (``sources.storage``).
+
+    :param failure: makes the error to raise from fsspec's (``ImportError``: its package is not
+        installed; ``ValueError``: the scheme is unknown), in the caller's words.
+    """
     import fsspec
+    from airflow.sdk.io import attach
 
     try:
         fs = fsspec.filesystem(scheme)
     except (ImportError, ValueError) as error:
-        raise InvalidInputError(
-            f"output_dir {output_dir!r}: no filesystem can write {scheme}:// here ({error}). Install the "
-            "Airflow provider that brings it (s3://: apache-airflow-providers-amazon; gs://: "
-            "apache-airflow-providers-google; abfs://, wasb://: apache-airflow-providers-microsoft-azure)."
-        ) from None
+        raise failure(error) from None
     attach(scheme, fs=fs)
     log.info("Airflow registers no filesystem for %s://; using fsspec's %s.", scheme, type(fs).__name__)
 

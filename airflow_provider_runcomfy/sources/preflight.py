@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Self
 
 import httpx
 
 from airflow_provider_runcomfy import __version__
 from airflow_provider_runcomfy.arguments import PreflightMode, check_preflight
+from airflow_provider_runcomfy.client.closing import Closing
 from airflow_provider_runcomfy.client.download import OutputDownloadError, check_fetch_url, shown_url
 from airflow_provider_runcomfy.sources.errors import InputCheckError, InputUnreachableError
 from airflow_provider_runcomfy.sources.images import (
@@ -81,7 +81,7 @@ class PreflightResult:
         return f"{self.method} {self.status} {self.media_type or 'untyped'}{size} in {self.seconds * 1000:.0f} ms"
 
 
-class Preflight:
+class Preflight(Closing):
     """Checks https inputs before a submit; one per task (or batch), closed after use; thread-safe.
 
     :param mode: ``warn`` (network trouble is a warning), ``strict`` (it is an error).
@@ -119,12 +119,6 @@ class Preflight:
             event_hooks={"request": [check_request]},
             transport=transport,
         )
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the connections."""

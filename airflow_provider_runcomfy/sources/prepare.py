@@ -29,10 +29,11 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from airflow_provider_runcomfy.arguments import MAX_SIGN_EXPIRY, check_sign_expiry
+from airflow_provider_runcomfy.client.closing import Closing
 from airflow_provider_runcomfy.client.download import shown_url
 from airflow_provider_runcomfy.client.errors import InvalidInputError
 from airflow_provider_runcomfy.models.image_url import as_references
@@ -144,7 +145,7 @@ def prepare_input(
         return preparer.prepare(model_id, payload)
 
 
-class InputPreparer:
+class InputPreparer(Closing):
     """Prepares inputs with one pre-flight client and a bounded pool; for a batch of many inputs.
 
     ``prepare`` handles one input (its files concurrently); ``prepare_many`` handles many, at most
@@ -184,12 +185,6 @@ class InputPreparer:
         self._pool = ThreadPoolExecutor(
             max_workers=self.max_concurrency, thread_name_prefix="runcomfy-inputs"
         )
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the pre-flight connections and the pool."""

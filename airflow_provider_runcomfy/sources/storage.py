@@ -14,13 +14,13 @@ RunComfy's size guide. That costs one metadata call and one ranged read.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from airflow_provider_runcomfy.client.download import shown_url
 from airflow_provider_runcomfy.models.image_url import MAX_DATA_URI_BYTES, image_url_problem
+from airflow_provider_runcomfy.outputs.files import airflow_serves, attach_fsspec
 from airflow_provider_runcomfy.sources.errors import InputSourceError
 from airflow_provider_runcomfy.sources.images import (
     MAGIC_LENGTH,
@@ -33,8 +33,6 @@ from airflow_provider_runcomfy.sources.images import (
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
-
-log = logging.getLogger(__name__)
 
 
 _SHOWN_ERROR_LENGTH = 200
@@ -73,12 +71,11 @@ def open_reference(reference: str) -> ObjectStoragePath:
     (``s3://aws_default@bucket/key``) needs the provider that reads that connection.
     """
     from airflow.sdk import ObjectStoragePath
-    from airflow.sdk.io import attach, has_fs
 
     text = f"file://{reference}" if reference.startswith("/") else reference
     path = ObjectStoragePath(text)
     scheme = (path.protocol or "file").lower()
-    if scheme in ("file", "local") or has_fs(scheme):
+    if airflow_serves(scheme):
         return path
     if path.conn_id:
         raise InputSourceError(
@@ -87,17 +84,13 @@ def open_reference(reference: str) -> ObjectStoragePath:
             "abfs/az: apache-airflow-providers-microsoft-azure). Install it, or leave the connection "
             "out of the URL to use fsspec's own configuration."
         )
-    import fsspec
-
-    try:
-        fs = fsspec.filesystem(scheme)
-    except (ImportError, ValueError) as error:
-        raise InputSourceError(
+    attach_fsspec(
+        scheme,
+        lambda error: InputSourceError(
             f"{reference}: no filesystem can read {scheme}:// here ({_short(error)}). Install the "
             "fsspec package for it (s3fs, gcsfs, adlfs) or the Airflow provider that brings it."
-        ) from None
-    attach(scheme, fs=fs)
-    log.info("Airflow registers no filesystem for %s://; using fsspec's %s.", scheme, type(fs).__name__)
+        ),
+    )
     return path
 
 

@@ -9,21 +9,10 @@ import pytest
 
 from airflow_provider_runcomfy.client import (
     AsyncRunComfyClient,
-    AuthenticationError,
-    InputRejectedError,
-    InsufficientBalanceError,
-    InvalidInputError,
-    InvalidModelError,
-    JobTimeoutError,
-    PermissionDeniedError,
-    RateLimitedError,
-    RequestNotFoundError,
     RequestState,
     RetryPolicy,
     RunComfyClient,
-    ServerError,
-    SubmitOutcomeUnknownError,
-    TransportError,
+    errors,
 )
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT, NANO_BANANA_EDIT
@@ -136,7 +125,7 @@ def test_wait_gives_up_at_the_deadline(client: RunComfyClient, runcomfy_emulator
     runcomfy_emulator.set_config(queue_seconds=30)
     request_id = client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator)).request_id
     started = time.monotonic()
-    with pytest.raises(JobTimeoutError, match="did not finish before the deadline"):
+    with pytest.raises(errors.JobTimeoutError, match="did not finish before the deadline"):
         client.wait_for_result(request_id, poll_interval=0.2, deadline=time.time() + 1)
     assert time.monotonic() - started < 3
 
@@ -156,14 +145,14 @@ def test_a_failed_job_is_recognised_whatever_status_says(
 
 
 def test_400001_unknown_model(client: RunComfyClient) -> None:
-    with pytest.raises(InvalidModelError, match="error 400001") as caught:
+    with pytest.raises(errors.InvalidModelError, match="error 400001") as caught:
         client.submit("example/unknown-model", {"prompt": "x"})
     assert caught.value.error_code == 400001
 
 
 def test_400002_no_balance(client: RunComfyClient, runcomfy_emulator: RunComfyEmulator) -> None:
     runcomfy_emulator.set_config(balance_usd=0.0)
-    with pytest.raises(InsufficientBalanceError, match="no balance left.*top up"):
+    with pytest.raises(errors.InsufficientBalanceError, match="no balance left.*top up"):
         client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator))
     assert runcomfy_emulator.journal.count("submit") == 1  # refused, not retried
 
@@ -171,7 +160,7 @@ def test_400002_no_balance(client: RunComfyClient, runcomfy_emulator: RunComfyEm
 def test_400004_bad_token_points_at_the_credential(runcomfy_emulator: RunComfyEmulator) -> None:
     hint = "the password (API token) of Airflow connection 'runcomfy_default'"
     with RunComfyClient("wrong-token", base_url=runcomfy_emulator.base_url, credential_hint=hint) as client:
-        with pytest.raises(AuthenticationError, match="error 400004") as caught:
+        with pytest.raises(errors.AuthenticationError, match="error 400004") as caught:
             client.get_status("abc")
     assert hint in caught.value.message
     assert runcomfy_emulator.journal.count("status") == 1  # no retry of a permanent error
@@ -181,25 +170,25 @@ def test_403001_request_of_another_user(runcomfy_emulator: RunComfyEmulator, cli
     runcomfy_emulator.set_config(extra_tokens=["other-user-token"])
     request_id = client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator)).request_id
     with RunComfyClient("other-user-token", base_url=runcomfy_emulator.base_url) as other:
-        with pytest.raises(PermissionDeniedError, match="error 403001"):
+        with pytest.raises(errors.PermissionDeniedError, match="error 403001"):
             other.get_result(request_id)
 
 
 def test_404001_unknown_or_expired_request(
     client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
 ) -> None:
-    with pytest.raises(RequestNotFoundError, match="error 404001.*expired"):
+    with pytest.raises(errors.RequestNotFoundError, match="error 404001.*expired"):
         client.get_status("no-such-request")
     request_id = client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator)).request_id
     runcomfy_emulator.expire(request_id)
-    with pytest.raises(RequestNotFoundError):
+    with pytest.raises(errors.RequestNotFoundError):
         client.get_result(request_id)
 
 
 def test_422001_input_rejected_names_the_fields(
     client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
 ) -> None:
-    with pytest.raises(InputRejectedError, match="error 422001") as caught:
+    with pytest.raises(errors.InputRejectedError, match="error 422001") as caught:
         client.submit(NANO_BANANA_EDIT, {"prompt": "p", "image_urls": [], "num_images": 9})
     assert "image_urls" in caught.value.message
     assert "num_images" in caught.value.message
@@ -217,7 +206,7 @@ def test_500001_persisting_ends_as_a_server_error(
     client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
 ) -> None:
     runcomfy_emulator.add_fault("status", "http", times=10, status=500, error_code=500001)
-    with pytest.raises(ServerError, match="error 500001"):
+    with pytest.raises(errors.ServerError, match="error 500001"):
         client.get_status("abc")
     assert runcomfy_emulator.journal.count("status") == FAST_RETRY.max_attempts
 
@@ -236,30 +225,48 @@ def test_429_is_retried_after_the_retry_after_it_asks_for(
     assert runcomfy_emulator.journal.count("status") == 2
 
 
-def test_429_persisting_ends_as_rate_limited(
-    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
+@pytest.mark.parametrize(
+    ("endpoint", "kind", "fault", "error", "match"),
+    [
+        ("result", "http", {"times": 10, "status": 429}, errors.RateLimitedError, "pool"),
+        # HTTP 200 carrying an error code is that error, not a success.
+        ("status", "error_200", {"error_code": 404001}, errors.RequestNotFoundError, "404001"),
+    ],
+)
+def test_a_read_answered_with_an_error_raises_it(
+    client: RunComfyClient,
+    runcomfy_emulator: RunComfyEmulator,
+    endpoint: str,
+    kind: str,
+    fault: dict[str, int],
+    error: type[Exception],
+    match: str,
 ) -> None:
-    runcomfy_emulator.add_fault("result", "http", times=10, status=429)
-    with pytest.raises(RateLimitedError, match="pool"):
-        client.get_result("abc")
+    runcomfy_emulator.add_fault(endpoint, kind, **fault)
+    with pytest.raises(error, match=match):
+        getattr(client, f"get_{endpoint}")("abc")
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_5xx_bursts_without_a_body_are_retried(
-    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, status: int
+@pytest.mark.parametrize(
+    ("endpoint", "kind", "fault"),
+    [
+        *[("result", "http", {"times": 3, "status": status}) for status in (500, 502, 503, 504)],
+        ("status", "drop", {"times": 1}),
+        ("status", "error_200", {"times": 1, "error_code": 500001}),  # retried like a server error
+    ],
+    ids=["500", "502", "503", "504", "dropped-connection", "error-500001-in-a-200"],
+)
+def test_a_read_that_fails_for_a_while_is_retried(
+    client: RunComfyClient,
+    runcomfy_emulator: RunComfyEmulator,
+    endpoint: str,
+    kind: str,
+    fault: dict[str, int],
 ) -> None:
     request_id = client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator)).request_id
-    runcomfy_emulator.add_fault("result", "http", times=3, status=status)
-    assert client.get_result(request_id).request_id == request_id
-    assert runcomfy_emulator.journal.count("result") == 4
-
-
-def test_a_dropped_connection_on_a_read_is_retried(
-    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
-) -> None:
-    request_id = client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator)).request_id
-    runcomfy_emulator.add_fault("status", "drop", times=1)
-    assert client.get_status(request_id).request_id == request_id
+    runcomfy_emulator.add_fault(endpoint, kind, **fault)
+    assert getattr(client, f"get_{endpoint}")(request_id).request_id == request_id
+    assert runcomfy_emulator.journal.count(endpoint) == fault["times"] + 1
 
 
 def test_a_slow_read_times_out_and_is_retried(runcomfy_emulator: RunComfyEmulator) -> None:
@@ -271,17 +278,6 @@ def test_a_slow_read_times_out_and_is_retried(runcomfy_emulator: RunComfyEmulato
         assert client.get_status(request_id).request_id == request_id
 
 
-def test_http_200_carrying_an_error_code_is_an_error(
-    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
-) -> None:
-    runcomfy_emulator.add_fault("status", "error_200", times=1, error_code=404001)
-    with pytest.raises(RequestNotFoundError, match="404001"):
-        client.get_status("abc")
-    runcomfy_emulator.add_fault("status", "error_200", times=1, error_code=500001)
-    request_id = client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator)).request_id
-    assert client.get_status(request_id).request_id == request_id  # retried like a server error
-
-
 # -- a submit is paid: never repeated once it may have reached RunComfy ------------------------------
 
 
@@ -291,7 +287,7 @@ def test_a_submit_that_hit_a_read_timeout_is_not_repeated(runcomfy_emulator: Run
         RunComfyClient(
             runcomfy_emulator.token, base_url=runcomfy_emulator.base_url, read_timeout=0.3, retry=FAST_RETRY
         ) as client,
-        pytest.raises(SubmitOutcomeUnknownError, match="may have created a job.*billed twice"),
+        pytest.raises(errors.SubmitOutcomeUnknownError, match="may have created a job.*billed twice"),
     ):
         client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator))
     assert runcomfy_emulator.journal.count("submit") == 1
@@ -303,7 +299,7 @@ def test_a_submit_answered_by_a_server_error_or_a_drop_is_not_repeated(
     client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, kind: str, status: int | None
 ) -> None:
     runcomfy_emulator.add_fault("submit", kind, times=1, status=status)
-    with pytest.raises(SubmitOutcomeUnknownError):
+    with pytest.raises(errors.SubmitOutcomeUnknownError):
         client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator))
     assert runcomfy_emulator.journal.count("submit") == 1
 
@@ -324,7 +320,7 @@ def test_a_submit_that_could_not_connect_is_retried_then_named(runcomfy_emulator
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     client = RunComfyClient("tok", base_url=f"http://127.0.0.1:{port}", retry=FAST_RETRY)
-    with client, pytest.raises(TransportError, match="Could not reach RunComfy") as caught:
+    with client, pytest.raises(errors.TransportError, match="Could not reach RunComfy") as caught:
         client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator))
     assert not caught.value.request_sent
 
@@ -337,7 +333,7 @@ def test_invalid_request_ids_are_refused_before_any_request(
     client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, request_id: str
 ) -> None:
     for call in (client.get_status, client.get_result, client.cancel):
-        with pytest.raises(InvalidInputError):
+        with pytest.raises(errors.InvalidInputError):
             call(request_id)
     assert runcomfy_emulator.journal.count() == 0
 
@@ -346,9 +342,9 @@ def test_invalid_request_ids_are_refused_before_any_request(
 def test_invalid_model_ids_are_refused_before_any_request(
     client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, model_id: str
 ) -> None:
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(errors.InvalidInputError):
         client.submit(model_id, {"prompt": "x"})
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(errors.InvalidInputError):
         client.get_model(model_id)
     assert runcomfy_emulator.journal.count() == 0
 
@@ -367,9 +363,9 @@ async def test_async_client_round_trip_and_errors(runcomfy_emulator: RunComfyEmu
         assert result.status is RequestState.SUCCEEDED
         assert (await client.cancel(request_id)).outcome == "not_cancellable"
         assert (await client.get_model(FLUX_KONTEXT_PRO_EDIT)).base_price_usd is not None
-        with pytest.raises(RequestNotFoundError):
+        with pytest.raises(errors.RequestNotFoundError):
             await client.get_result("missing")
         runcomfy_emulator.add_fault("submit", "http", times=1, status=502)
-        with pytest.raises(SubmitOutcomeUnknownError):
+        with pytest.raises(errors.SubmitOutcomeUnknownError):
             await client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator))
     assert runcomfy_emulator.journal.count("submit") == 2

@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from airflow_provider_runcomfy.emulator.config import EmulatorConfig
 from airflow_provider_runcomfy.emulator.faults import Fault, Rule
 from airflow_provider_runcomfy.emulator.loopback import is_loopback_name
-from airflow_provider_runcomfy.emulator.state import EmulatorState
+from airflow_provider_runcomfy.emulator.state import EmulatorState, Planned
 
 ADMIN_PREFIX = "/_emulator"
 ADMIN_TOKEN_HEADER = "x-emulator-admin-token"
@@ -100,111 +100,82 @@ def _without_token(entry: dict[str, Any], config: EmulatorConfig) -> dict[str, A
     return entry
 
 
-Handler = Callable[[EmulatorState, Request], Awaitable[Any]]
+#: What a route does with the state, the request's JSON body and its path and query parameters;
+#: it returns the JSON answer.
+Call = Callable[[EmulatorState, dict[str, Any], dict[str, str]], Any]
+Route = tuple[str, str, Call]
+
+#: Where the admin API keeps each kind of plan.
+PLAN_PATHS: dict[type[Fault] | type[Rule], str] = {Fault: "/faults", Rule: "/rules"}
 
 
-async def _health(state: EmulatorState, request: Request) -> Any:
-    return {"status": "ok"}
+def _answering(answer: Any, command: Callable[[EmulatorState], object]) -> Call:
+    """A route for a command that returns nothing: run it, then answer ``answer``."""
+
+    def call(state: EmulatorState, body: dict[str, Any], params: dict[str, str]) -> Any:
+        command(state)
+        return answer
+
+    return call
 
 
-async def _get_config(state: EmulatorState, request: Request) -> Any:
-    return state.get_config()
+def _plan_routes(kind: type[Planned]) -> tuple[Route, ...]:
+    """List, add (the body is the ``Fault`` or ``Rule`` as JSON) and clear the faults or the rules."""
+    path = PLAN_PATHS[kind]
+    return (
+        (path, "GET", lambda state, body, params: [p.model_dump() for p in state.planned(kind)]),
+        (path, "POST", lambda state, body, params: state.add(kind.model_validate(body)).model_dump()),
+        (path, "DELETE", _answering([], lambda state: state.clear(kind))),
+    )
 
 
-async def _set_config(state: EmulatorState, request: Request) -> Any:
-    return state.set_config(await _json_object(request))
-
-
-async def _reset(state: EmulatorState, request: Request) -> Any:
-    state.reset()
-    return {"reset": True}
-
-
-async def _add_fault(state: EmulatorState, request: Request) -> Any:
-    return state.add_fault(Fault.model_validate(await _json_object(request))).model_dump()
-
-
-async def _list_faults(state: EmulatorState, request: Request) -> Any:
-    return [f.model_dump() for f in state.list_faults()]
-
-
-async def _clear_faults(state: EmulatorState, request: Request) -> Any:
-    state.clear_faults()
-    return []
-
-
-async def _add_rule(state: EmulatorState, request: Request) -> Any:
-    return state.add_rule(Rule.model_validate(await _json_object(request))).model_dump()
-
-
-async def _list_rules(state: EmulatorState, request: Request) -> Any:
-    return [r.model_dump() for r in state.list_rules()]
-
-
-async def _clear_rules(state: EmulatorState, request: Request) -> Any:
-    state.clear_rules()
-    return []
-
-
-async def _list_jobs(state: EmulatorState, request: Request) -> Any:
-    return [j.to_dict() for j in state.list_jobs()]
-
-
-async def _get_job(state: EmulatorState, request: Request) -> Any:
-    job = state.job(request.path_params["request_id"])
+def _job(state: EmulatorState, body: dict[str, Any], params: dict[str, str]) -> Any:
+    job = state.job(params["request_id"])
     return job.to_dict() if job else None
 
 
-async def _expire(state: EmulatorState, request: Request) -> Any:
-    return {"expired": state.expire(request.path_params["request_id"])}
+def _journal(state: EmulatorState, body: dict[str, Any], params: dict[str, str]) -> Any:
+    entries = state.journal.of(params.get("endpoint"))
+    return [_without_token(entry.to_dict(), state.config) for entry in entries]
 
 
-async def _journal(state: EmulatorState, request: Request) -> Any:
-    endpoint = request.query_params.get("endpoint")
-    return [_without_token(e.to_dict(), state.config) for e in state.journal.of(endpoint)]
-
-
-async def _clear_journal(state: EmulatorState, request: Request) -> Any:
-    state.journal.clear()
-    return []
-
-
-#: The admin API: (path under /_emulator, method, handler).
-ROUTES: tuple[tuple[str, str, Handler], ...] = (
-    ("/health", "GET", _health),
-    ("/config", "GET", _get_config),
-    ("/config", "POST", _set_config),
-    ("/reset", "POST", _reset),
-    ("/faults", "GET", _list_faults),
-    ("/faults", "POST", _add_fault),
-    ("/faults", "DELETE", _clear_faults),
-    ("/rules", "GET", _list_rules),
-    ("/rules", "POST", _add_rule),
-    ("/rules", "DELETE", _clear_rules),
-    ("/jobs", "GET", _list_jobs),
-    ("/jobs/{request_id}", "GET", _get_job),
-    ("/jobs/{request_id}/expire", "POST", _expire),
+#: The admin API: (path under /_emulator, method, what it does); each is one call on the state.
+ROUTES: tuple[Route, ...] = (
+    ("/health", "GET", lambda state, body, params: {"status": "ok"}),
+    ("/config", "GET", lambda state, body, params: state.get_config()),
+    ("/config", "POST", lambda state, body, params: state.set_config(body)),
+    ("/reset", "POST", _answering({"reset": True}, lambda state: state.reset())),
+    *_plan_routes(Fault),
+    *_plan_routes(Rule),
+    ("/jobs", "GET", lambda state, body, params: [job.to_dict() for job in state.list_jobs()]),
+    ("/jobs/{request_id}", "GET", _job),
+    (
+        "/jobs/{request_id}/expire",
+        "POST",
+        lambda state, body, params: {"expired": state.expire(params["request_id"])},
+    ),
     ("/journal", "GET", _journal),
-    ("/journal", "DELETE", _clear_journal),
+    ("/journal", "DELETE", _answering([], lambda state: state.journal.clear())),
 )
 
 
 def add_admin_routes(app: FastAPI, state: EmulatorState) -> None:
     """Serve ``ROUTES`` under ``/_emulator``: checked, never journaled, errors as 400/403 JSON."""
 
-    def route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    def route(call: Call) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
                 check_admin_request(request, state.config)
             except AdminRefused as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=403)
             try:
-                result = await handler(state, request)
+                body = await _json_object(request) if request.method == "POST" else {}
+                result = call(state, body, {**request.query_params, **request.path_params})
             except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError too
                 return JSONResponse({"detail": str(exc)}, status_code=400)
             return JSONResponse(result)
 
         return endpoint
 
-    for path, method, handler in ROUTES:
-        app.add_api_route(ADMIN_PREFIX + path, route(handler), methods=[method], include_in_schema=False)
+    for path, method, call in ROUTES:
+        app.add_api_route(ADMIN_PREFIX + path, route(call), methods=[method], include_in_schema=False)

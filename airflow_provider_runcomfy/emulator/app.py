@@ -20,7 +20,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from airflow_provider_runcomfy.emulator import scenes
 from airflow_provider_runcomfy.emulator.admin import add_admin_routes
 from airflow_provider_runcomfy.emulator.answers import (
     ApiError,
@@ -40,6 +39,7 @@ from airflow_provider_runcomfy.emulator.models import (
     spec_for,
     validate_input,
 )
+from airflow_provider_runcomfy.emulator.render import SAMPLES, sample_png
 from airflow_provider_runcomfy.emulator.state import (
     EmulatorState,
     InsufficientBalance,
@@ -352,7 +352,7 @@ class _Api:
         base = self._base(request)
         samples = [
             {"name": name, "url": f"{base}/samples/{name}.png", "width": w, "height": h}
-            for name, (w, h) in scenes.SAMPLES.items()
+            for name, (w, h) in SAMPLES.items()
         ]
         return JSONResponse({"samples": samples})
 
@@ -360,9 +360,9 @@ class _Api:
         """``GET /samples/{name}.png``: one sample picture, for examples that need an input offline."""
 
         async def handle(entry: JournalEntry) -> Response:
-            if name not in scenes.SAMPLES:
+            if name not in SAMPLES:
                 raise ApiError(404, 404001, f"No sample named {name!r}; see /samples/")
-            data = await asyncio.to_thread(scenes.sample_png, name)
+            data = await asyncio.to_thread(sample_png, name)
             return Response(data, media_type="image/png")
 
         return await self._serve(request, "sample", handle)

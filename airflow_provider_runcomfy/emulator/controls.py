@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self
 
 from airflow_provider_runcomfy.emulator.faults import Fault, Rule, fault_from
 from airflow_provider_runcomfy.emulator.journal import Journal
-from airflow_provider_runcomfy.emulator.state import JobInfo
+from airflow_provider_runcomfy.emulator.state import JobInfo, Planned
 
 
 class ControlPlane(Protocol):
@@ -24,12 +25,9 @@ class ControlPlane(Protocol):
 
     @property
     def journal(self) -> Journal: ...
-    def add_fault(self, fault: Fault) -> Fault: ...
-    def list_faults(self) -> list[Fault]: ...
-    def clear_faults(self) -> None: ...
-    def add_rule(self, rule: Rule) -> Rule: ...
-    def list_rules(self) -> list[Rule]: ...
-    def clear_rules(self) -> None: ...
+    def add(self, item: Planned) -> Planned: ...
+    def planned(self, kind: type[Planned]) -> list[Planned]: ...
+    def clear(self, kind: type[Fault] | type[Rule]) -> None: ...
     def list_jobs(self) -> list[JobInfo]: ...
     def job(self, request_id: str) -> JobInfo | None: ...
     def expire(self, request_id: str) -> bool: ...
@@ -55,6 +53,18 @@ class EmulatorControls(ABC):
     @abstractmethod
     def token(self) -> str:
         """The main user's API token."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Let go of the emulator: stop it (``RunComfyEmulator``) or close the connections to it."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     @property
     def journal(self) -> Journal:
@@ -103,16 +113,16 @@ class EmulatorControls(ABC):
         ``redirect`` (``location``). ``request_id`` limits it to one job.
         Raises ``ValueError`` (a pydantic ``ValidationError``) for an impossible fault.
         """
-        return self._plane.add_fault(fault_from(endpoint, kind, times, request_id, **options))
+        return self._plane.add(fault_from(endpoint, kind, times, request_id, **options))
 
     @property
     def faults(self) -> list[Fault]:
         """The faults added since the last reset, with how often each hit (``hits``) and may still hit."""
-        return self._plane.list_faults()
+        return self._plane.planned(Fault)
 
     def clear_faults(self) -> None:
         """Remove every fault."""
-        self._plane.clear_faults()
+        self._plane.clear(Fault)
 
     def add_rule(
         self, prompt_contains: str | None = None, model_id: str | None = None, **options: Any
@@ -123,16 +133,16 @@ class EmulatorControls(ABC):
         ``output_bytes``, ``output_kind``.
         """
         rule = Rule.model_validate({"prompt_contains": prompt_contains, "model_id": model_id, **options})
-        return self._plane.add_rule(rule)
+        return self._plane.add(rule)
 
     @property
     def rules(self) -> list[Rule]:
         """The rules, in the order they are tried."""
-        return self._plane.list_rules()
+        return self._plane.planned(Rule)
 
     def clear_rules(self) -> None:
         """Remove every rule."""
-        self._plane.clear_rules()
+        self._plane.clear(Rule)
 
     def set_config(self, **changes: Any) -> dict[str, Any]:
         """Change settings (names of ``EmulatorConfig``); returns the settings, tokens left out."""

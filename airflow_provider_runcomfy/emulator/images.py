@@ -1,26 +1,25 @@
-"""Real PNG pictures for the emulator, drawn and edited in pure Python.
+"""PNG files in pure Python: a small RGB raster, decoding an input to fit a ratio, and padding.
 
-A ``Raster`` is an RGB8 ``bytearray``. Every operation works a row or a
-channel at a time with slice assignment, ``bytes.translate`` and
-``operator.itemgetter``, which run in C: a 512 px picture is drawn, edited
-and encoded in a few tens of milliseconds with no compiled dependency
-beyond zlib. pypng reads and writes the files.
+A ``Raster`` is an RGB8 ``bytearray``; its operations work a row or a
+channel at a time with slice assignment and ``bytes.translate``, which run
+in C, so a 512 px picture is drawn, edited and encoded in tens of
+milliseconds with no compiled dependency beyond zlib. pypng reads and
+writes the files.
 """
 
 from __future__ import annotations
 
-import colorsys
 import hashlib
 import io
 import math
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from operator import itemgetter
 
 import png
 
-Color = tuple[int, int, int]
+Color = tuple[int, ...]  # (red, green, blue)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -40,69 +39,27 @@ class Raster:
 
     __slots__ = ("data", "height", "width")
 
-    def __init__(self, width: int, height: int, fill: Color = (0, 0, 0)) -> None:
+    def __init__(self, width: int, height: int, data: bytes | bytearray | None = None) -> None:
         self.width = width
         self.height = height
-        self.data = bytearray(bytes(fill) * (width * height))
-
-    @property
-    def stride(self) -> int:
-        """Bytes per row."""
-        return self.width * 3
-
-    def row(self, y: int) -> bytearray:
-        """A copy of row ``y``."""
-        return self.data[y * self.stride : (y + 1) * self.stride]
-
-    def span(self, y: int, x0: float, x1: float, color: Color) -> None:
-        """Fill pixels ``x0 <= x < x1`` of row ``y``, clipped to the picture."""
-        if not 0 <= y < self.height:
-            return
-        start, end = max(0, round(x0)), min(self.width, round(x1))
-        if end > start:
-            offset = y * self.stride
-            self.data[offset + start * 3 : offset + end * 3] = bytes(color) * (end - start)
+        self.data = bytearray(data if data is not None else width * height * 3)
 
     def rect(self, x0: float, y0: float, x1: float, y1: float, color: Color) -> None:
-        """Fill the rectangle ``[x0, x1) x [y0, y1)`` (one slice assignment a row)."""
+        """Fill ``[x0, x1) x [y0, y1)``, clipped to the picture (one slice assignment a row)."""
         start, end = max(0, round(x0)), min(self.width, round(x1))
         if end <= start:
             return
-        run, stride, data = bytes(color) * (end - start), self.stride, self.data
+        run, stride = bytes(color) * (end - start), self.width * 3
         for y in range(max(0, round(y0)), min(self.height, round(y1))):
-            data[y * stride + start * 3 : y * stride + end * 3] = run
+            self.data[y * stride + start * 3 : y * stride + end * 3] = run
 
     def ellipse(self, cx: float, cy: float, rx: float, ry: float, color: Color) -> None:
-        """Fill the ellipse centred on ``(cx, cy)`` with radii ``rx`` and ``ry``."""
-        if rx <= 0 or ry <= 0:
-            return
-        for y in range(max(0, math.floor(cy - ry)), min(self.height, math.ceil(cy + ry) + 1)):
+        """Fill the ellipse centred on ``(cx, cy)`` with radii ``rx`` and ``ry``, a row span at a time."""
+        for y in range(max(0, math.floor(cy - ry)), min(self.height, math.ceil(cy + ry))):
             dy = (y + 0.5 - cy) / ry
             if abs(dy) < 1:
                 half = rx * math.sqrt(1 - dy * dy)
-                self.span(y, cx - half, cx + half, color)
-
-    def polygon(self, points: Sequence[tuple[float, float]], color: Color) -> None:
-        """Fill a simple polygon (even-odd rule) given by its corners."""
-        edges = list(zip(points, [*points[1:], points[0]], strict=True))
-        top = max(0, math.floor(min(p[1] for p in points)))
-        bottom = min(self.height, math.ceil(max(p[1] for p in points)) + 1)
-        for y in range(top, bottom):
-            yc = y + 0.5
-            xs = sorted(
-                x0 + (yc - y0) * (x1 - x0) / (y1 - y0)
-                for (x0, y0), (x1, y1) in edges
-                if (y0 <= yc < y1) or (y1 <= yc < y0)
-            )
-            for left, right in zip(xs[::2], xs[1::2], strict=False):
-                self.span(y, left, right, color)
-
-    def vgradient(self, y0: float, y1: float, top: Color, bottom: Color) -> None:
-        """Fill rows ``y0 <= y < y1`` with a vertical gradient from ``top`` to ``bottom``."""
-        first, last = max(0, round(y0)), min(self.height, round(y1))
-        steps = max(1, last - first - 1)
-        for y in range(first, last):
-            self.span(y, 0, self.width, mix(top, bottom, (y - first) / steps))
+                self.rect(cx - half, y, cx + half, y + 1, color)
 
     def tint(self, color: Color, strength: float) -> None:
         """Blend every pixel towards ``color`` by ``strength`` (0..1), one channel at a time."""
@@ -112,38 +69,18 @@ class Raster:
 
     def mirror(self) -> None:
         """Flip the picture left to right."""
-        stride = self.stride
-        for y in range(self.height):
-            backwards = self.data[y * stride : (y + 1) * stride][::-1]  # pixels reversed, as B,G,R
-            row = bytearray(stride)
-            row[0::3], row[1::3], row[2::3] = backwards[2::3], backwards[1::3], backwards[0::3]
-            self.data[y * stride : (y + 1) * stride] = row
-
-    def border(self, thickness: int, color: Color) -> None:
-        """Draw a frame ``thickness`` pixels wide along the edges."""
-        self.rect(0, 0, self.width, thickness, color)
-        self.rect(0, self.height - thickness, self.width, self.height, color)
-        self.rect(0, 0, thickness, self.height, color)
-        self.rect(self.width - thickness, 0, self.width, self.height, color)
+        stride = self.width * 3
+        for start in range(0, len(self.data), stride):
+            backwards = self.data[start : start + stride][::-1]  # pixels reversed, each as B,G,R
+            for channel in range(3):
+                self.data[start + channel : start + stride : 3] = backwards[2 - channel :: 3]
 
     def encode(self) -> bytes:
-        """The picture as a PNG file (8-bit RGB, filter type 0, fast compression: quick to write and read)."""
-        out = io.BytesIO()
+        """The picture as a PNG file (8-bit RGB, fast compression: quick to write and to read)."""
+        out, stride = io.BytesIO(), self.width * 3
         writer = png.Writer(self.width, self.height, greyscale=False, bitdepth=8, compression=1)
-        stride, data = self.stride, self.data
-        writer.write_packed(out, (data[i : i + stride] for i in range(0, len(data), stride)))
+        writer.write_packed(out, (self.data[i : i + stride] for i in range(0, len(self.data), stride)))
         return out.getvalue()
-
-
-def mix(a: Color, b: Color, t: float) -> Color:
-    """The colour ``t`` of the way from ``a`` to ``b``."""
-    return (round(a[0] + (b[0] - a[0]) * t), round(a[1] + (b[1] - a[1]) * t), round(a[2] + (b[2] - a[2]) * t))
-
-
-def hue_color(hue: float, saturation: float = 0.65, value: float = 0.95) -> Color:
-    """An RGB colour from HSV components in 0..1."""
-    r, g, b = colorsys.hsv_to_rgb(hue % 1.0, saturation, value)
-    return round(r * 255), round(g * 255), round(b * 255)
 
 
 def digest(*parts: object) -> bytes:
@@ -166,15 +103,6 @@ def crop_box(width: int, height: int, out_w: int, out_h: int) -> tuple[int, int,
         return (width - crop_w) // 2, 0, crop_w, height
     crop_h = max(1, round(width * out_h / out_w))
     return 0, (height - crop_h) // 2, width, crop_h
-
-
-def _column_picker(x0: int, crop_w: int, out_w: int) -> itemgetter[tuple[int, ...]]:
-    """An ``itemgetter`` that picks the bytes of the nearest source pixel for each output column."""
-    indices: list[int] = []
-    for x in range(out_w):
-        sx = (x0 + x * crop_w // out_w) * 3
-        indices.extend((sx, sx + 1, sx + 2))
-    return itemgetter(*indices)
 
 
 class UnreadablePNG(ValueError):
@@ -223,73 +151,33 @@ def check_inflated_size(data: bytes) -> None:
 
 
 def decode_fitted(data: bytes, aspect: tuple[int, int] | None, long_side: int) -> Raster:
-    """Decode a PNG and fit it to ``aspect`` (``None``: keep its own ratio), converting only needed rows.
+    """Decode a PNG, crop it centred to ``aspect`` (``None``: its own ratio) and scale it (nearest pixel).
 
-    Rows are streamed from pypng and only those the output samples are
-    converted to RGB, so a large input costs decoding time but not memory.
+    Rows stream from pypng (as RGBA, whatever the file's colour type and
+    depth) and only those the output samples are kept, so a large input
+    costs decoding time but not memory.
     """
     try:
         check_inflated_size(data)
-        reader = png.Reader(bytes=data)
-        reader.preamble()
-        width, height = reader.width, reader.height
-        out_w, out_h = target_size(aspect, long_side, (width, height))
-        x0, y0, crop_w, crop_h = crop_box(width, height, out_w, out_h)
-        _, _, rows, info = reader.asDirect()
-        planes = info["planes"]
-        if info["bitdepth"] != 8:
-            _, _, rows, info = png.Reader(bytes=data).asRGBA8()
-            planes = 4
+        width, height, rows, _ = png.Reader(bytes=data).asRGBA8()
+        out = Raster(*target_size(aspect, long_side, (width, height)))
+        x0, y0, crop_w, crop_h = crop_box(width, height, out.width, out.height)
+        columns = (4 * (x0 + x * crop_w // out.width) for x in range(out.width))
+        pick = itemgetter(*(i + channel for i in columns for channel in range(3)))
         wanted: dict[int, list[int]] = {}
-        for y in range(out_h):
-            wanted.setdefault(y0 + y * crop_h // out_h, []).append(y)
-        pick = _column_picker(x0, crop_w, out_w)
-        out = Raster(out_w, out_h)
-        for sy, row in enumerate(rows):
-            if sy in wanted:
-                line = bytes(pick(_to_rgb(row, planes, width)))
-                for y in wanted[sy]:
-                    out.data[y * out.stride : (y + 1) * out.stride] = line
-            if sy >= y0 + crop_h:
+        for y in range(out.height):
+            wanted.setdefault(y0 + y * crop_h // out.height, []).append(y)
+        stride = out.width * 3
+        for source_y, row in enumerate(rows):
+            if source_y in wanted:
+                line = bytes(pick(row))
+                for y in wanted[source_y]:
+                    out.data[y * stride : (y + 1) * stride] = line
+            if source_y >= y0 + crop_h:
                 break
         return out
     except (png.Error, ValueError, KeyError, zlib.error) as exc:
         raise UnreadablePNG(str(exc)) from exc
-
-
-def _to_rgb(row: Sequence[int], planes: int, width: int) -> bytearray:
-    """One decoded row (grey, grey+alpha, RGB or RGBA values) as RGB bytes; alpha is dropped."""
-    values = bytes(row)
-    if planes == 3:
-        return bytearray(values)
-    rgb = bytearray(width * 3)
-    if planes in (1, 2):
-        grey = values[::planes]
-        rgb[0::3] = rgb[1::3] = rgb[2::3] = grey
-    else:
-        rgb[0::3], rgb[1::3], rgb[2::3] = values[0::4], values[1::4], values[2::4]
-    return rgb
-
-
-def apply_edit(picture: Raster, seed: bytes) -> None:
-    """Make the "edit" visible and specific to ``seed``: tint, mirror, frame and a coded band.
-
-    The tint hue and the band's colour blocks come from the seed (a hash of
-    the prompt, the model's seed and the output index), so two prompts give
-    pixel-different pictures and one prompt always gives the same picture.
-    """
-    accent = hue_color(seed[0] / 256)
-    picture.tint(accent, 0.3)
-    picture.mirror()
-    long_side = max(picture.width, picture.height)
-    picture.border(max(2, long_side // 64), mix(accent, (0, 0, 0), 0.45))
-    band = max(4, picture.height // 14)
-    top = picture.height - max(2, long_side // 64) - band
-    blocks = 16
-    block_w = picture.width / blocks
-    for i in range(blocks):
-        color = hue_color(seed[1 + i] / 256, 0.55 + (seed[17 + i % 15] % 40) / 100, 0.9)
-        picture.rect(i * block_w, top, (i + 1) * block_w, top + band, color)
 
 
 def padded_png(png_bytes: bytes, total_size: int | None) -> tuple[int, Iterator[bytes]]:

@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import httpx
 
 from airflow_provider_runcomfy.emulator.images import PNG_SIGNATURE, digest
+from airflow_provider_runcomfy.emulator.jobs import InputPicture
 from airflow_provider_runcomfy.emulator.loopback import is_loopback_name
-from airflow_provider_runcomfy.emulator.render import InputPicture
 
 #: Reads one of the emulator's own paths (``/samples/x.png``, ``/files/id/0.png``) without HTTP.
 OwnPathReader = Callable[[str], Awaitable[bytes]]

@@ -7,11 +7,30 @@ updated as time passes, its phase is worked out from when it was submitted.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from airflow_provider_runcomfy.emulator.faults import OutputKind
-from airflow_provider_runcomfy.emulator.render import InputPicture
+
+
+@dataclass(frozen=True)
+class InputPicture:
+    """An input image as the emulator got it: PNG bytes it can decode, or a seed to draw a stand-in from."""
+
+    png: bytes | None = None
+    stand_in_seed: str | None = None
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """What its outputs are cached under: a hash of the PNG (hashed once per job), or the seed."""
+        return (
+            "png:" + hashlib.sha256(self.png).hexdigest()
+            if self.png is not None
+            else f"seed:{self.stand_in_seed}"
+        )
+
 
 #: Where a job is in its life, as the emulator computes it from the clock.
 Phase = Literal["in_queue", "in_progress", "succeeded", "failed", "cancelled"]

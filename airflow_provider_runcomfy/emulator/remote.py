@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import os
 import time
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 
-from airflow_provider_runcomfy.emulator.admin import ADMIN_PREFIX, ADMIN_TOKEN_HEADER
+from airflow_provider_runcomfy.emulator.admin import ADMIN_PREFIX, ADMIN_TOKEN_HEADER, PLAN_PATHS
 from airflow_provider_runcomfy.emulator.config import DEFAULT_TOKEN
 from airflow_provider_runcomfy.emulator.controls import EmulatorControls
 from airflow_provider_runcomfy.emulator.faults import Fault, Rule
 from airflow_provider_runcomfy.emulator.journal import Journal, JournalEntry
-from airflow_provider_runcomfy.emulator.state import JobInfo
+from airflow_provider_runcomfy.emulator.state import JobInfo, Planned
 
 #: The environment variables the CLI reads too.
 TOKEN_ENV = "RUNCOMFY_EMULATOR_TOKEN"
@@ -49,23 +48,16 @@ class _AdminClient:
     def journal(self) -> Journal:
         return Journal([JournalEntry.from_dict(e) for e in self.call("GET", "/journal")])
 
-    def add_fault(self, fault: Fault) -> Fault:
-        return Fault.model_validate(self.call("POST", "/faults", fault.model_dump(exclude_defaults=True)))
+    def add(self, item: Planned) -> Planned:
+        return type(item).model_validate(
+            self.call("POST", PLAN_PATHS[type(item)], item.model_dump(exclude_defaults=True))
+        )
 
-    def list_faults(self) -> list[Fault]:
-        return [Fault.model_validate(f) for f in self.call("GET", "/faults")]
+    def planned(self, kind: type[Planned]) -> list[Planned]:
+        return [kind.model_validate(plan) for plan in self.call("GET", PLAN_PATHS[kind])]
 
-    def clear_faults(self) -> None:
-        self.call("DELETE", "/faults")
-
-    def add_rule(self, rule: Rule) -> Rule:
-        return Rule.model_validate(self.call("POST", "/rules", rule.model_dump(exclude_defaults=True)))
-
-    def list_rules(self) -> list[Rule]:
-        return [Rule.model_validate(r) for r in self.call("GET", "/rules")]
-
-    def clear_rules(self) -> None:
-        self.call("DELETE", "/rules")
+    def clear(self, kind: type[Fault] | type[Rule]) -> None:
+        self.call("DELETE", PLAN_PATHS[kind])
 
     def list_jobs(self) -> list[JobInfo]:
         return [JobInfo.from_dict(j) for j in self.call("GET", "/jobs")]
@@ -128,14 +120,6 @@ class RemoteEmulator(EmulatorControls):
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self._admin.http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"RemoteEmulator({self._base_url})"

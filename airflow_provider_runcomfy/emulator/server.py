@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from types import TracebackType
 from typing import Any, Self
 
 from airflow_provider_runcomfy.emulator.config import EmulatorConfig
@@ -141,13 +140,12 @@ class RunComfyEmulator(EmulatorControls):
         """Whether the server thread is serving."""
         return self._thread is not None and self._thread.is_alive()
 
+    def close(self) -> None:
+        """The same as ``stop()``: what leaving its ``with`` block does."""
+        self.stop()
+
     def __enter__(self) -> Self:
         return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"RunComfyEmulator({self._base_url or 'stopped'})"

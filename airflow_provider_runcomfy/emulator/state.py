@@ -26,7 +26,6 @@ from airflow_provider_runcomfy.emulator.jobs import Job, JobInfo, JobPlan, Phase
 from airflow_provider_runcomfy.emulator.journal import Journal, JournalEntry
 from airflow_provider_runcomfy.emulator.models import ModelSpec, parse_aspect_ratio
 from airflow_provider_runcomfy.emulator.queue import QueueIndex
-from airflow_provider_runcomfy.emulator.render import RenderCache
 
 __all__ = [
     "EmulatorState",
@@ -42,7 +41,7 @@ __all__ = [
 ]
 
 #: A fault or a rule: what the controls plan, each with an id and a count of hits.
-_Planned = TypeVar("_Planned", Fault, Rule)
+Planned = TypeVar("Planned", Fault, Rule)
 
 
 class InsufficientBalance(Exception):
@@ -52,7 +51,7 @@ class InsufficientBalance(Exception):
 class EmulatorState:
     """All the emulator remembers, and the controls tests use to steer it.
 
-    Its control methods (``add_fault``, ``list_jobs``, ``set_config``, ...)
+    Its control methods (``add``, ``list_jobs``, ``set_config``, ...)
     take and return the declarative models; ``EmulatorControls`` gives them
     their friendly signatures, and the admin API serves the same methods.
 
@@ -67,13 +66,13 @@ class EmulatorState:
         self.config = self._initial.model_copy(deep=True)
         self.clock = clock
         self.journal = Journal()
-        self.renders = RenderCache()
         self._lock = threading.RLock()
         self._jobs: dict[str, Job] = {}
         self._order: list[Job] = []
         self._queue = QueueIndex()
         self._faults: list[Fault] = []
         self._rules: list[Rule] = []
+        self._planned: dict[type[Fault] | type[Rule], list[Any]] = {Fault: self._faults, Rule: self._rules}
         self._ids = itertools.count(1)
 
     # -- controls ---------------------------------------------------------------------------
@@ -97,47 +96,27 @@ class EmulatorState:
             self._faults.clear()
             self._rules.clear()
             self.journal.clear()
-            self.renders.clear()
             self.config = self._initial.model_copy(deep=True)
 
-    def add_fault(self, fault: Fault) -> Fault:
-        """Plan ``fault`` (see ``Fault`` for the kinds); returns it with its ``id``."""
-        if fault.times is not None and fault.times < 1:
+    def add(self, item: Planned) -> Planned:
+        """Plan a ``Fault`` (see it for the kinds), or add a ``Rule`` after the others; returns it with its ``id``."""
+        if isinstance(item, Fault) and item.times is not None and item.times < 1:
             raise ValueError("times must be at least 1, or None for every request")
-        return self._plan(self._faults, fault)
-
-    def list_faults(self) -> list[Fault]:
-        """Copies of the faults still planned (and those used up, with their ``hits``)."""
-        return self._copies(self._faults)
-
-    def clear_faults(self) -> None:
-        """Remove every fault."""
-        with self._lock:
-            self._faults.clear()
-
-    def add_rule(self, rule: Rule) -> Rule:
-        """Add ``rule`` after the others (see ``Rule``); returns it with its ``id``."""
-        return self._plan(self._rules, rule)
-
-    def list_rules(self) -> list[Rule]:
-        """Copies of the rules, in the order they are tried."""
-        return self._copies(self._rules)
-
-    def clear_rules(self) -> None:
-        """Remove every rule."""
-        with self._lock:
-            self._rules.clear()
-
-    def _plan(self, plans: list[_Planned], item: _Planned) -> _Planned:
         # Faults and rules share one id sequence; the caller gets a copy (the state keeps counting hits).
         with self._lock:
             added = item.model_copy(update={"id": next(self._ids), "hits": 0})
-            plans.append(added)
+            self._planned[type(item)].append(added)
             return added.model_copy()
 
-    def _copies(self, plans: list[_Planned]) -> list[_Planned]:
+    def planned(self, kind: type[Planned]) -> list[Planned]:
+        """Copies of the faults (used up ones too, with their ``hits``) or of the rules, in the order tried."""
         with self._lock:
-            return [plan.model_copy() for plan in plans]
+            return [plan.model_copy() for plan in self._planned[kind]]
+
+    def clear(self, kind: type[Fault] | type[Rule]) -> None:
+        """Remove every fault, or every rule."""
+        with self._lock:
+            self._planned[kind].clear()
 
     def expire(self, request_id: str) -> bool:
         """Make a job answer 404001 from now on, as if its results had expired. ``False`` if unknown."""

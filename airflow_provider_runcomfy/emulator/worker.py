@@ -3,7 +3,7 @@
 RunComfy fetches a job's input images while it runs and fails the job when
 one cannot be fetched; the emulator does the same, lazily, the first time
 someone looks at a finished job (``settle``), so there is no background
-work to schedule. Outputs are rendered on first download and cached.
+work to schedule. Outputs are rendered when first downloaded.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import asyncio
 import logging
 import re
 
-from airflow_provider_runcomfy.emulator import scenes
 from airflow_provider_runcomfy.emulator.inputs import InputFetchError, fetch_input
-from airflow_provider_runcomfy.emulator.render import OutputSpec, render_output
+from airflow_provider_runcomfy.emulator.render import SAMPLES, OutputSpec, render_output, sample_png
 from airflow_provider_runcomfy.emulator.state import EmulatorState, Job, Phase
 
 log = logging.getLogger(__name__)
@@ -67,8 +66,8 @@ class Worker:
 
     async def read_own_path(self, path: str) -> bytes:
         """An input URL that points at this emulator, read without HTTP; ``LookupError`` if absent."""
-        if (match := _SAMPLE_PATH.fullmatch(path)) and match.group(1) in scenes.SAMPLES:
-            return await asyncio.to_thread(scenes.sample_png, match.group(1))
+        if (match := _SAMPLE_PATH.fullmatch(path)) and match.group(1) in SAMPLES:
+            return await asyncio.to_thread(sample_png, match.group(1))
         if match := _FILE_PATH.fullmatch(path):
             job = self.state.get(match.group(1))
             index = int(match.group(2))
@@ -77,14 +76,9 @@ class Worker:
         raise LookupError(f"no file at {path}")
 
     async def render(self, job: Job, index: int) -> bytes:
-        key = (job.request_id, index)
-        cached = self.state.renders.get(key)
-        if cached is not None:
-            return cached
+        """Output ``index`` of a finished job (``render_output`` caches it: a client may download again)."""
         pictures = job.inputs or []
         picture = pictures[index % len(pictures)] if pictures else None
         plan = job.plan
         spec = OutputSpec(plan.prompt, plan.seed, index, plan.aspect, plan.long_side)
-        data = await asyncio.to_thread(render_output, picture, spec)
-        self.state.renders.put(key, data)
-        return data
+        return await asyncio.to_thread(render_output, picture, spec)

@@ -1,8 +1,10 @@
 """Fixtures shared by the emulator's tests (the emulator itself comes from its pytest plugin).
 
 ``emu`` is the session emulator, reset for the test, with jobs that finish
-at once; ``api`` is an httpx client on it that sends the emulator's token.
-A test module that wants the plugin's default timings overrides ``emu``.
+at once; ``api`` is an httpx client on it that sends the emulator's token;
+``admin`` is an httpx client on its admin API. A test module that wants the
+plugin's default timings overrides ``emu``. ``clocked`` is an emulator of
+the test's own with a clock that moves only when the test moves it.
 """
 
 from __future__ import annotations
@@ -28,3 +30,31 @@ def api(emu: RunComfyEmulator) -> Iterator[httpx.Client]:
     headers = {"Authorization": f"Bearer {emu.token}"}
     with httpx.Client(base_url=emu.base_url, headers=headers, timeout=10) as client:
         yield client
+
+
+@pytest.fixture
+def admin(emu: RunComfyEmulator) -> Iterator[httpx.Client]:
+    """An httpx client on ``emu``'s admin API (``/_emulator``), as a test or a browser would call it."""
+    with httpx.Client(base_url=emu.base_url + "/_emulator", timeout=10) as client:
+        yield client
+
+
+class FakeClock:
+    """A clock the test moves by hand, so state changes are exact and instant."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clocked() -> Iterator[tuple[RunComfyEmulator, FakeClock, httpx.Client]]:
+    """An emulator of its own whose clock only moves when the test says so (queue 10 s, run 20 s)."""
+    clock = FakeClock()
+    with RunComfyEmulator(queue_seconds=10, run_seconds=20) as emulator:
+        emulator.state.clock = clock
+        headers = {"Authorization": f"Bearer {emulator.token}"}
+        with httpx.Client(base_url=emulator.base_url, headers=headers, timeout=10) as client:
+            yield emulator, clock, client

@@ -16,12 +16,6 @@ from airflow_provider_runcomfy.emulator import RemoteEmulator, RunComfyEmulator
 FAULT = {"endpoint": "status", "kind": "drop"}
 
 
-@pytest.fixture
-def admin(emu: RunComfyEmulator):
-    with httpx.Client(base_url=emu.base_url + "/_emulator", timeout=10) as client:
-        yield client
-
-
 def test_a_text_plain_post_is_refused(emu, admin):
     import json
 

@@ -260,13 +260,10 @@ def test_remote_controls_plan_the_new_faults_too(emu, api):
     assert httpx.get(emu.sample_url()).status_code == 302
 
 
-def test_the_admin_api_takes_a_fault_as_json(emu, api):
+def test_the_admin_api_takes_a_fault_as_json(emu, api, admin):
     url = output_url(api, submit(api))
-    with httpx.Client(base_url=emu.base_url) as admin:
-        added = admin.post(
-            "/_emulator/faults", json={"endpoint": "file", "kind": "zlib_bomb", "size": 1 << 20}
-        )
-        refused = admin.post("/_emulator/faults", json={"endpoint": "file", "kind": "zlib_bomb", "size": -1})
+    added = admin.post("/faults", json={"endpoint": "file", "kind": "zlib_bomb", "size": 1 << 20})
+    refused = admin.post("/faults", json={"endpoint": "file", "kind": "zlib_bomb", "size": -1})
 
     assert added.status_code == 200
     assert added.json()["size"] == 1 << 20

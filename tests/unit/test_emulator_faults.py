@@ -239,12 +239,11 @@ def test_the_journal_records_each_request_and_its_answer(emu, api):
     assert emu.journal.last("status").status_code == 401
 
 
-def test_admin_calls_are_not_journaled(emu):
-    with httpx.Client(base_url=emu.base_url) as admin:
-        assert admin.get("/_emulator/health").json() == {"status": "ok"}
-        admin.post("/_emulator/faults", json={"endpoint": "status", "kind": "drop"})
-        admin.get("/_emulator/journal")
-        admin.delete("/_emulator/faults")
+def test_admin_calls_are_not_journaled(emu, admin):
+    assert admin.get("/health").json() == {"status": "ok"}
+    admin.post("/faults", json={"endpoint": "status", "kind": "drop"})
+    admin.get("/journal")
+    admin.delete("/faults")
 
     assert len(emu.journal) == 0
     assert emu.faults == []

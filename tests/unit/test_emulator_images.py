@@ -197,3 +197,42 @@ def test_a_png_bomb_input_is_not_inflated_and_the_job_gets_a_stand_in(emu, api):
     result = run(api, {"prompt": "p", "image_url": as_data, "aspect_ratio": "1:1"})
     assert result["status"] == "succeeded"
     assert pixels(fetch_png(result["output"]["image"]))[:2] == (512, 512)
+
+
+@pytest.mark.parametrize(
+    ("writer_options", "row"),
+    [
+        ({"greyscale": True}, [200] * 8),
+        ({"greyscale": True, "alpha": True}, [200, 255] * 8),
+        ({"greyscale": False, "alpha": True}, [200, 200, 200, 128] * 8),
+        ({"greyscale": True, "bitdepth": 16}, [51400] * 8),
+        ({"palette": [(200, 200, 200)], "bitdepth": 1}, [0] * 8),
+    ],
+)
+def test_an_input_of_any_png_colour_type_and_depth_is_decoded(writer_options, row):
+    from airflow_provider_runcomfy.emulator.images import decode_fitted
+
+    out = io.BytesIO()
+    png.Writer(8, 6, **writer_options).write(out, [row] * 6)
+
+    fitted = decode_fitted(out.getvalue(), (1, 1), 4)
+    assert (fitted.width, fitted.height) == (4, 4)
+    assert set(fitted.data) == {200}  # grey 200 everywhere, alpha dropped
+
+
+def test_the_samples_are_four_different_pictures_and_an_output_is_one_edited(emu, api):
+    samples = {
+        name: pixels(fetch_png(emu.sample_url(name)))
+        for name in ("portrait", "street", "product", "landscape")
+    }
+    for _, _, rgb in samples.values():
+        colours = {rgb[i : i + 3] for i in range(0, len(rgb), 3)}
+        assert len(colours) > 20  # a picture, not a blank
+    assert len({rgb for _, _, rgb in samples.values()}) == 4
+
+    result = run(api, {"prompt": "edit", "image_url": emu.sample_url("product"), "aspect_ratio": "1:1"})
+    width, height, edited = pixels(fetch_png(result["output"]["image"]))
+    original = samples["product"][2]
+    assert (width, height) == (512, 512)  # the product's own size: the same pixels, edited
+    changed = sum(edited[i : i + 3] != original[i : i + 3] for i in range(0, len(original), 3))
+    assert changed > 0.9 * width * height

@@ -14,10 +14,16 @@ import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.client._validation import input_fingerprint
-from airflow_provider_runcomfy.client.errors import InvalidInputError
+from airflow_provider_runcomfy.client.errors import InvalidInputError, RunComfyError
+
+if TYPE_CHECKING:
+    from datetime import timedelta
+
+    from airflow_provider_runcomfy.arguments import PreflightMode
+    from airflow_provider_runcomfy.batch.submitting import Prepared
 
 #: The manifest carries an input as it is up to this size (JSON characters), a digest beyond.
 MAX_INPUT_IN_MANIFEST = 4096
@@ -84,6 +90,51 @@ def make_items(model_id: str, inputs: Sequence[Any]) -> list[BatchItem]:
             BatchItem(index=index, input=value, key=f"{short}.{occurrence}", fingerprint=fingerprint)
         )
     return items
+
+
+def prepare_items(
+    model_id: str,
+    items: Sequence[BatchItem],
+    *,
+    for_submit: bool,
+    preflight: PreflightMode,
+    sign_expiry: int | timedelta | None,
+    api_base_url: str | None,
+    log: Any,
+) -> list[Prepared]:
+    """Each item's request body, or the ``RunComfyError`` that makes it invalid (``sources``).
+
+    The first pass (``for_submit=False``) checks every item's files in storage and pre-flights
+    its https inputs, concurrently and bounded, signing and reading nothing; the second signs or
+    inlines the files of the items about to be submitted (their URLs are not pre-flighted again).
+    The ledger and the manifest keep the inputs as given.
+    """
+    from airflow_provider_runcomfy.sources import InputPreparer
+
+    payloads = [item.input for item in items if isinstance(item.input, Mapping)]
+    with InputPreparer(
+        preflight="off" if for_submit else preflight,
+        sign_expiry=sign_expiry,
+        api_base_url=api_base_url,
+        check_only=not for_submit,
+        logger=log,
+    ) as preparer:
+        prepared = iter(preparer.prepare_many(model_id, payloads))
+    results: list[Prepared] = []
+    for item in items:
+        if not isinstance(item.input, Mapping):
+            results.append(_not_a_dict(item))
+            continue
+        one = next(prepared)
+        results.append(one if isinstance(one, RunComfyError) else one.payload_to_send)
+    return results
+
+
+def _not_a_dict(item: BatchItem) -> RunComfyError:
+    return InvalidInputError(
+        f"Item {item.index}: an input must be a JSON object of the model's fields, not "
+        f"{type(item.input).__name__}: {str(item.input)[:80]!r}."
+    )
 
 
 def _is_storage_path(value: Any) -> bool:

@@ -1,6 +1,6 @@
 """What a batch hands over: ``manifest.jsonl`` (one line per input, in input order) and a small return value.
 
-Manifest line: ``index``, ``input`` (or a digest of a large one), ``request_id``,
+Manifest line: ``index``, ``model_id``, ``input`` (or a digest of a large one), ``request_id``,
 ``status``, ``outputs`` (URLs), ``stored`` (``uri``, ``bytes``, ``sha256``, ...),
 ``error``, ``cost_usd``. Statuses: ``succeeded``, ``failed``, ``cancelled``,
 ``invalid`` (refused before any request, or by RunComfy's schema), ``unknown`` (a
@@ -51,6 +51,8 @@ def manifest_rows(run: BatchRun) -> Iterator[dict[str, Any]]:
         cost = outcome.get("cost_usd")
         yield {
             "index": item.index,
+            # Each line names its model, so a line read on its own (a spend report, a gallery) knows it.
+            "model_id": run.model_id,
             "input": item.manifest_input(),
             "request_id": record.request_id,
             "status": status,
@@ -83,4 +85,11 @@ def summary(run: BatchRun, manifest_uri: str) -> dict[str, Any]:
         "manifest": manifest_uri,
         "stopped": run.stopped,
         "stopped_by_budget": run.stopped == "budget",
+        # Why it stopped submitting (the budget, the spend and the estimate in flight; the balance).
+        "stop_reason": (run.stop_message or f"stopped: {run.stopped}") if run.stopped else None,
     }
+
+
+def describe_counts(result: dict[str, Any]) -> str:
+    """``"7 succeeded, 2 failed"``: the non-zero counts of a summary, for the log and messages."""
+    return ", ".join(f"{result[status]} {status}" for status in STATUSES if result[status])

@@ -83,8 +83,13 @@ class SubmitSteps:
         validate: Callable[..., dict[str, Any]],
         may_submit: Callable[[BatchItem, BatchSpend], bool],
         try_number: int,
+        stop_reason: Callable[[], str | None] | None = None,
     ) -> RefillResult:
-        """Submit ready items until ``max_in_flight`` jobs are in flight, each once, intent first."""
+        """Submit ready items until ``max_in_flight`` jobs are in flight, each once, intent first.
+
+        ``stop_reason`` says why ``may_submit`` refused (the budget's figures); it is kept in the
+        ledger, so the manifest and the return value of a later worker part say it too.
+        """
         result = RefillResult(stopped=self.stopped)
         if self.stopped:
             return result
@@ -111,6 +116,7 @@ class SubmitSteps:
                 )
                 if not may_submit(item, spend):  # the BUDGET seam (see the operator's ``may_submit``)
                     result.stopped = "budget"
+                    result.message = (stop_reason() if stop_reason else None) or _refused(item, spend)
                     break
                 launch.append(queue.popleft())
             if launch:
@@ -226,3 +232,13 @@ class SubmitSteps:
 
 def _attempts(record: L.ItemRecord | None) -> int:
     return record.attempt if record is not None else 0
+
+
+def _refused(item: BatchItem, spend: BatchSpend) -> str:
+    """Why the batch stopped when ``may_submit`` said no and did not say why (an override)."""
+    from airflow_provider_runcomfy.models.spend import usd
+
+    return (
+        f"may_submit refused item {item.index} with {usd(spend.spent_usd)} spent and {spend.in_flight} "
+        "job(s) in flight; no further item is submitted, the jobs in flight are finished and kept"
+    )

@@ -19,8 +19,8 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, InitVar, dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.batch.progress import Progress
@@ -75,6 +75,7 @@ class WakeRule:
     lead_seconds: float = 0.0
 
 
+@dataclass(eq=False)
 class Window:
     """The jobs in flight and the loop that waits for them.
 
@@ -87,25 +88,17 @@ class Window:
     :param progress: counts for the progress line (None: no line).
     """
 
-    def __init__(
-        self,
-        entries: Sequence[Sequence[Any]],
-        *,
-        model_id: str,
-        poll_interval: float,
-        rule: WakeRule,
-        expected_seconds: float | None = None,
-        deadline: float | None = None,
-        progress: Progress | None = None,
-        log_line: Callable[[str], object] | None = None,
-    ) -> None:
-        self.model_id = model_id
-        self.poll_interval = poll_interval
-        self.rule = rule
-        self.expected = expected_seconds
-        self.deadline = deadline
-        self.progress = progress
-        self.log_line = log_line or log.info
+    entries: InitVar[Sequence[Sequence[Any]]]
+    _: KW_ONLY
+    model_id: str
+    poll_interval: float
+    rule: WakeRule
+    expected_seconds: float | None = None
+    deadline: float | None = None
+    progress: Progress | None = None
+    log_line: Callable[[str], object] = log.info
+
+    def __post_init__(self, entries: Sequence[Sequence[Any]]) -> None:
         self._heap: list[_Entry] = []
         for request_id, key, submitted_at in entries:
             entry = _Entry(str(request_id), str(key), float(submitted_at), 0.0)
@@ -115,6 +108,21 @@ class Window:
         self.outcomes: dict[str, dict[str, Any]] = {}  # request id -> Outcome.to_event()
         self._first_finish: float | None = None
         self._size = len(self._heap)
+
+    @classmethod
+    def from_wait_args(cls, args: Mapping[str, Any], *, log_line: Callable[[str], object]) -> Window:
+        """The wait that ``RunComfyBatchTrigger``'s arguments describe: the trigger's and the blocking mode's."""
+        progress = args.get("progress")
+        return cls(
+            args["window"],
+            model_id=args["model_id"],
+            poll_interval=args["poll_interval"],
+            rule=WakeRule(args["wake_count"], args["max_wait"], args["wake_at"], args["lead_seconds"]),
+            expected_seconds=args["expected_seconds"],
+            deadline=args["deadline"],
+            progress=Progress(**progress) if progress else None,
+            log_line=log_line,
+        )
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -223,19 +231,19 @@ class Window:
     # -- timing ---------------------------------------------------------------------------------
 
     def _first_poll(self, entry: _Entry) -> float:
-        if self.expected is not None:
-            return entry.submitted_at + self.expected
+        if self.expected_seconds is not None:
+            return entry.submitted_at + self.expected_seconds
         return entry.submitted_at + self.poll_interval
 
     def _next_poll(self, entry: _Entry, now: float, *, soon: bool = False) -> float:
         if soon:
             return now + min(self.poll_interval, 1.0)
-        if self.expected is not None:
-            expected_done = entry.submitted_at + self.expected
+        if self.expected_seconds is not None:
+            expected_done = entry.submitted_at + self.expected_seconds
             if now < expected_done:
                 return expected_done
             # Late: read again at a tenth of the usual run time, within [0.5 s, poll_interval].
-            return now + min(self.poll_interval, max(0.5, self.expected / 10))
+            return now + min(self.poll_interval, max(0.5, self.expected_seconds / 10))
         return now + self.poll_interval
 
     def _should_wake(self, now: float) -> bool:
@@ -246,7 +254,7 @@ class Window:
             return True
         if finished >= self.rule.wake_count:
             return True
-        if self.rule.lead_seconds > 0 and self.expected is not None:
+        if self.rule.lead_seconds > 0 and self.expected_seconds is not None:
             horizon = now + self.rule.lead_seconds
             if finished + sum(1 for e in self._heap if e.next_poll <= horizon) >= self.rule.wake_count:
                 return True

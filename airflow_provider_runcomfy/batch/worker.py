@@ -10,19 +10,36 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_runcomfy.client.errors import RunComfyError
+
 if TYPE_CHECKING:
+    from airflow.sdk import Context
+
     from airflow_provider_runcomfy.batch.engine import BatchRun, RefillResult
+    from airflow_provider_runcomfy.batch.progress import Progress
     from airflow_provider_runcomfy.client import AsyncRunComfyClient
     from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 
 #: How long a resumed worker waits in place for jobs about to end, rather than deferring again.
 STAY_SECONDS = 3.0
+#: How long a finished job waits for others before the worker wakes to copy its outputs.
+MAX_WAIT_REFILL = 15.0
+MAX_WAIT_TAIL = 60.0
+#: How long ``on_kill`` keeps at cancelling (the task process is about to be stopped).
+ON_KILL_SECONDS = 20.0
 
 
 class BatchWorkerIO:
     """Clients and network steps of the batch operator's worker parts."""
 
     model_id: str
+    inputs: Any
+    output_dir: Any
+    max_in_flight: int
+    max_output_bytes: int | None
+    on_unknown_submit: str
     runcomfy_conn_id: str
     poll_interval: float
     deferrable: bool
@@ -30,11 +47,51 @@ class BatchWorkerIO:
     log: Any
     prepare_items: Any
     may_submit: Any
+    _stop_reason: Any
+    _run: BatchRun | None
 
     if TYPE_CHECKING:
 
         @property
         def hook(self) -> RunComfyHook: ...
+
+    def _open(self, context: Context) -> BatchRun:
+        """This worker part's view of the batch: the inputs read, the ledger loaded from ``output_dir``."""
+        from airflow_provider_runcomfy.batch.engine import BatchRun
+        from airflow_provider_runcomfy.batch.items import load_inputs, make_items
+        from airflow_provider_runcomfy.batch.ledger import Ledger
+        from airflow_provider_runcomfy.client.download import DEFAULT_MAX_OUTPUT_BYTES
+        from airflow_provider_runcomfy.outputs.storage import task_directory
+
+        ti = context["ti"]
+        try:
+            items = make_items(self.model_id, load_inputs(self.inputs))
+            folder = task_directory(
+                self.output_dir,
+                dag_id=ti.dag_id,
+                run_id=ti.run_id,
+                task_id=ti.task_id,
+                map_index=ti.map_index,
+            )
+        except RunComfyError as error:  # bad inputs, or an output_dir that cannot be written
+            if error.retryable:
+                raise
+            raise AirflowFailException(error.message) from error
+        if not items:
+            raise AirflowFailException("inputs is empty: there is nothing to run.")
+        ledger = Ledger(folder, self.model_id).load()
+        self._run = BatchRun(
+            self.model_id,
+            items,
+            ledger,
+            folder,
+            max_in_flight=self.max_in_flight,
+            max_output_bytes=self.max_output_bytes or DEFAULT_MAX_OUTPUT_BYTES,
+            resubmit_unknown=self.on_unknown_submit == "resubmit",
+            log=self.log,
+            api_base_url=self._base_url(),
+        )
+        return self._run
 
     async def _refill(self, run: BatchRun, pacer: Any, try_number: int) -> RefillResult:
         from airflow_provider_runcomfy.models import validate_input
@@ -47,26 +104,45 @@ class BatchWorkerIO:
                 validate=validate_input,
                 may_submit=self.may_submit,
                 try_number=try_number,
+                stop_reason=self._stop_reason,
             )
+
+    def _wait_args(
+        self,
+        run: BatchRun,
+        window: list[list[Any]],
+        progress: Progress,
+        *,
+        wake_at: float | None,
+        deadline: float | None,
+        tail: bool,
+    ) -> dict[str, Any]:
+        """The next wait, as ``RunComfyBatchTrigger``'s arguments (the blocking mode reads the same)."""
+        expected = run.expected_seconds()
+        return {
+            "model_id": self.model_id,
+            "window": window,
+            "runcomfy_conn_id": self.runcomfy_conn_id,
+            "poll_interval": self.poll_interval,
+            "wake_count": run.wake_count(),
+            "max_wait": MAX_WAIT_TAIL if tail else max(MAX_WAIT_REFILL, 2 * self.poll_interval),
+            "wake_at": wake_at,
+            "expected_seconds": expected,
+            "lead_seconds": self._lead_seconds(run, expected),
+            "deadline": deadline,
+            "progress": {
+                "total": progress.total,
+                "done": progress.done,
+                "started_at": progress.started_at,
+                "done_at_start": progress.done_at_start,
+            },
+        }
 
     async def _wait_here(self, trigger_kwargs: dict[str, Any]) -> dict[str, Any]:
         """The blocking mode's wait: the trigger's loop, run in the worker."""
-        from airflow_provider_runcomfy.batch.progress import Progress
-        from airflow_provider_runcomfy.batch.window import WakeRule, Window
+        from airflow_provider_runcomfy.batch.window import Window
 
-        kwargs = trigger_kwargs
-        window = Window(
-            kwargs["window"],
-            model_id=self.model_id,
-            poll_interval=self.poll_interval,
-            rule=WakeRule(
-                kwargs["wake_count"], kwargs["max_wait"], kwargs["wake_at"], kwargs["lead_seconds"]
-            ),
-            expected_seconds=kwargs["expected_seconds"],
-            deadline=kwargs["deadline"],
-            progress=Progress(**kwargs["progress"]),
-            log_line=self.log.info,
-        )
+        window = Window.from_wait_args(trigger_kwargs, log_line=self.log.info)
         async with self._async_client(submits=False) as client:
             return await window.wait(client)
 
@@ -96,6 +172,24 @@ class BatchWorkerIO:
                 event = await window.wait(client)
                 outcomes = event["outcomes"]
         return outcomes
+
+    def _cancel_now(self) -> None:
+        """Cancel the jobs in flight one by one while the task is being killed, for ``ON_KILL_SECONDS``."""
+        from airflow_provider_runcomfy.batch import ledger as L
+
+        if self._run is None:
+            return
+        give_up = time.monotonic() + ON_KILL_SECONDS
+        for _, record in self._run.records(L.SUBMITTED):
+            if time.monotonic() > give_up:
+                self.log.warning(
+                    "Stopped cancelling after %.0f s; remaining jobs may run and be billed.", ON_KILL_SECONDS
+                )
+                break
+            try:
+                self.hook.cancel(str(record.request_id))
+            except RunComfyError as error:
+                self.log.warning("Could not cancel RunComfy request %s: %s", record.request_id, error)
 
     async def _cancel(self, run: BatchRun, why: str) -> None:
         async with self._async_client(submits=False) as client:

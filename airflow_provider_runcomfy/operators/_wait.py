@@ -27,6 +27,10 @@ from airflow_provider_runcomfy.client import (
 from airflow_provider_runcomfy.client._wait import deadline_after
 from airflow_provider_runcomfy.client.outcome import Outcome, OutcomeKind, describe_cancel, describe_status
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+from airflow_provider_runcomfy.operators._arguments import (  # noqa: F401 -- formerly defined here
+    keep_wait_arguments,
+    max_output_bytes_or_default,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -54,19 +58,6 @@ def fail(error: RunComfyError) -> NoReturn:
     if isinstance(error, PERMANENT_ERRORS):
         raise AirflowFailException(error.message) from error
     raise error
-
-
-def max_output_bytes_or_default(value: int | None) -> int | None:
-    """Check a ``max_output_bytes`` argument when the DAG is parsed; None keeps the default (200 MB).
-
-    The download module is imported only when a value is given: a DAG file that keeps the
-    default does not pay for it.
-    """
-    if value is None:
-        return None
-    from airflow_provider_runcomfy.client.download import check_max_output_bytes
-
-    return check_max_output_bytes(value)
 
 
 class RunComfyWaitMixin:

@@ -30,9 +30,11 @@ from airflow_provider_runcomfy.arguments import (
     check_preflight,
     check_sign_expiry,
 )
-from airflow_provider_runcomfy.batch.worker import BatchWorkerIO
-from airflow_provider_runcomfy.client.errors import InvalidInputError, JobTimeoutError, RunComfyError
+from airflow_provider_runcomfy.batch.finishing import BatchFinishing, BatchLineage
+from airflow_provider_runcomfy.batch.worker import ON_KILL_SECONDS, BatchWorkerIO
+from airflow_provider_runcomfy.client.errors import RunComfyError
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+from airflow_provider_runcomfy.operators._arguments import keep_wait_arguments
 from airflow_provider_runcomfy.operators.links import RunComfyManifestLink, RunComfyOutputLink
 
 if TYPE_CHECKING:
@@ -42,25 +44,23 @@ if TYPE_CHECKING:
     from airflow_provider_runcomfy.batch.items import BatchItem
     from airflow_provider_runcomfy.models.catalog import BatchGuard
 
+__all__ = ["DEFER_TIMEOUT_MARGIN", "ON_KILL_SECONDS", "OnUnknownSubmit", "RunComfyBatchOperator"]
+
 OnUnknownSubmit = Literal["report", "resubmit"]
 
 #: The triggerer's own defer timeout is a backstop behind the batch's deadline.
 DEFER_TIMEOUT_MARGIN = timedelta(seconds=120)
-#: How long a finished job waits for others before the worker wakes to copy its outputs.
-MAX_WAIT_REFILL = 15.0
-MAX_WAIT_TAIL = 60.0
-#: How long ``on_kill`` keeps at cancelling (the task process is about to be stopped).
-ON_KILL_SECONDS = 20.0
 
 
-class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
+class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOperator):
     """Runs ``model_id`` over every input of ``inputs``: bounded in flight, resumable, never paying twice.
 
     Return value (small whatever N is): ``{"total", "succeeded", "failed", "cancelled",
     "invalid", "unknown", "not_submitted", "in_flight", "cost_usd", "manifest", "stopped",
-    "stopped_by_budget"}``; ``manifest`` is the URI of ``manifest.jsonl`` (one line per input,
-    in input order: ``index``, ``input``, ``request_id``, ``status``, ``outputs``, ``stored``,
-    ``error``, ``cost_usd``).
+    "stopped_by_budget", "stop_reason"}``; ``manifest`` is the URI of ``manifest.jsonl`` (one line
+    per input, in input order: ``index``, ``model_id``, ``input``, ``request_id``, ``status``,
+    ``outputs``, ``stored``, ``error``, ``cost_usd``); ``stop_reason`` says why a batch stopped
+    submitting (its budget's figures, or the balance), None when it did not.
 
     **Failure policy.** The task succeeds when at least one item succeeded and at most
     ``max_failed_items`` did not (no limit by default), and fails otherwise -- always after
@@ -133,36 +133,29 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.preflight = check_preflight(preflight)
-        self.sign_expiry = check_sign_expiry(sign_expiry)
+        self.model_id = model_id
+        self.inputs = inputs
+        self.timeout = timeout
+        # Each argument is checked beside where it is kept, when the DAG is parsed (the checks are
+        # stdlib only, so parsing stays cheap).
         if not output_dir:
             raise ValueError(
                 "output_dir is required: the batch keeps its ledger, outputs and manifest there."
             )
+        keep_wait_arguments(self, runcomfy_conn_id, deferrable, poll_interval, output_dir, max_output_bytes)
         if not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ValueError(f"max_in_flight must be a positive integer, not {max_in_flight!r}.")
-        if on_unknown_submit not in ("report", "resubmit"):
-            raise ValueError(f"on_unknown_submit must be 'report' or 'resubmit', not {on_unknown_submit!r}.")
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be positive, not {poll_interval!r}.")
-        self.model_id = model_id
-        self.inputs = inputs
-        self.output_dir = output_dir
         self.max_in_flight = max_in_flight
         self.max_invalid_items = max_invalid_items
         self.max_failed_items = max_failed_items
+        if on_unknown_submit not in ("report", "resubmit"):
+            raise ValueError(f"on_unknown_submit must be 'report' or 'resubmit', not {on_unknown_submit!r}.")
         self.on_unknown_submit = on_unknown_submit
-        self.deferrable = deferrable
-        self.poll_interval = float(poll_interval)
-        self.timeout = timeout
-        self.max_output_bytes = max_output_bytes
         self.submit_concurrency = max(1, int(submit_concurrency))
-        self.runcomfy_conn_id = runcomfy_conn_id
-        # Checked when the DAG is parsed (``arguments`` is stdlib only, so parsing stays cheap).
-        max_cost_usd = check_max_cost(max_cost_usd)
-        check_on_schema_unavailable(on_schema_unavailable)
-        self.max_cost_usd = max_cost_usd
-        self.on_schema_unavailable = on_schema_unavailable
+        self.max_cost_usd = check_max_cost(max_cost_usd)
+        self.on_schema_unavailable = check_on_schema_unavailable(on_schema_unavailable)
+        self.preflight = check_preflight(preflight)
+        self.sign_expiry = check_sign_expiry(sign_expiry)
         self._run: BatchRun | None = None
 
     # -- seams for the inputs and spend helpers ---------------------------------------------------
@@ -175,32 +168,21 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
         and again for the few items about to be submitted (``for_submit=True``: the place to
         sign storage paths, so that a pre-signed URL is fresh and never stored). An item
         returned as an error is reported like an invalid one and never submitted.
-
-        Here (``sources``, see ``docs/inputs.md``): the first pass checks every item's files in
-        storage and pre-flights its https inputs, concurrently and bounded, signing and reading
-        nothing; the second signs or inlines the files of the items about to be submitted (their
-        URLs are not pre-flighted again). The ledger and the manifest keep the inputs as given.
+        Here: ``batch.items.prepare_items`` (``sources``, see ``docs/inputs.md``).
         """
-        from airflow_provider_runcomfy.sources import InputPreparer, sign_expiry_for
+        from airflow_provider_runcomfy.batch.items import prepare_items
+        from airflow_provider_runcomfy.sources import sign_expiry_for
 
-        payloads = [item.input for item in items if isinstance(item.input, dict)]
-        with InputPreparer(
-            preflight="off" if for_submit else self.preflight,
+        return prepare_items(
+            self.model_id,
+            items,
+            for_submit=for_submit,
+            preflight=self.preflight,
             sign_expiry=self.sign_expiry or sign_expiry_for(self.timeout),
             # The run's (read when it opened): no connection look-up from inside the refill's loop.
             api_base_url=self._run.api_base_url if self._run is not None else self._base_url(),
-            check_only=not for_submit,
-            logger=self.log,
-        ) as preparer:
-            prepared = iter(preparer.prepare_many(self.model_id, payloads))
-        results: list[Prepared] = []
-        for item in items:
-            if not isinstance(item.input, dict):
-                results.append(_not_a_dict(item))
-                continue
-            one = next(prepared)
-            results.append(one if isinstance(one, RunComfyError) else one.payload_to_send)
-        return results
+            log=self.log,
+        )
 
     def may_submit(self, item: BatchItem, spend: BatchSpend) -> bool:
         """BUDGET SEAM: asked before each submit; False stops submitting (reported as ``stopped_by_budget``).
@@ -225,6 +207,11 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
             on_schema_unavailable=self.on_schema_unavailable,
             log=self.log,
         ).read_price()
+
+    def _stop_reason(self) -> str | None:
+        """Why ``may_submit`` refused: the budget's figures (None when an override refused on its own)."""
+        guard: BatchGuard | None = self.__dict__.get("spend_guard")  # never built here: no price read
+        return guard.budget.stopped_reason if guard is not None and guard.max_cost_usd is not None else None
 
     # -- Airflow entry points -----------------------------------------------------------------
 
@@ -276,22 +263,7 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
 
         A deferred task is cancelled by its trigger (``RunComfyBatchTrigger.on_kill``).
         """
-        run = self._run
-        if run is None:
-            return
-        from airflow_provider_runcomfy.batch import ledger as L
-
-        give_up = time.monotonic() + ON_KILL_SECONDS
-        for _, record in run.records(L.SUBMITTED):
-            if time.monotonic() > give_up:
-                self.log.warning(
-                    "Stopped cancelling after %.0f s; remaining jobs may run and be billed.", ON_KILL_SECONDS
-                )
-                break
-            try:
-                self.hook.cancel(str(record.request_id))
-            except RunComfyError as error:
-                self.log.warning("Could not cancel RunComfy request %s: %s", record.request_id, error)
+        self._cancel_now()
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """When the triggerer's own defer timeout fired first: cancel queued jobs, write the manifest."""
@@ -303,55 +275,12 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
 
     # -- the cycle ------------------------------------------------------------------------------
 
-    def _open(self, context: Context) -> BatchRun:
-        from airflow_provider_runcomfy.batch.engine import BatchRun
-        from airflow_provider_runcomfy.batch.items import load_inputs, make_items
-        from airflow_provider_runcomfy.batch.ledger import Ledger
-        from airflow_provider_runcomfy.client.download import DEFAULT_MAX_OUTPUT_BYTES
-        from airflow_provider_runcomfy.outputs.storage import task_directory
-
-        ti = context["ti"]
-        try:
-            items = make_items(self.model_id, load_inputs(self.inputs))
-            folder = task_directory(
-                self.output_dir,
-                dag_id=ti.dag_id,
-                run_id=ti.run_id,
-                task_id=ti.task_id,
-                map_index=ti.map_index,
-            )
-        except RunComfyError as error:  # bad inputs, or an output_dir that cannot be written
-            if error.retryable:
-                raise
-            raise AirflowFailException(error.message) from error
-        if not items:
-            raise AirflowFailException("inputs is empty: there is nothing to run.")
-        ledger = Ledger(folder, self.model_id).load()
-        self._run = BatchRun(
-            self.model_id,
-            items,
-            ledger,
-            folder,
-            max_in_flight=self.max_in_flight,
-            max_output_bytes=self.max_output_bytes or DEFAULT_MAX_OUTPUT_BYTES,
-            resubmit_unknown=self.on_unknown_submit == "resubmit",
-            log=self.log,
-            api_base_url=self._base_url(),
-        )
-        return self._run
-
     def _check(self, run: BatchRun, *, report: bool = True) -> int:
         invalid = run.check(
             lambda items: self.prepare_items(items, for_submit=False), self.spend_guard.validate
         )
         if invalid and report:
-            from airflow_provider_runcomfy.batch import ledger as L
-
-            shown = run.records(L.INVALID)[:20]
-            for item, record in shown:
-                self.log.warning("Item %d is invalid and is not submitted: %s", item.index, record.error)
-            if invalid > len(shown):
-                self.log.warning("... and %d more invalid items (see the manifest).", invalid - len(shown))
+            self._report_invalid(run, invalid)
         return invalid
 
     def _after_wait(self, context: Context, run: BatchRun, event: dict[str, Any]) -> Any:
@@ -435,26 +364,9 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
                 # Nothing to watch: submits were refused (try again shortly), or copies failed
                 # for a passing reason (try them again a little later).
                 wake_at = time.time() + (1.0 if waiting_to_submit else 5.0)
-            tail = not waiting_to_submit
-            expected = run.expected_seconds()
-            trigger_kwargs: dict[str, Any] = {
-                "model_id": self.model_id,
-                "window": window,
-                "runcomfy_conn_id": self.runcomfy_conn_id,
-                "poll_interval": self.poll_interval,
-                "wake_count": run.wake_count(),
-                "max_wait": MAX_WAIT_TAIL if tail else max(MAX_WAIT_REFILL, 2 * self.poll_interval),
-                "wake_at": wake_at,
-                "expected_seconds": expected,
-                "lead_seconds": self._lead_seconds(run, expected),
-                "deadline": deadline,
-                "progress": {
-                    "total": progress.total,
-                    "done": progress.done,
-                    "started_at": progress.started_at,
-                    "done_at_start": progress.done_at_start,
-                },
-            }
+            trigger_kwargs = self._wait_args(
+                run, window, progress, wake_at=wake_at, deadline=deadline, tail=not waiting_to_submit
+            )
             run.ledger.compact()
             if self.deferrable:
                 from airflow_provider_runcomfy.triggers.batch import RunComfyBatchTrigger
@@ -470,70 +382,3 @@ class RunComfyBatchOperator(BatchWorkerIO, BaseOperator):
             run.apply_outcomes(event.get("outcomes") or [])
             if event.get("status") != "ready":
                 return self._after_wait(context, run, {**event, "outcomes": []})
-
-    # -- the end --------------------------------------------------------------------------------
-
-    def _write_manifest(self, context: Context, run: BatchRun) -> str:
-        from airflow_provider_runcomfy.batch.report import manifest_rows
-        from airflow_provider_runcomfy.outputs.manifest import write_manifest
-
-        path = write_manifest(run.folder / "manifest.jsonl", manifest_rows(run))
-        run.ledger.compact(force=True)
-        uri = str(path)
-        try:
-            context["ti"].xcom_push(key="manifest", value=uri)
-        except Exception as error:  # the manifest is written; its XCom is a convenience
-            self.log.warning("Could not push the manifest's URI to XCom: %s", error)
-        return uri
-
-    def _finish(self, context: Context, run: BatchRun, *, timed_out: bool = False) -> dict[str, Any]:
-        from airflow_provider_runcomfy.batch.report import summary
-
-        uri = self._write_manifest(context, run)
-        result = summary(run, uri)
-        counts = ", ".join(
-            f"{result[k]} {k}"
-            for k in ("succeeded", "failed", "cancelled", "invalid", "unknown", "not_submitted", "in_flight")
-            if result[k]
-        )
-        cost = f"; cost ${result['cost_usd']:.4f}" if result["cost_usd"] is not None else ""
-        self.log.info(
-            "Batch of %d items: %s%s. Manifest: %s", result["total"], counts or "nothing done", cost, uri
-        )
-        self._log_failures(run)
-        not_ok = result["total"] - result["succeeded"] - result["invalid"]
-        if timed_out:
-            raise JobTimeoutError(
-                f"The batch did not finish within timeout={self.timeout} s ({counts}); queued jobs were cancelled. "
-                f"A retry resumes it: finished items are not paid for again. Manifest: {uri}"
-            )
-        if run.stopped == "balance":
-            raise AirflowFailException(
-                f"RunComfy says the account is out of balance: {result['not_submitted']} items were not submitted "
-                f"({run.stop_message}). Top up, then clear the task: finished items are not paid for again. "
-                f"Manifest: {uri}"
-            )
-        if result["succeeded"] == 0 and not_ok > 0:
-            raise AirflowFailException(f"No item of the batch succeeded ({counts}). Manifest: {uri}")
-        if self.max_failed_items is not None and not_ok > self.max_failed_items:
-            raise AirflowFailException(
-                f"{not_ok} items did not succeed, more than max_failed_items={self.max_failed_items} ({counts}). "
-                f"Manifest: {uri}"
-            )
-        return result
-
-    def _log_failures(self, run: BatchRun) -> None:
-        from airflow_provider_runcomfy.batch import ledger as L
-
-        bad = run.records(L.FAILED, L.CANCELLED, L.UNKNOWN)
-        for item, record in bad[:20]:
-            self.log.warning("Item %d (%s) %s: %s", item.index, record.request_id, record.state, record.error)
-        if len(bad) > 20:
-            self.log.warning("... and %d more items that did not succeed (see the manifest).", len(bad) - 20)
-
-
-def _not_a_dict(item: BatchItem) -> RunComfyError:
-    return InvalidInputError(
-        f"Item {item.index}: an input must be a JSON object of the model's fields, not "
-        f"{type(item.input).__name__}: {str(item.input)[:80]!r}."
-    )

@@ -14,6 +14,9 @@ on the operator after the task ends. The mixin answers with:
   facet for "the id of this run in another system") and ``runcomfy`` with the
   model, RunComfy's status and the cost when known.
 
+The batch operator answers with its input source, its ``output_dir`` and a
+``runcomfyBatch`` run facet of counts (``batch.finishing.BatchLineage``, built
+with the helpers here).
 Nothing is imported from OpenLineage until the listener asks.
 """
 
@@ -26,6 +29,20 @@ from urllib.parse import urlsplit
 
 #: ``externalQuery.source`` of RunComfy requests.
 LINEAGE_SOURCE = "runcomfy"
+#: The most input datasets a batch reports (its first distinct input pictures): an event stays small
+#: whatever the number of items. Inputs read from a JSON-lines file are that one file.
+MAX_BATCH_LINEAGE_INPUTS = 100
+#: The counts of a batch's return value that its ``runcomfyBatch`` run facet carries.
+BATCH_COUNTS = (
+    "total",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "invalid",
+    "unknown",
+    "not_submitted",
+    "in_flight",
+)
 
 
 def dataset_name(location: str) -> tuple[str, str] | None:
@@ -110,9 +127,9 @@ class RunComfyLineageMixin:
         from airflow.providers.common.compat.openlineage.facet import Dataset, ExternalQueryRunFacet
         from airflow.providers.openlineage.extractors import OperatorLineage
 
-        inputs = _datasets(Dataset, self.lineage_inputs())
+        inputs = datasets(Dataset, self.lineage_inputs())
         stored = [copy.get("uri") for copy in result.get("stored") or [] if isinstance(copy, Mapping)]
-        outputs = _datasets(
+        outputs = datasets(
             Dataset, [uri for uri in stored if isinstance(uri, str)] or result.get("outputs") or []
         )
         run_facets: dict[str, Any] = {}
@@ -132,11 +149,11 @@ class RunComfyLineageMixin:
 
 def runcomfy_run_facet(**fields: Any) -> Any:
     """The ``runcomfy`` run facet: request id, model, RunComfy status, cost (USD) when known."""
-    return _run_facet_class()(**fields)
+    return _facet_classes()[0](**fields)
 
 
 @cache
-def _run_facet_class() -> Any:
+def _facet_classes() -> tuple[Any, Any]:
     # Defined on first use: OpenLineage is imported only when its listener asks for lineage.
     import attrs
     from airflow.providers.common.compat.openlineage.facet import RunFacet
@@ -150,10 +167,36 @@ def _run_facet_class() -> Any:
         status: str | None = None
         cost_usd: float | None = None
 
-    return RunComfyRunFacet
+    @attrs.define
+    class RunComfyBatchRunFacet(RunFacet):
+        """A batch of RunComfy requests behind this task run: how many went where, what it cost."""
+
+        model_id: str
+        #: Items by manifest status, and ``submitted``: every item sent to RunComfy.
+        counts: dict[str, int]
+        cost_usd: float | None = None
+        stopped: str | None = None
+        stop_reason: str | None = None
+        manifest: str | None = None
+
+    return RunComfyRunFacet, RunComfyBatchRunFacet
 
 
-def _datasets(dataset_class: Any, locations: Iterable[Any]) -> list[Any]:
+def batch_run_facet(**fields: Any) -> Any:
+    """The ``runcomfyBatch`` run facet: model, counts by status, cost, why it stopped, the manifest."""
+    return _facet_classes()[1](**fields)
+
+
+def location(uri: Any) -> str | None:
+    """A storage URI without what may be a credential (user info, a query); None if not one."""
+    named = dataset_name(uri) if isinstance(uri, str) else None
+    if not named:
+        return None
+    namespace, name = named
+    return name if namespace == "file" else namespace + ("" if name.startswith("/") else "/") + name
+
+
+def datasets(dataset_class: Any, locations: Iterable[Any]) -> list[Any]:
     found = []
     for location in locations:
         named = dataset_name(location) if isinstance(location, str) else None

@@ -36,7 +36,7 @@ from airflow_provider_runcomfy.operators._wait import (
     PERMANENT_ERRORS,
     RunComfyWaitMixin,
     fail,
-    max_output_bytes_or_default,
+    keep_wait_arguments,
 )
 from airflow_provider_runcomfy.operators.lineage import RunComfyLineageMixin
 from airflow_provider_runcomfy.operators.links import RunComfyOutputLink
@@ -112,6 +112,9 @@ class RunComfyModelOperator(RunComfyLineageMixin, SubmitOnceMixin, RunComfyWaitM
 
     #: Fields whose rendered Jinja text (always a string) should become an integer.
     integer_fields: ClassVar[tuple[str, ...]] = ()
+    #: A typed operator's own fields that make the model input (named as the model's inputs);
+    #: empty: the input is ``input``.
+    input_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -136,13 +139,9 @@ class RunComfyModelOperator(RunComfyLineageMixin, SubmitOnceMixin, RunComfyWaitM
         self.model_id = model_id
         self.preflight = check_preflight(preflight)
         self.sign_expiry = check_sign_expiry(sign_expiry)
-        self.output_dir = output_dir
-        self.max_output_bytes = max_output_bytes_or_default(max_output_bytes)
+        keep_wait_arguments(self, runcomfy_conn_id, deferrable, poll_interval, output_dir, max_output_bytes)
         # A Jinja string or an XCom reference stays as it is until rendered.
         self.input: Any = dict(input) if isinstance(input, Mapping) else ({} if input is None else input)
-        self.runcomfy_conn_id = runcomfy_conn_id
-        self.deferrable = deferrable
-        self.poll_interval = float(poll_interval)
         self.timeout = timeout
         self.reattach = reattach
         self.on_unknown_submit = on_unknown_submit
@@ -150,8 +149,6 @@ class RunComfyModelOperator(RunComfyLineageMixin, SubmitOnceMixin, RunComfyWaitM
         self.on_schema_unavailable = check_on_schema_unavailable(on_schema_unavailable)
         if on_unknown_submit not in ON_UNKNOWN_SUBMIT:
             raise ValueError(f"on_unknown_submit must be 'fail' or 'resubmit', not {on_unknown_submit!r}.")
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be positive, not {poll_interval!r}.")
         if _is_literal(self.model_id) and _is_literal(self.input):
             payload = self.build_input()
             if _is_literal(payload):
@@ -159,7 +156,14 @@ class RunComfyModelOperator(RunComfyLineageMixin, SubmitOnceMixin, RunComfyWaitM
                 validate_input(self.model_id, payload)
 
     def build_input(self) -> dict[str, Any]:
-        """The model input from this operator's fields (rendered, when called in ``execute``)."""
+        """The model input from this operator's fields (rendered, when called in ``execute``).
+
+        A typed operator's ``input_fields`` that are set make the input; unset ones are left
+        to RunComfy's defaults.
+        """
+        if self.input_fields:
+            fields = {name: getattr(self, name) for name in self.input_fields}
+            self.input = {name: value for name, value in fields.items() if value is not None}
         if not isinstance(self.input, Mapping):
             raise InvalidInputError(
                 f"The input of {self.model_id} must be a dict of the model's fields, "
@@ -240,7 +244,8 @@ class FluxKontextProEditOperator(RunComfyModelOperator):
     Other arguments: see ``RunComfyModelOperator``.
     """
 
-    template_fields: Sequence[str] = ("prompt", "image_url", "seed", "aspect_ratio", "output_dir")
+    input_fields = ("prompt", "image_url", "seed", "aspect_ratio")
+    template_fields: Sequence[str] = (*input_fields, "output_dir")
     integer_fields = ("seed",)
 
     def __init__(
@@ -258,13 +263,6 @@ class FluxKontextProEditOperator(RunComfyModelOperator):
         self.aspect_ratio = aspect_ratio
         super().__init__(model_id=FLUX_KONTEXT_PRO_EDIT, **kwargs)
 
-    def build_input(self) -> dict[str, Any]:
-        """The input from the (rendered) fields; unset ones are left to RunComfy's defaults."""
-        self.input = _without_none(
-            prompt=self.prompt, image_url=self.image_url, seed=self.seed, aspect_ratio=self.aspect_ratio
-        )
-        return super().build_input()
-
 
 class NanoBananaEditOperator(RunComfyModelOperator):
     """Edits or combines 1 to 10 images with ``google/nano-banana/edit``.
@@ -279,14 +277,8 @@ class NanoBananaEditOperator(RunComfyModelOperator):
     Other arguments: see ``RunComfyModelOperator``.
     """
 
-    template_fields: Sequence[str] = (
-        "prompt",
-        "image_urls",
-        "aspect_ratio",
-        "output_format",
-        "num_images",
-        "output_dir",
-    )
+    input_fields = ("prompt", "image_urls", "aspect_ratio", "output_format", "num_images")
+    template_fields: Sequence[str] = (*input_fields, "output_dir")
     integer_fields = ("num_images",)
 
     def __init__(
@@ -307,20 +299,11 @@ class NanoBananaEditOperator(RunComfyModelOperator):
         super().__init__(model_id=NANO_BANANA_EDIT, **kwargs)
 
     def build_input(self) -> dict[str, Any]:
-        """The input from the (rendered) fields; unset ones are left to RunComfy's defaults."""
-        urls = self.image_urls
-        self.input = _without_none(
-            prompt=self.prompt,
-            image_urls=[urls] if isinstance(urls, str) else urls,
-            aspect_ratio=self.aspect_ratio,
-            output_format=self.output_format,
-            num_images=self.num_images,
-        )
-        return super().build_input()
-
-
-def _without_none(**fields: Any) -> dict[str, Any]:
-    return {name: value for name, value in fields.items() if value is not None}
+        """The input from the (rendered) fields; one image alone (a string) is a list of one."""
+        payload = super().build_input()
+        if isinstance(payload.get("image_urls"), str):
+            payload["image_urls"] = [payload["image_urls"]]
+        return payload
 
 
 def _is_literal(value: Any) -> bool:

@@ -17,7 +17,7 @@ from airflow.sdk.bases.sensor import BaseSensorOperator, PokeReturnValue
 from airflow_provider_runcomfy.client import RunComfyError, validate_request_id
 from airflow_provider_runcomfy.client.outcome import Finality, Outcome, finality
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
-from airflow_provider_runcomfy.operators._wait import RunComfyWaitMixin, fail, max_output_bytes_or_default
+from airflow_provider_runcomfy.operators._wait import RunComfyWaitMixin, fail, keep_wait_arguments
 from airflow_provider_runcomfy.operators.links import RunComfyOutputLink
 
 if TYPE_CHECKING:
@@ -63,11 +63,7 @@ class RunComfyRequestSensor(RunComfyWaitMixin, BaseSensorOperator):
         super().__init__(poke_interval=poll_interval, timeout=timeout, **kwargs)
         self.request_id = request_id
         self.model_id = model_id
-        self.output_dir = output_dir
-        self.max_output_bytes = max_output_bytes_or_default(max_output_bytes)
-        self.runcomfy_conn_id = runcomfy_conn_id
-        self.deferrable = deferrable
-        self.poll_interval = float(poll_interval)
+        keep_wait_arguments(self, runcomfy_conn_id, deferrable, poll_interval, output_dir, max_output_bytes)
 
     def execute(self, context: Context) -> Any:
         """Defer to the trigger, or poke in the worker when not deferrable."""

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import TriggerEvent
 
-from airflow_provider_runcomfy.batch.progress import Progress
-from airflow_provider_runcomfy.batch.window import WakeRule, Window
+from airflow_provider_runcomfy.batch.window import Window
 from airflow_provider_runcomfy.client import RunComfyError
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+from airflow_provider_runcomfy.triggers._base import FieldsTrigger
 from airflow_provider_runcomfy.triggers._guard import cancel_if_task_finished
 
 
-class RunComfyBatchTrigger(BaseTrigger):
+@dataclass(eq=False, repr=False)
+class RunComfyBatchTrigger(FieldsTrigger):
     """Polls the jobs a batch has in flight and fires when the worker should wake to refill.
 
     :param model_id: the batch's model.
@@ -41,68 +43,26 @@ class RunComfyBatchTrigger(BaseTrigger):
     :param lead_seconds: the worker's resume time: jobs expected to end within it count as ended.
     """
 
-    def __init__(
-        self,
-        model_id: str,
-        window: list[list[Any]],
-        runcomfy_conn_id: str = RunComfyHook.default_conn_name,
-        poll_interval: float = 5.0,
-        wake_count: int = 1,
-        max_wait: float = 30.0,
-        wake_at: float | None = None,
-        expected_seconds: float | None = None,
-        deadline: float | None = None,
-        progress: dict[str, Any] | None = None,
-        cancel_on_kill: bool = True,
-        lead_seconds: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.model_id = model_id
-        self.window = [list(entry) for entry in window]
-        self.runcomfy_conn_id = runcomfy_conn_id
-        self.poll_interval = poll_interval
-        self.wake_count = wake_count
-        self.max_wait = max_wait
-        self.wake_at = wake_at
-        self.expected_seconds = expected_seconds
-        self.deadline = deadline
-        self.progress = progress
-        self.cancel_on_kill = cancel_on_kill
-        self.lead_seconds = lead_seconds
+    model_id: str
+    window: list[list[Any]]
+    runcomfy_conn_id: str = RunComfyHook.default_conn_name
+    poll_interval: float = 5.0
+    wake_count: int = 1
+    max_wait: float = 30.0
+    wake_at: float | None = None
+    expected_seconds: float | None = None
+    deadline: float | None = None
+    progress: dict[str, Any] | None = None
+    cancel_on_kill: bool = True
+    lead_seconds: float = 0.0
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Class path and arguments; ``cls(**kwargs)`` rebuilds the trigger after a restart."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "model_id": self.model_id,
-                "window": self.window,
-                "runcomfy_conn_id": self.runcomfy_conn_id,
-                "poll_interval": self.poll_interval,
-                "wake_count": self.wake_count,
-                "max_wait": self.max_wait,
-                "wake_at": self.wake_at,
-                "expected_seconds": self.expected_seconds,
-                "deadline": self.deadline,
-                "progress": self.progress,
-                "cancel_on_kill": self.cancel_on_kill,
-                "lead_seconds": self.lead_seconds,
-            },
-        )
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.window = [list(entry) for entry in self.window]
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Wait until the wake rule, the deadline or an error; yield one event with the outcomes."""
-        progress = Progress(**self.progress) if self.progress else None
-        window = Window(
-            self.window,
-            model_id=self.model_id,
-            poll_interval=self.poll_interval,
-            rule=WakeRule(self.wake_count, self.max_wait, self.wake_at, self.lead_seconds),
-            expected_seconds=self.expected_seconds,
-            deadline=self.deadline,
-            progress=progress,
-            log_line=self.log.info,
-        )
+        window = Window.from_wait_args(self.serialize()[1], log_line=self.log.info)
         async with RunComfyHook(self.runcomfy_conn_id).ashared_client() as client:
             event = await window.wait(client)
         yield TriggerEvent(event)

@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import TriggerEvent
 
 from airflow_provider_runcomfy.client import RunComfyError
 from airflow_provider_runcomfy.client.outcome import Outcome, describe_cancel, describe_status
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+from airflow_provider_runcomfy.triggers._base import FieldsTrigger
 from airflow_provider_runcomfy.triggers._guard import (  # noqa: F401 -- re-exported, formerly defined here
     FINISHED_TASK_STATES,
     ON_KILL_SECONDS,
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
     from airflow_provider_runcomfy.client import AsyncRunComfyClient, RequestState, RequestStatus
 
 
-class RunComfyRequestTrigger(BaseTrigger):
+@dataclass(eq=False, repr=False)
+class RunComfyRequestTrigger(FieldsTrigger):
     """Polls a RunComfy request until it finishes, then fires one small event.
 
     :param request_id: the RunComfy request to wait for.
@@ -44,40 +47,17 @@ class RunComfyRequestTrigger(BaseTrigger):
         success, or clears it.
     """
 
-    def __init__(
-        self,
-        request_id: str,
-        runcomfy_conn_id: str = RunComfyHook.default_conn_name,
-        poll_interval: float = 5.0,
-        deadline: float | None = None,
-        model_id: str | None = None,
-        max_consecutive_errors: int = 3,
-        cancel_on_kill: bool = True,
-    ) -> None:
-        super().__init__()
-        self.request_id = request_id
-        self.runcomfy_conn_id = runcomfy_conn_id
-        self.poll_interval = poll_interval
-        self.deadline = deadline
-        self.model_id = model_id
-        self.max_consecutive_errors = max_consecutive_errors
-        self.cancel_on_kill = cancel_on_kill
-        self._logged_state: RequestState | None = None
+    request_id: str
+    runcomfy_conn_id: str = RunComfyHook.default_conn_name
+    poll_interval: float = 5.0
+    deadline: float | None = None
+    model_id: str | None = None
+    max_consecutive_errors: int = 3
+    cancel_on_kill: bool = True
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Class path and arguments; ``cls(**kwargs)`` rebuilds the trigger after a restart."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "request_id": self.request_id,
-                "runcomfy_conn_id": self.runcomfy_conn_id,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "model_id": self.model_id,
-                "max_consecutive_errors": self.max_consecutive_errors,
-                "cancel_on_kill": self.cancel_on_kill,
-            },
-        )
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._logged_state: RequestState | None = None
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Wait for the job and yield its ``Outcome`` (``Outcome.to_event``) as one event."""

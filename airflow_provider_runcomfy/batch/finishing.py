@@ -1,0 +1,187 @@
+"""How a batch ends: the manifest, one summary line, the failure policy, the return value, its lineage.
+
+``BatchFinishing`` and ``BatchLineage`` are parts of ``RunComfyBatchOperator`` (which
+provides ``log``, ``timeout``, ``max_failed_items``, ``inputs``, ``output_dir``), kept apart
+so the operator reads as the cycle it runs. The rows and the counts themselves are
+``report``'s; the OpenLineage naming is ``operators.lineage``'s, imported only when the
+OpenLineage listener asks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_runcomfy.client.errors import JobTimeoutError
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_runcomfy.batch.engine import BatchRun
+
+#: Items listed one by one in the log (invalid ones, failed ones); the rest are in the manifest.
+LOGGED_ITEMS = 20
+
+log = logging.getLogger(__name__)
+
+
+class BatchFinishing:
+    """The manifest, the last log lines and the verdict of the batch operator."""
+
+    log: Any
+    timeout: float | None
+    max_failed_items: int | None
+    #: The return value of the last ``_finish`` (for OpenLineage: the listener reads no XCom).
+    _batch_result: dict[str, Any] | None = None
+
+    def _write_manifest(self, context: Context, run: BatchRun) -> str:
+        """Write ``manifest.jsonl`` (failure or not) and push its URI as XCom ``manifest``."""
+        from airflow_provider_runcomfy.batch.report import manifest_rows
+        from airflow_provider_runcomfy.outputs.manifest import write_manifest
+
+        path = write_manifest(run.folder / "manifest.jsonl", manifest_rows(run))
+        run.ledger.compact(force=True)
+        uri = str(path)
+        try:
+            context["ti"].xcom_push(key="manifest", value=uri)
+        except Exception as error:  # the manifest is written; its XCom is a convenience
+            self.log.warning("Could not push the manifest's URI to XCom: %s", error)
+        return uri
+
+    def _finish(self, context: Context, run: BatchRun, *, timed_out: bool = False) -> dict[str, Any]:
+        """Write the manifest, say what happened, then return the summary or fail by the failure policy."""
+        from airflow_provider_runcomfy.batch.report import describe_counts, summary
+
+        uri = self._write_manifest(context, run)
+        result = summary(run, uri)
+        self._batch_result = result
+        counts = describe_counts(result)
+        cost = f"; cost ${result['cost_usd']:.4f}" if result["cost_usd"] is not None else ""
+        self.log.info(
+            "Batch of %d items: %s%s. Manifest: %s", result["total"], counts or "nothing done", cost, uri
+        )
+        if run.stopped == "budget":
+            self.log.warning("The batch stopped submitting by its budget: %s.", result["stop_reason"])
+        self._log_failures(run)
+        not_ok = result["total"] - result["succeeded"] - result["invalid"]
+        if timed_out:
+            raise JobTimeoutError(
+                f"The batch did not finish within timeout={self.timeout} s ({counts}); queued jobs were cancelled. "
+                f"A retry resumes it: finished items are not paid for again. Manifest: {uri}"
+            )
+        if run.stopped == "balance":
+            raise AirflowFailException(
+                f"RunComfy says the account is out of balance: {result['not_submitted']} items were not submitted "
+                f"({run.stop_message}). Top up, then clear the task: finished items are not paid for again. "
+                f"Manifest: {uri}"
+            )
+        if result["succeeded"] == 0 and not_ok > 0:
+            raise AirflowFailException(f"No item of the batch succeeded ({counts}). Manifest: {uri}")
+        if self.max_failed_items is not None and not_ok > self.max_failed_items:
+            raise AirflowFailException(
+                f"{not_ok} items did not succeed, more than max_failed_items={self.max_failed_items} ({counts}). "
+                f"Manifest: {uri}"
+            )
+        return result
+
+    def _report_invalid(self, run: BatchRun, invalid: int) -> None:
+        """Log why the first invalid items are not submitted (all of them are in the manifest)."""
+        from airflow_provider_runcomfy.batch import ledger as L
+
+        shown = run.records(L.INVALID)[:LOGGED_ITEMS]
+        for item, record in shown:
+            self.log.warning("Item %d is invalid and is not submitted: %s", item.index, record.error)
+        if invalid > len(shown):
+            self.log.warning("... and %d more invalid items (see the manifest).", invalid - len(shown))
+
+    def _log_failures(self, run: BatchRun) -> None:
+        from airflow_provider_runcomfy.batch import ledger as L
+
+        bad = run.records(L.FAILED, L.CANCELLED, L.UNKNOWN)
+        for item, record in bad[:LOGGED_ITEMS]:
+            self.log.warning("Item %d (%s) %s: %s", item.index, record.request_id, record.state, record.error)
+        if len(bad) > LOGGED_ITEMS:
+            self.log.warning(
+                "... and %d more items that did not succeed (see the manifest).", len(bad) - LOGGED_ITEMS
+            )
+
+
+class BatchLineage:
+    """``get_openlineage_facets_on_complete`` for ``RunComfyBatchOperator`` (also used on failure).
+
+    - **inputs**: the JSON-lines file when ``inputs`` names one (its lines are not read again),
+      else the distinct input pictures of the items, the first ``MAX_BATCH_LINEAGE_INPUTS``;
+    - **outputs**: ``output_dir``, under which the manifest and the kept copies are (one dataset,
+      the same for every run; the run facet names this run's manifest);
+    - **run facet** ``runcomfyBatch``: the model, the counts by status and ``submitted`` (every item
+      sent to RunComfy, ``unknown`` ones included), the cost, why it stopped, the manifest's URI.
+
+    Pre-signed URLs never appear: the batch signs files only for the submit and keeps them
+    nowhere, and a URL's query (where a signature lives) is dropped from dataset names.
+    Lineage never fails the task: any error is logged and no lineage is reported.
+    """
+
+    inputs: Any
+    output_dir: Any
+    model_id: str
+    _batch_result: dict[str, Any] | None
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Input source, ``output_dir`` and counts of the batch (see the class docstring)."""
+        try:
+            return self._batch_lineage()
+        except Exception:
+            log.warning("Could not build the OpenLineage facets of this batch.", exc_info=True)
+            return None
+
+    def batch_lineage_inputs(self) -> list[str]:
+        """The input source of the batch: its JSON-lines file, or its first distinct input pictures."""
+        from airflow_provider_runcomfy.operators.lineage import MAX_BATCH_LINEAGE_INPUTS
+        from airflow_provider_runcomfy.plugins.records import input_images
+
+        inputs = self.inputs
+        if isinstance(inputs, (str, os.PathLike)) or not isinstance(inputs, Iterable):
+            return [str(inputs)] if inputs else []
+        found: list[str] = []
+        for one in inputs if not isinstance(inputs, Mapping) else ():
+            for location in input_images(one) if isinstance(one, Mapping) else ():
+                if location not in found:
+                    found.append(location)
+                    if len(found) >= MAX_BATCH_LINEAGE_INPUTS:
+                        return found
+        return found
+
+    def _batch_lineage(self) -> Any:
+        from airflow.providers.common.compat.openlineage.facet import Dataset
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from airflow_provider_runcomfy.operators.lineage import (
+            BATCH_COUNTS,
+            batch_run_facet,
+            datasets,
+            location,
+        )
+
+        run_facets: dict[str, Any] = {}
+        result = self._batch_result
+        if result is not None:
+            counts = {name: int(result.get(name) or 0) for name in BATCH_COUNTS}
+            counts["submitted"] = counts["total"] - counts["invalid"] - counts["not_submitted"]
+            run_facets["runcomfyBatch"] = batch_run_facet(
+                model_id=self.model_id,
+                counts=counts,
+                cost_usd=result.get("cost_usd"),
+                stopped=result.get("stopped"),
+                stop_reason=result.get("stop_reason"),
+                manifest=location(result.get("manifest")),
+            )
+        output_dir = str(self.output_dir) if self.output_dir else ""
+        return OperatorLineage(
+            inputs=datasets(Dataset, self.batch_lineage_inputs()),
+            outputs=datasets(Dataset, [output_dir]),
+            run_facets=run_facets,
+        )

@@ -26,12 +26,12 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from deployment import AirflowDeployment
+from scenario_helpers import lose_worker, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -45,22 +45,35 @@ KILL_N = int(os.environ.get("RUNCOMFY_BATCH_SYSTEM_KILL_N", "1000"))
 MAX_IN_FLIGHT = int(os.environ.get("RUNCOMFY_BATCH_SYSTEM_MAX_IN_FLIGHT", "100"))
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
 def inputs(tag: str, count: int = N) -> list[dict[str, Any]]:
     return [
         {"prompt": f"{tag} item {n:04d}", "image_urls": [f"https://images.example.com/system/{n:04d}.png"]}
         for n in range(count)
     ]
+
+
+def run_batch(
+    airflow: AirflowDeployment,
+    emulator: Any,
+    tag: str,
+    output_dir: Path,
+    count: int = N,
+    queue_seconds: float = 0,
+    run_seconds: float = 1,
+    submitted: int = 0,
+) -> str:
+    """Trigger a batch of ``count`` items tagged ``tag``, whose jobs take this long; its run id.
+
+    ``submitted``: return once RunComfy has accepted that many of the batch's submits.
+    """
+    emulator.add_rule(prompt_contains=tag, queue_seconds=queue_seconds, run_seconds=run_seconds)
+    run_id = airflow.trigger_dag(DAG_ID, conf={"inputs": inputs(tag, count), "output_dir": str(output_dir)})
+    wait_until(
+        lambda: sum(accepted_submits(emulator, tag).values()) >= submitted,
+        600,
+        f"{submitted} of {count} items submitted",
+    )
+    return run_id
 
 
 def accepted_submits(emulator: Any, tag: str) -> Counter[str]:
@@ -85,9 +98,9 @@ def outputs_kept(out: Path) -> list[Path]:
 def test_marking_the_batch_failed_cancels_every_queued_job(
     airflow: AirflowDeployment, emulator: Any, tmp_path: Path
 ) -> None:
+    """1. Marked failed while deferred: the trigger cancels every queued job of the batch."""
     tag = "sys-cancel"
-    emulator.add_rule(prompt_contains=tag, queue_seconds=300, run_seconds=1)
-    run_id = airflow.trigger_dag(DAG_ID, conf={"inputs": inputs(tag, 30), "output_dir": str(tmp_path)})
+    run_id = run_batch(airflow, emulator, tag, tmp_path, count=30, queue_seconds=300)
     airflow.wait_for_trigger(DAG_ID, run_id, "batch", timeout=120)
     jobs = [j.request_id for j in emulator.jobs if tag in j.input["prompt"]]
     assert len(jobs) == min(30, MAX_IN_FLIGHT)
@@ -110,9 +123,8 @@ def test_a_worker_lost_while_copying_outputs_resumes_without_paying_twice(
     ``output_dir``: no item is submitted again, the outputs copied before the kill are kept.
     """
     tag = "sys-killcopy"
-    emulator.add_rule(prompt_contains=tag, queue_seconds=0, run_seconds=1)
     t_start = time.monotonic()
-    run_id = airflow.trigger_dag(DAG_ID, conf={"inputs": inputs(tag, KILL_N), "output_dir": str(tmp_path)})
+    run_id = run_batch(airflow, emulator, tag, tmp_path, count=KILL_N)
     wait_until(lambda: emulator.journal.count("file") >= KILL_N // 2, 600, "half of the outputs copied")
     emulator.add_fault("file", "delay", seconds=60, times=1)
     wait_until(
@@ -121,17 +133,8 @@ def test_a_worker_lost_while_copying_outputs_resumes_without_paying_twice(
         "a copy held by the delay fault",
     )
     copied_at_kill = emulator.journal.count("file")
-    t_kill = time.monotonic()
-    worker = airflow.kill_worker(DAG_ID, run_id, "batch")  # the task and its supervisor, mid-copy
-    if worker != "local":
-        airflow.start_worker(worker)  # back to two workers; the retry may run on either
-
-    def next_try() -> dict[str, Any] | None:
-        ti = airflow.task_instance(DAG_ID, run_id, "batch")
-        return ti if ti["try_number"] >= 2 else None
-
-    wait_until(next_try, 180, "the scheduler to notice the lost worker and schedule a retry", interval=0.5)
-    noticed = time.monotonic() - t_kill
+    # The task and its supervisor (or its whole Celery worker), mid-copy.
+    t_kill = lose_worker(airflow, DAG_ID, run_id, record_timing, task_id="batch", timeout=180)
     assert airflow.wait_for_run(DAG_ID, run_id, timeout=600) == "success"
     t_end = time.monotonic()
 
@@ -153,7 +156,6 @@ def test_a_worker_lost_while_copying_outputs_resumes_without_paying_twice(
 
     record_timing("output fetches before the kill", copied_at_kill, unit="")
     record_timing("output fetches in all", fetches, unit="")
-    record_timing("worker SIGKILL -> noticed, try 2 scheduled", noticed)
     record_timing("worker SIGKILL -> batch done", t_end - t_kill)
     record_timing("submits", sum(submits.values()), unit="")
     record_timing("outputs kept", len(kept), unit="")
@@ -165,10 +167,13 @@ def test_a_worker_lost_while_copying_outputs_resumes_without_paying_twice(
 def test_a_worker_killed_during_a_submit_reports_that_item_unknown_and_pays_no_item_twice(
     airflow: AirflowDeployment, emulator: Any, tmp_path: Path
 ) -> None:
+    """3. The task process SIGKILLed while a submit is on the wire: that item is ``unknown``.
+
+    Its job may exist, so the retry does not submit it again (the manifest tells the user to
+    look in the dashboard); every other item is submitted once.
+    """
     tag = "sys-killsubmit"
-    emulator.add_rule(prompt_contains=tag, queue_seconds=0, run_seconds=2)
-    run_id = airflow.trigger_dag(DAG_ID, conf={"inputs": inputs(tag), "output_dir": str(tmp_path)})
-    wait_until(lambda: sum(accepted_submits(emulator, tag).values()) >= N // 4, 600, "a quarter submitted")
+    run_id = run_batch(airflow, emulator, tag, tmp_path, run_seconds=2, submitted=N // 4)
     emulator.add_fault("submit", "delay", seconds=20, times=1)
     held = wait_until(
         lambda: next((e for e in emulator.journal.of("submit") if e.fault == "delay"), None),
@@ -195,10 +200,9 @@ def test_a_worker_killed_during_a_submit_reports_that_item_unknown_and_pays_no_i
 def test_a_triggerer_killed_mid_batch_loses_nothing_and_submits_nothing(
     airflow: AirflowDeployment, emulator: Any, tmp_path: Path
 ) -> None:
+    """4. The triggerer SIGKILLed mid-batch, a new one started: N submits, every output once."""
     tag = "sys-killtrig"
-    emulator.add_rule(prompt_contains=tag, queue_seconds=0, run_seconds=3)
-    run_id = airflow.trigger_dag(DAG_ID, conf={"inputs": inputs(tag), "output_dir": str(tmp_path)})
-    wait_until(lambda: sum(accepted_submits(emulator, tag).values()) >= N // 3, 600, "a third submitted")
+    run_id = run_batch(airflow, emulator, tag, tmp_path, run_seconds=3, submitted=N // 3)
     airflow.wait_for_trigger(DAG_ID, run_id, "batch", timeout=120)
     airflow.kill_triggerer()
     time.sleep(5)  # jobs finish while no triggerer watches

@@ -22,7 +22,7 @@ import time
 
 import pytest
 from deployment import FAST_ORPHAN_RESET, AirflowDeployment
-from test_runcomfy_scenarios import (
+from scenario_helpers import (
     BLOCKING,
     cancels_of,
     jobs_tagged,

@@ -10,7 +10,7 @@ A lost worker is a machine gone: every process of it dies at once, nothing repor
 - ``local``: the task's supervisor (the LocalExecutor's worker process) and the task process;
   the scheduler lives on and notices the same way.
 
-Each scenario uses the same deployment as ``test_runcomfy_scenarios.py`` (one executor slot,
+Each scenario uses the same deployment as the other ``test_runcomfy_*.py`` (one executor slot,
 ``task_instance_heartbeat_timeout`` 30 s) and asserts what RunComfy was asked: one submit
 for the task instance, however its tries went.
 
@@ -24,14 +24,16 @@ for the task instance, however its tries went.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import pytest
 from deployment import AirflowDeployment
-from test_runcomfy_scenarios import (  # the scenarios' helpers (the fixtures are in conftest.py)
+from scenario_helpers import (
     BLOCKING,
+    DEFERRED_RETRY,
     cancels_of,
     jobs_tagged,
+    lose_worker,
+    second_try_reattached,
     state_store,
     submits_tagged,
     wait_for_log,
@@ -40,28 +42,7 @@ from test_runcomfy_scenarios import (  # the scenarios' helpers (the fixtures ar
 
 pytestmark = pytest.mark.system
 
-DEFERRED_RETRY = "runcomfy_deferred_retry"
 REATTACHED = "of an earlier try"  # "Re-attaching to ..." or "Reusing the outputs of ..."
-
-
-def lose_worker(airflow: AirflowDeployment, dag_id: str, run_id: str, record_timing) -> float:
-    """SIGKILL the worker running ``edit``, start a Celery worker again; wait for the next try.
-
-    Returns the monotonic time of the kill.
-    """
-    t0 = time.monotonic()
-    worker = airflow.kill_worker(dag_id, run_id, "edit")
-    assert worker in (*airflow.worker_names, "local")
-    if worker != "local":
-        airflow.start_worker(worker)  # back to two workers; the retry may run on either
-
-    def next_try() -> dict[str, Any] | None:
-        ti = airflow.task_instance(dag_id, run_id, "edit")
-        return ti if ti["try_number"] >= 2 else None
-
-    wait_until(next_try, 120, "the scheduler to notice the lost worker and schedule a retry", interval=0.5)
-    record_timing("worker SIGKILL -> noticed, try 2 scheduled", time.monotonic() - t0)
-    return t0
 
 
 def test_worker_lost_during_blocking_wait(airflow: AirflowDeployment, emulator, record_timing) -> None:
@@ -78,11 +59,7 @@ def test_worker_lost_during_blocking_wait(airflow: AirflowDeployment, emulator, 
     assert airflow.wait_for_run(BLOCKING, run_id, timeout=150) == "success"
     record_timing("worker SIGKILL -> retry succeeded (50 s job)", time.monotonic() - t0)
 
-    ti = airflow.task_instance(BLOCKING, run_id, "edit")
-    assert ti["try_number"] == 2
-    log = airflow.task_log(BLOCKING, run_id, "edit", try_number=2)
-    assert f"RunComfy request {request_id} {REATTACHED}" in log, log
-    assert "Submitted RunComfy request" not in log, log
+    second_try_reattached(airflow, BLOCKING, run_id, f"RunComfy request {request_id} {REATTACHED}")
     assert len(jobs_tagged(emulator, tag)) == 1 and len(submits_tagged(emulator, tag)) == 1
     assert cancels_of(emulator, [request_id]) == []
     assert airflow.xcom(BLOCKING, run_id, "edit")["request_id"] == request_id

@@ -16,7 +16,7 @@ prompts so that an emulator rule sets its jobs' length and the journal tells its
 4. The triggerer SIGKILLed mid-batch, a new one started: exactly N submits, every output once.
 
 Scenarios 1, 3 and 4 run on ``local`` only, at N=200 (``RUNCOMFY_BATCH_SYSTEM_N``); the
-triggerer kill on both topologies is ``test_runcomfy_scenarios.py``'s. Scenario 2 runs at
+triggerer kill on both topologies is ``test_runcomfy_restarts.py``'s. Scenario 2 runs at
 ``RUNCOMFY_BATCH_SYSTEM_KILL_N`` items (default 1,000, issue 12) on every topology.
 """
 

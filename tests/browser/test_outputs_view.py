@@ -43,6 +43,14 @@ def loaded_pictures(frame: Any, count: int) -> list[list[Any]]:
     return frame.evaluate(PICTURES)
 
 
+def open_view(page: Any, site: Site, where: str, link: str) -> Any:
+    """Log in, open ``where`` in Airflow's UI and follow its RunComfy ``link``: the view's frame."""
+    log_in(page, site)
+    page.goto(where)
+    page.get_by_role("link", name=link).click()
+    return view_frame(page)
+
+
 def view_frame(page: Any) -> Any:
     """The outputs view inside the tab's iframe."""
     page.wait_for_selector("iframe")
@@ -79,10 +87,7 @@ def test_the_view_refuses_anonymous_and_unauthorised_users(site: Site) -> None:
 
 
 def test_a_finished_task_shows_its_input_beside_its_kept_output(page: Any, site: Site) -> None:
-    log_in(page, site)
-    page.goto(f"{run_path(site)}/tasks/edit")
-    page.get_by_role("link", name="RunComfy outputs").click()
-    frame = view_frame(page)
+    frame = open_view(page, site, f"{run_path(site)}/tasks/edit", "RunComfy outputs")
     pictures = loaded_pictures(frame, 2)
     page.shot("task-outputs-tab")
 
@@ -97,10 +102,7 @@ def test_a_finished_task_shows_its_input_beside_its_kept_output(page: Any, site:
 
 
 def test_the_run_gallery_shows_every_item_and_filters_the_failed_ones(page: Any, site: Site) -> None:
-    log_in(page, site)
-    page.goto(run_path(site))
-    page.get_by_role("link", name="RunComfy gallery").click()
-    frame = view_frame(page)
+    frame = open_view(page, site, run_path(site), "RunComfy gallery")
     # 8 tiles: the edit, 3 mapped instances, 4 batch lines; failed items have no output picture.
     pictures = loaded_pictures(frame, 14)
     page.shot("run-gallery")
@@ -123,10 +125,7 @@ def test_the_run_gallery_shows_every_item_and_filters_the_failed_ones(page: Any,
 
 
 def test_a_batch_task_shows_its_manifest_as_tiles_and_serves_the_manifest(page: Any, site: Site) -> None:
-    log_in(page, site)
-    page.goto(f"{run_path(site)}/tasks/batch")
-    page.get_by_role("link", name="RunComfy outputs").click()
-    frame = view_frame(page)
+    frame = open_view(page, site, f"{run_path(site)}/tasks/batch", "RunComfy outputs")
     pictures = loaded_pictures(frame, 7)
     page.shot("batch-outputs-tab")
     assert sum(width > 0 for _, width in pictures) == 6  # 3 succeeded lines: input and output each

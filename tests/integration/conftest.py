@@ -16,9 +16,12 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from airflow_provider_runcomfy.emulator import RunComfyEmulator
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -51,6 +54,10 @@ class DagRun:
             "SELECT state FROM dag_run WHERE run_id = ? AND dag_id = ?", self.run_id, self.dag_id
         )
         return str(rows[0][0])
+
+    def assert_states(self, **states: str) -> None:
+        """The latest run's tasks (``task_id`` -> state) are exactly these; else the log's tail."""
+        assert self.task_states() == states, self.output[-4000:]
 
     def task_states(self) -> dict[str, str]:
         """``task_id`` (``task_id[i]`` for mapped) -> state, for the latest run."""
@@ -122,6 +129,12 @@ class AirflowEnv:
             args += ["-c", json.dumps(conf)]
         proc = self.airflow(*args, env=env, timeout=timeout)
         return DagRun(dag_id, proc.returncode, proc.stdout + proc.stderr, self.db)
+
+
+@pytest.fixture
+def emu(runcomfy_emulator: RunComfyEmulator) -> RunComfyEmulator:
+    """The ``runcomfy_emulator`` fixture (fresh for each test) under the short name the tests use."""
+    return runcomfy_emulator
 
 
 @pytest.fixture(scope="session")

@@ -70,9 +70,8 @@ def row_centre(index: int) -> int:
 
 
 def test_the_shipped_batch_keeps_the_good_images_and_records_the_failed_one(
-    batch_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    batch_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     assert len(SHIPPED) == 3 and SHIPPED[-1].split("/")[2].endswith(".invalid")
     run = batch_env.dags_test(DAG_ID, conf={"output_dir": f"file://{tmp_path}"}, env=emu.airflow_conn_env())
 
@@ -107,9 +106,8 @@ def test_the_shipped_batch_keeps_the_good_images_and_records_the_failed_one(
 
 
 def test_the_mapped_variant_still_runs_and_records_every_item(
-    batch_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    batch_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     run = batch_env.dags_test(
         "runcomfy_batch_enrichment_mapped",
         conf={"output_dir": f"file://{tmp_path}"},
@@ -125,9 +123,8 @@ def test_the_mapped_variant_still_runs_and_records_every_item(
 
 
 def test_the_image_list_can_be_overridden_and_the_sheet_shows_decodable_pictures(
-    batch_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    batch_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     inputs = [emu.sample_url("portrait"), emu.sample_url("product"), "https://nowhere.invalid/x.png"]
     run = batch_env.dags_test(
         DAG_ID, conf={"image_urls": inputs, "output_dir": f"file://{tmp_path}"}, env=emu.airflow_conn_env()
@@ -151,9 +148,8 @@ def test_the_image_list_can_be_overridden_and_the_sheet_shows_decodable_pictures
 
 
 def test_a_batch_where_every_image_fails_fails_the_run_after_writing_the_manifest(
-    batch_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    batch_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     inputs = ["https://a.invalid/1.png", "https://b.invalid/2.png"]
     run = batch_env.dags_test(
         DAG_ID, conf={"image_urls": inputs, "output_dir": f"file://{tmp_path}"}, env=emu.airflow_conn_env()

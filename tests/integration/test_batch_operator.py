@@ -35,6 +35,18 @@ def run_batch(env: AirflowEnv, emu: RunComfyEmulator, dag_id: str, inputs: Any, 
     return env.dags_test(dag_id, conf=conf, env=emu.airflow_conn_env())
 
 
+def items(count: int) -> list[dict[str, Any]]:
+    return [item(n) for n in range(count)]
+
+
+def run_two_of_five_failing(
+    env: AirflowEnv, emu: RunComfyEmulator, out: Path, tag: str, message: str
+) -> DagRun:
+    """``it_batch`` over five items, of which the emulator fails items 1 and 3 (tagged ``tag``) with ``message``."""
+    emu.add_rule(prompt_contains=tag, fail_message=message)
+    return run_batch(env, emu, "it_batch", [item(0), item(1, tag), item(2), item(3, tag), item(4)], out)
+
+
 def task_folder(out: Path, run: DagRun) -> Path:
     return out / run.dag_id / safe_segment(run.run_id) / "batch" / "-1"
 
@@ -54,13 +66,12 @@ def submits_per_item(emu: RunComfyEmulator) -> Counter[str]:
 
 
 def test_a_batch_runs_every_item_once_and_keeps_every_output(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
-    inputs = [item(n) for n in range(7)]
+    inputs = items(7)
     run = run_batch(airflow_env, emu, "it_batch", inputs, tmp_path)
 
-    assert run.task_states() == {"batch": "success"}, run.output[-4000:]
+    run.assert_states(batch="success")
     result = run.xcom("batch")
     assert result["total"] == 7 and result["succeeded"] == 7
     assert result["failed"] == result["invalid"] == result["unknown"] == result["cancelled"] == 0
@@ -82,14 +93,11 @@ def test_a_batch_runs_every_item_once_and_keeps_every_output(
 
 
 def test_failed_items_are_listed_and_the_task_succeeds_when_some_succeeded(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
-    emu.add_rule(prompt_contains="bad", fail_message="the model refused this picture")
-    inputs = [item(0), item(1, "bad"), item(2), item(3, "bad"), item(4)]
-    run = run_batch(airflow_env, emu, "it_batch", inputs, tmp_path)
+    run = run_two_of_five_failing(airflow_env, emu, tmp_path, "bad", "the model refused this picture")
 
-    assert run.task_states() == {"batch": "success"}, run.output[-4000:]
+    run.assert_states(batch="success")
     result = run.xcom("batch")
     assert (result["total"], result["succeeded"], result["failed"]) == (5, 3, 2)
     records = manifest(tmp_path, run)
@@ -101,27 +109,25 @@ def test_failed_items_are_listed_and_the_task_succeeds_when_some_succeeded(
 
 
 def test_max_failed_items_fails_the_task_after_writing_the_manifest(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     emu.add_rule(prompt_contains="bad", fail_message="no")
     run = run_batch(airflow_env, emu, "it_batch_strict", [item(0), item(1, "bad"), item(2)], tmp_path)
 
-    assert run.task_states() == {"batch": "failed"}
+    run.assert_states(batch="failed")
     assert "more than max_failed_items=0" in run.output
     assert [r["status"] for r in manifest(tmp_path, run)] == ["succeeded", "failed", "succeeded"]
     assert emu.journal.count("submit") == 3  # AirflowFailException: no retry pays again
 
 
 def test_invalid_items_are_reported_and_never_submitted(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     bad_ratio = {**item(1), "aspect_ratio": "7:3"}
     inputs = [item(0), bad_ratio, "not an input", item(3)]
     run = run_batch(airflow_env, emu, "it_batch", inputs, tmp_path)
 
-    assert run.task_states() == {"batch": "success"}, run.output[-4000:]
+    run.assert_states(batch="success")
     result = run.xcom("batch")
     assert (result["succeeded"], result["invalid"]) == (2, 2)
     records = manifest(tmp_path, run)
@@ -132,25 +138,22 @@ def test_invalid_items_are_reported_and_never_submitted(
 
 
 def test_max_invalid_items_fails_before_anything_is_paid(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     run = run_batch(airflow_env, emu, "it_batch_strict", [item(0), {**item(1), "num_images": 9}], tmp_path)
 
-    assert run.task_states() == {"batch": "failed"}
+    run.assert_states(batch="failed")
     assert "nothing was submitted" in run.output
     assert emu.journal.count("submit") == 0
     assert [r["status"] for r in manifest(tmp_path, run)] == ["not_submitted", "invalid"]
 
 
 def test_a_retry_after_the_worker_died_resumes_without_paying_twice(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
-    inputs = [item(n) for n in range(8)]
-    run = run_batch(airflow_env, emu, "it_batch_worker_dies", inputs, tmp_path)
+    run = run_batch(airflow_env, emu, "it_batch_worker_dies", items(8), tmp_path)
 
-    assert run.task_states() == {"batch": "success"}, run.output[-4000:]
+    run.assert_states(batch="success")
     assert "simulated worker death after 4 submits" in run.output  # the first try did die
     assert submits_per_item(emu) == Counter({f"{n:03d}": 1 for n in range(8)})
     records = manifest(tmp_path, run)
@@ -174,13 +177,10 @@ def clear_and_rerun(
 
 
 def test_clearing_after_a_partial_failure_pays_only_for_the_failed_items(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
-    emu.add_rule(prompt_contains="flaky", fail_message="a passing hiccup")
-    inputs = [item(0), item(1, "flaky"), item(2), item(3, "flaky"), item(4)]
-    first = run_batch(airflow_env, emu, "it_batch", inputs, tmp_path)
-    assert first.task_states() == {"batch": "success"}, first.output[-3000:]
+    first = run_two_of_five_failing(airflow_env, emu, tmp_path, "flaky", "a passing hiccup")
+    first.assert_states(batch="success")
     assert emu.journal.count("submit") == 5
     first_jobs = {j.input["prompt"]: j.request_id for j in emu.jobs}
     copies = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("outputs/*.png")}
@@ -189,7 +189,8 @@ def test_clearing_after_a_partial_failure_pays_only_for_the_failed_items(
     emu.clear_rules()
     run = clear_and_rerun(airflow_env, emu, first)
 
-    assert run.returncode == 0 and run.task_states() == {"batch": "success"}, run.output[-4000:]
+    assert run.returncode == 0, run.output[-4000:]
+    run.assert_states(batch="success")
     paid_again = [e.json["prompt"] for e in emu.journal.of("submit")[5:]]
     assert sorted(paid_again) == ["item 001 flaky", "item 003 flaky"]
     records = manifest(tmp_path, run)
@@ -204,14 +205,13 @@ def test_clearing_after_a_partial_failure_pays_only_for_the_failed_items(
 
 
 def test_changed_inputs_of_a_cleared_task_are_new_items_only(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
-    inputs = [item(n) for n in range(4)]
+    inputs = items(4)
     lines = tmp_path / "inputs.jsonl"  # inputs from a JSON-lines file: they never pass through XCom
     lines.write_text("".join(json.dumps(i) + "\n" for i in inputs))
     first = run_batch(airflow_env, emu, "it_batch", f"file://{lines}", tmp_path)
-    assert first.task_states() == {"batch": "success"}, first.output[-3000:]
+    first.assert_states(batch="success")
     assert emu.journal.count("submit") == 4
 
     # Reordered, one changed: the three unchanged items are not paid for again.
@@ -226,13 +226,12 @@ def test_changed_inputs_of_a_cleared_task_are_new_items_only(
 
 
 def test_the_in_flight_bound_holds_at_runcomfy(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     emu.add_rule(model_id=MODEL, queue_seconds=0.3, run_seconds=0.7)
-    run = run_batch(airflow_env, emu, "it_batch", [item(n) for n in range(12)], tmp_path)
+    run = run_batch(airflow_env, emu, "it_batch", items(12), tmp_path)
 
-    assert run.task_states() == {"batch": "success"}, run.output[-4000:]
+    run.assert_states(batch="success")
     jobs = emu.jobs
     assert len(jobs) == 12
     moments = sorted([(j.created_at, 1) for j in jobs] + [(j.finished_at, -1) for j in jobs])
@@ -244,13 +243,12 @@ def test_the_in_flight_bound_holds_at_runcomfy(
 
 
 def test_a_storm_of_429s_slows_submits_down_and_pays_each_item_once(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     emu.add_fault("submit", "http", status=429, times=15, retry_after=0.1)
-    run = run_batch(airflow_env, emu, "it_batch_wide", [item(n) for n in range(10)], tmp_path)
+    run = run_batch(airflow_env, emu, "it_batch_wide", items(10), tmp_path)
 
-    assert run.task_states() == {"batch": "success"}, run.output[-4000:]
+    run.assert_states(batch="success")
     statuses = Counter(e.status_code for e in emu.journal.of("submit"))
     assert statuses == Counter({429: 15, 200: 10})
     assert submits_per_item(emu) == Counter({f"{n:03d}": 1 for n in range(10)})
@@ -258,13 +256,12 @@ def test_a_storm_of_429s_slows_submits_down_and_pays_each_item_once(
 
 
 def test_the_batch_timeout_cancels_every_queued_job(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     emu.add_rule(model_id=MODEL, queue_seconds=60, run_seconds=1)
-    run = run_batch(airflow_env, emu, "it_batch_timeout", [item(n) for n in range(5)], tmp_path)
+    run = run_batch(airflow_env, emu, "it_batch_timeout", items(5), tmp_path)
 
-    assert run.task_states() == {"batch": "failed"}
+    run.assert_states(batch="failed")
     assert "did not finish within timeout=4" in run.output
     assert emu.journal.count("submit") == 3
     assert emu.journal.count("cancel") == 3
@@ -276,36 +273,34 @@ def test_the_batch_timeout_cancels_every_queued_job(
 
 
 def test_the_blocking_mode_runs_the_same_batch_in_the_worker(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     emu.add_rule(prompt_contains="bad", fail_message="no")
     run = run_batch(
         airflow_env, emu, "it_batch_blocking", [item(0), item(1, "bad"), item(2), item(3)], tmp_path
     )
 
-    assert run.task_states() == {"batch": "success"}, run.output[-4000:]
+    run.assert_states(batch="success")
     assert [r["status"] for r in manifest(tmp_path, run)] == ["succeeded", "failed", "succeeded", "succeeded"]
     assert "Deferring" not in run.output and emu.journal.count("submit") == 4
 
 
 def test_out_of_balance_stops_submitting_at_once_and_keeps_what_is_in_flight(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     emu.add_rule(model_id=MODEL, queue_seconds=0.5, run_seconds=1)
     price = emu.jobs[0].cost_usd if emu.jobs else None
     assert price is None
     run0 = run_batch(airflow_env, emu, "it_batch", [item(99)], tmp_path / "probe")
-    assert run0.task_states() == {"batch": "success"}
+    run0.assert_states(batch="success")
     price = emu.jobs[0].cost_usd
     emu.reset()
     emu.add_rule(model_id=MODEL, queue_seconds=0.5, run_seconds=1)
     emu.set_config(balance_usd=round(price * 3 + price / 2, 6))  # enough for three jobs
 
-    run = run_batch(airflow_env, emu, "it_batch_wide", [item(n) for n in range(20)], tmp_path)
+    run = run_batch(airflow_env, emu, "it_batch_wide", items(20), tmp_path)
 
-    assert run.task_states() == {"batch": "failed"}
+    run.assert_states(batch="failed")
     assert "out of balance" in run.output
     submits = emu.journal.of("submit")
     assert sum(e.status_code == 200 for e in submits) == 3

@@ -14,7 +14,7 @@ import base64
 import json
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -52,8 +52,28 @@ def env_for(emu: RunComfyEmulator, s3: MotoS3 | None = None) -> dict[str, str]:
     return {**emu.airflow_conn_env(), **(s3.env if s3 else {})}
 
 
+def run_inputs(
+    env: AirflowEnv, emu: RunComfyEmulator, dag_id: str, s3: MotoS3 | None = None, **conf: Any
+) -> DagRun:
+    """``airflow dags test`` of a DAG of ``it_inputs.py`` with these params (S3 reachable when given)."""
+    return env.dags_test(dag_id, conf=conf, env=env_for(emu, s3))
+
+
+def s3_and_local_pictures(s3: MotoS3, tmp_path: Path) -> tuple[str, str]:
+    """Two pictures to send: one in the bucket, one on the worker's disk (their names, as a user gives them)."""
+    s3.put("s3://inputs/a.png", tiny_png())
+    local = tmp_path / "b.png"
+    local.write_bytes(tiny_png())
+    return "s3://inputs/a.png", str(local)
+
+
+def dead_link(emu: RunComfyEmulator) -> str:
+    """An https-like link whose host answers 404 (the emulator has no such sample)."""
+    return f"{emu.base_url}/samples/nosuchpicture.png"
+
+
 def assert_failed_before_submit(run: DagRun, emu: RunComfyEmulator, *phrases: str) -> None:
-    assert run.task_states() == {"edit": "failed"}, run.output[-4000:]
+    run.assert_states(edit="failed")
     for phrase in phrases:
         assert phrase in run.output, (phrase, run.output[-4000:])
     assert emu.journal.count("submit") == 0
@@ -74,20 +94,22 @@ def secrets_of(signed_url: str) -> list[str]:
 
 
 def test_an_s3_image_is_signed_fetched_by_runcomfy_and_its_edit_kept_in_s3(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, moto_s3: MotoS3
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, moto_s3: MotoS3
 ) -> None:
-    emu = runcomfy_emulator
     picture = tiny_png()
     moto_s3.put("s3://inputs/people/in.png", picture)
     moto_s3.bucket("outputs")
 
-    run = airflow_env.dags_test(
+    run = run_inputs(
+        airflow_env,
+        emu,
         "it_inputs",
-        conf={"image_url": "s3://inputs/people/in.png", "output_dir": "s3://outputs/kept"},
-        env=env_for(emu, moto_s3),
+        moto_s3,
+        image_url="s3://inputs/people/in.png",
+        output_dir="s3://outputs/kept",
     )
 
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    run.assert_states(edit="success")
     (submit,) = emu.journal.of("submit")
     signed = submit.json["image_url"]
     assert signed.startswith(f"{moto_s3.endpoint_url}/inputs/people/in.png?")  # RunComfy got a pre-signed URL
@@ -112,16 +134,13 @@ def emu_file(emu: RunComfyEmulator, url: str) -> bytes:
     return httpx.get(url, timeout=10).content
 
 
-def test_a_local_image_is_sent_inline(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
-) -> None:
-    emu = runcomfy_emulator
+def test_a_local_image_is_sent_inline(airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path) -> None:
     picture = tmp_path / "in.png"
     picture.write_bytes(tiny_png())
 
-    run = airflow_env.dags_test("it_inputs_blocking", conf={"image_url": str(picture)}, env=env_for(emu))
+    run = run_inputs(airflow_env, emu, "it_inputs_blocking", image_url=str(picture))
 
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    run.assert_states(edit="success")
     (submit,) = emu.journal.of("submit")
     assert submit.json["image_url"] == "data:image/png;base64," + base64.b64encode(tiny_png()).decode()
     assert emu.job(submit.request_id).phase == "succeeded"
@@ -129,96 +148,77 @@ def test_a_local_image_is_sent_inline(
 
 
 def test_images_from_s3_and_disk_go_together_in_one_job(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, moto_s3: MotoS3, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, moto_s3: MotoS3, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
-    moto_s3.put("s3://inputs/a.png", tiny_png())
-    local = tmp_path / "b.png"
-    local.write_bytes(tiny_png())
+    in_s3, local = s3_and_local_pictures(moto_s3, tmp_path)
 
-    run = airflow_env.dags_test(
-        "it_inputs_nano",
-        conf={"image_url": "s3://inputs/a.png", "second_image": str(local)},
-        env=env_for(emu, moto_s3),
-    )
+    run = run_inputs(airflow_env, emu, "it_inputs_nano", moto_s3, image_url=in_s3, second_image=local)
 
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    run.assert_states(edit="success")
     first, second = emu.journal.last("submit").json["image_urls"]
     assert first.startswith(f"{moto_s3.endpoint_url}/inputs/a.png?")
     assert second.startswith("data:image/png;base64,")
 
 
 def test_an_oversized_local_image_is_refused_before_any_request(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
     picture = tmp_path / "big.png"
     picture.write_bytes(tiny_png() + b"\x00" * MAX_DATA_URI_BYTES)
 
-    run = airflow_env.dags_test("it_inputs", conf={"image_url": str(picture)}, env=env_for(runcomfy_emulator))
+    run = run_inputs(airflow_env, emu, "it_inputs", image_url=str(picture))
 
     assert_failed_before_submit(
-        run, runcomfy_emulator, f"image_url {picture} is 6.3 MB", "which RunComfy accepts up to 6 MiB"
+        run, emu, f"image_url {picture} is 6.3 MB", "which RunComfy accepts up to 6 MiB"
     )
-    assert runcomfy_emulator.journal.count() == 0
+    assert emu.journal.count() == 0
 
 
 def test_a_missing_s3_object_is_refused_before_any_request(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, moto_s3: MotoS3
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, moto_s3: MotoS3
 ) -> None:
     moto_s3.bucket("inputs")
-    run = airflow_env.dags_test(
-        "it_inputs", conf={"image_url": "s3://inputs/typo.png"}, env=env_for(runcomfy_emulator, moto_s3)
-    )
-    assert_failed_before_submit(run, runcomfy_emulator, "image_url s3://inputs/typo.png does not exist")
+    run = run_inputs(airflow_env, emu, "it_inputs", moto_s3, image_url="s3://inputs/typo.png")
+    assert_failed_before_submit(run, emu, "image_url s3://inputs/typo.png does not exist")
 
 
-def test_a_dead_https_link_fails_before_the_submit(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
-) -> None:
-    emu = runcomfy_emulator
-    dead = f"{emu.base_url}/samples/nosuchpicture.png"
+def test_a_dead_https_link_fails_before_the_submit(airflow_env: AirflowEnv, emu: RunComfyEmulator) -> None:
+    dead = dead_link(emu)
 
-    run = airflow_env.dags_test("it_inputs", conf={"image_url": dead}, env=env_for(emu))
+    run = run_inputs(airflow_env, emu, "it_inputs", image_url=dead)
 
     assert_failed_before_submit(run, emu, f"Pre-flight of image_url {dead}", "answered HTTP 404")
     assert run.xcom("edit", key="request_id") is None
 
 
 def test_with_pre_flight_off_the_dead_link_is_submitted_and_runcomfy_fails_the_job(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
-    emu = runcomfy_emulator
-    dead = f"{emu.base_url}/samples/nosuchpicture.png"
+    dead = dead_link(emu)
 
-    run = airflow_env.dags_test("it_inputs_unchecked", conf={"image_url": dead}, env=env_for(emu))
+    run = run_inputs(airflow_env, emu, "it_inputs_unchecked", image_url=dead)
 
-    assert run.task_states() == {"edit": "failed"}, run.output[-4000:]
+    run.assert_states(edit="failed")
     assert emu.journal.count("submit") == 1  # the old behaviour: found only after the job ran
     assert emu.journal.count("sample") == 0  # the worker asked nothing of the picture's host
     assert "could not fetch image_url" in run.output and "404" in run.output
 
 
 def test_a_batch_signs_inlines_and_pre_flights_its_items_and_reports_the_dead_link_as_invalid(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, moto_s3: MotoS3, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, moto_s3: MotoS3, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
-    moto_s3.put("s3://inputs/a.png", tiny_png())
-    local = tmp_path / "b.png"
-    local.write_bytes(tiny_png())
-    dead = f"{emu.base_url}/samples/nosuchpicture.png"
+    in_s3, local = s3_and_local_pictures(moto_s3, tmp_path)
     inputs = [
-        {"prompt": "item 0", "image_urls": ["s3://inputs/a.png"]},
-        {"prompt": "item 1", "image_urls": [str(local)]},
-        {"prompt": "item 2", "image_urls": [dead]},
+        {"prompt": "item 0", "image_urls": [in_s3]},
+        {"prompt": "item 1", "image_urls": [local]},
+        {"prompt": "item 2", "image_urls": [dead_link(emu)]},
         {"prompt": "item 3", "image_urls": [emu.sample_url("portrait")]},
     ]
     out = tmp_path / "out"
 
-    run = airflow_env.dags_test(
-        "it_inputs_batch", conf={"inputs": inputs, "output_dir": str(out)}, env=env_for(emu, moto_s3)
-    )
+    run = run_inputs(airflow_env, emu, "it_inputs_batch", moto_s3, inputs=inputs, output_dir=str(out))
 
-    assert run.task_states() == {"batch": "success"}, run.output[-4000:]
+    run.assert_states(batch="success")
     (manifest_path,) = out.rglob("manifest.jsonl")
     records = [json.loads(line) for line in manifest_path.read_text().splitlines()]
     assert [r["status"] for r in records] == ["succeeded", "succeeded", "invalid", "succeeded"]
@@ -237,16 +237,13 @@ def test_a_batch_signs_inlines_and_pre_flights_its_items_and_reports_the_dead_li
 
 
 def test_a_retry_re_attaches_to_the_job_of_an_s3_input_although_it_would_be_signed_anew(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, moto_s3: MotoS3
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, moto_s3: MotoS3
 ) -> None:
-    emu = runcomfy_emulator
     moto_s3.put("s3://inputs/in.png", tiny_png())
 
-    run = airflow_env.dags_test(
-        "it_inputs_retry", conf={"image_url": "s3://inputs/in.png"}, env=env_for(emu, moto_s3)
-    )
+    run = run_inputs(airflow_env, emu, "it_inputs_retry", moto_s3, image_url="s3://inputs/in.png")
 
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    run.assert_states(edit="success")
     assert "worker lost after the job succeeded" in run.output  # the first try did fail
     assert emu.journal.count("submit") == 1  # the inputs' fingerprint is the path, not the signed URL
     assert run.xcom("edit")["request_id"] == emu.journal.last("submit").request_id

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,17 @@ def conn_env(emu: RunComfyEmulator, token: str | None = None, **extra: object) -
 
 def flux_conf(emu: RunComfyEmulator, prompt: str = "make it blue") -> dict[str, str]:
     return {"prompt": prompt, "image_url": emu.sample_url("portrait"), "aspect_ratio": "1:1"}
+
+
+def run_edit(
+    airflow: AirflowEnv,
+    emu: RunComfyEmulator,
+    dag_id: str = "it_deferred",
+    prompt: str = "make it blue",
+    **conn: Any,
+) -> DagRun:
+    """``airflow dags test`` of a flux edit DAG of ``it_runcomfy.py``; ``conn`` goes to :func:`conn_env`."""
+    return airflow.dags_test(dag_id, conf=flux_conf(emu, prompt), env=conn_env(emu, **conn))
 
 
 @pytest.fixture
@@ -62,29 +74,27 @@ def wait_for_submit(emu: RunComfyEmulator, timeout: float = 60) -> str:
 
 
 def assert_failed_with(run: DagRun, *phrases: str) -> None:
-    assert run.task_states() == {"edit": "failed"}, run.output[-3000:]
+    run.assert_states(edit="failed")
     for phrase in phrases:
         assert phrase in run.output, f"{phrase!r} not in the task log:\n{run.output[-3000:]}"
 
 
 @pytest.mark.parametrize("dag_id", sorted(EXAMPLES))
 def test_every_example_dag_runs_green_unchanged(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, dag_id: str
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, dag_id: str
 ) -> None:
-    run = airflow_env.dags_test(dag_id, env=conn_env(runcomfy_emulator))
+    run = airflow_env.dags_test(dag_id, env=conn_env(emu))
     assert run.task_states() == EXAMPLES[dag_id], run.output[-4000:]
     assert run.state == "success"
 
 
 def test_a_deferred_edit_pushes_the_request_id_then_the_outputs(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
-    run = airflow_env.dags_test(
-        "it_deferred", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator)
-    )
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    run = run_edit(airflow_env, emu)
+    run.assert_states(edit="success")
     assert "Pausing task as DEFERRED" in run.output  # it waited in the trigger, not the worker
-    (submit,) = runcomfy_emulator.journal.of("submit")
+    (submit,) = emu.journal.of("submit")
     assert run.xcom("edit", key="request_id") == submit.request_id
     result = run.xcom("edit")
     assert result["request_id"] == submit.request_id
@@ -95,227 +105,201 @@ def test_a_deferred_edit_pushes_the_request_id_then_the_outputs(
     assert result["cost_usd"] > 0  # what RunComfy says it charged (``include_cost=true``)
     assert submit.json == {
         "prompt": "make it blue",
-        "image_url": flux_conf(runcomfy_emulator)["image_url"],
+        "image_url": flux_conf(emu)["image_url"],
         "aspect_ratio": "1:1",
     }
-    assert runcomfy_emulator.token not in run.output
+    assert emu.token not in run.output
 
 
 def test_blocking_mode_polls_in_the_worker_and_logs_each_state(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
-    run = airflow_env.dags_test(
-        "it_blocking", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator)
-    )
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    run = run_edit(airflow_env, emu, "it_blocking")
+    run.assert_states(edit="success")
     assert "DEFERRED" not in run.output
     assert "is in_queue (queue position 0)" in run.output
     assert "is in_progress" in run.output
     assert run.xcom("edit")["status"] == "succeeded"
 
 
-def test_a_generic_model_returns_its_outputs(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
-) -> None:
-    runcomfy_emulator.add_rule(model_id="acme/video/generate", output_kind="videos", num_outputs=2)
+def test_a_generic_model_returns_its_outputs(airflow_env: AirflowEnv, emu: RunComfyEmulator) -> None:
+    emu.add_rule(model_id="acme/video/generate", output_kind="videos", num_outputs=2)
     conf = {"model_id": "acme/video/generate", "input": {"prompt": "a cat", "duration": 5}}
-    run = airflow_env.dags_test("it_generic_model", conf=conf, env=conn_env(runcomfy_emulator))
-    assert run.task_states() == {"run": "success"}, run.output[-4000:]
+    run = airflow_env.dags_test("it_generic_model", conf=conf, env=conn_env(emu))
+    run.assert_states(run="success")
     result = run.xcom("run")
     assert len(result["outputs"]) == 2
     assert result["outputs"] == result["output"]["videos"]
 
 
-def test_bad_rendered_inputs_fail_before_any_request(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
-) -> None:
-    conf = {**flux_conf(runcomfy_emulator), "aspect_ratio": "square"}
-    run = airflow_env.dags_test("it_deferred", conf=conf, env=conn_env(runcomfy_emulator))
+def test_bad_rendered_inputs_fail_before_any_request(airflow_env: AirflowEnv, emu: RunComfyEmulator) -> None:
+    conf = {**flux_conf(emu), "aspect_ratio": "square"}
+    run = airflow_env.dags_test("it_deferred", conf=conf, env=conn_env(emu))
     assert_failed_with(run, "aspect_ratio: 'square' is not one of 21:9")
-    assert runcomfy_emulator.journal.count() == 0
+    assert emu.journal.count() == 0
 
 
 def test_a_failed_job_fails_the_task_with_runcomfys_reason(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
-    runcomfy_emulator.add_rule(prompt_contains="forbidden", fail_message="content policy violation")
-    run = airflow_env.dags_test(
-        "it_deferred", conf=flux_conf(runcomfy_emulator, "forbidden"), env=conn_env(runcomfy_emulator)
-    )
+    emu.add_rule(prompt_contains="forbidden", fail_message="content policy violation")
+    run = run_edit(airflow_env, emu, "it_deferred", "forbidden")
     assert_failed_with(run, "failed: content policy violation", "JobFailedError")
 
 
 def test_a_bad_token_fails_at_once_and_names_the_connection(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
-    run = airflow_env.dags_test(
-        "it_retry", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator, token="revoked-token")
-    )
+    run = run_edit(airflow_env, emu, "it_retry", token="revoked-token")
     assert_failed_with(run, "error 400004", "Airflow connection 'runcomfy_default'")
-    assert runcomfy_emulator.journal.count("submit") == 1  # AirflowFailException: the retry is skipped
+    assert emu.journal.count("submit") == 1  # AirflowFailException: the retry is skipped
 
 
-def test_no_balance_says_so_plainly(airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator) -> None:
-    runcomfy_emulator.set_config(balance_usd=0.0)
-    run = airflow_env.dags_test(
-        "it_deferred", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator)
-    )
+def test_no_balance_says_so_plainly(airflow_env: AirflowEnv, emu: RunComfyEmulator) -> None:
+    emu.set_config(balance_usd=0.0)
+    run = run_edit(airflow_env, emu)
     assert_failed_with(run, "no balance left", "top up")
 
 
-def test_a_job_cancelled_elsewhere_fails_the_task(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, in_background: Callable[..., None]
+def cancel_elsewhere(emu: RunComfyEmulator) -> None:
+    """Cancel the task's job as someone else would: through the API, with the account's token."""
+    from airflow_provider_runcomfy.client import RunComfyClient
+
+    with RunComfyClient(emu.token, base_url=emu.base_url) as client:
+        client.cancel(wait_for_submit(emu))
+
+
+def expire(emu: RunComfyEmulator) -> None:
+    emu.expire(wait_for_submit(emu))
+
+
+@pytest.mark.parametrize(
+    ("end_the_job", "phrases"),
+    [
+        (cancel_elsewhere, ("was cancelled before it ran", "JobCancelledError")),
+        (expire, ("error 404001", "expired")),
+    ],
+    ids=["cancelled-elsewhere", "expired"],
+)
+def test_a_job_ended_elsewhere_fails_the_task_saying_what_to_do(
+    airflow_env: AirflowEnv,
+    emu: RunComfyEmulator,
+    in_background: Callable[..., None],
+    end_the_job: Callable[[RunComfyEmulator], None],
+    phrases: tuple[str, ...],
 ) -> None:
-    runcomfy_emulator.set_config(queue_seconds=20)
-
-    def cancel_it() -> None:
-        from airflow_provider_runcomfy.client import RunComfyClient
-
-        with RunComfyClient(runcomfy_emulator.token, base_url=runcomfy_emulator.base_url) as client:
-            client.cancel(wait_for_submit(runcomfy_emulator))
-
-    in_background(cancel_it)
-    run = airflow_env.dags_test(
-        "it_deferred", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator)
-    )
-    assert_failed_with(run, "was cancelled before it ran", "JobCancelledError")
-
-
-def test_an_expired_request_fails_with_what_to_do(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, in_background: Callable[..., None]
-) -> None:
-    runcomfy_emulator.set_config(queue_seconds=20)
-    in_background(lambda: runcomfy_emulator.expire(wait_for_submit(runcomfy_emulator)))
-    run = airflow_env.dags_test(
-        "it_deferred", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator)
-    )
-    assert_failed_with(run, "error 404001", "expired")
+    emu.set_config(queue_seconds=20)
+    in_background(lambda: end_the_job(emu))
+    run = run_edit(airflow_env, emu)
+    assert_failed_with(run, *phrases)
 
 
 @pytest.mark.parametrize("dag_id", ["it_timeout", "it_blocking_timeout"])
 def test_a_timeout_cancels_the_job_then_fails_naming_the_timeout(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, dag_id: str
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, dag_id: str
 ) -> None:
-    runcomfy_emulator.set_config(queue_seconds=60)
-    run = airflow_env.dags_test(dag_id, conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator))
+    emu.set_config(queue_seconds=60)
+    run = run_edit(airflow_env, emu, dag_id)
     assert_failed_with(run, "did not finish within timeout=2 s", "will not be billed")
-    (cancel,) = runcomfy_emulator.journal.of("cancel")
-    assert cancel.request_id == runcomfy_emulator.journal.of("submit")[0].request_id
-    assert runcomfy_emulator.job(cancel.request_id).phase == "cancelled"  # type: ignore[union-attr]
+    (cancel,) = emu.journal.of("cancel")
+    assert cancel.request_id == emu.journal.of("submit")[0].request_id
+    assert emu.job(cancel.request_id).phase == "cancelled"  # type: ignore[union-attr]
 
 
 def test_a_timeout_on_a_running_job_says_it_will_be_billed(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
-    runcomfy_emulator.set_config(queue_seconds=0, run_seconds=60)
-    run = airflow_env.dags_test(
-        "it_timeout", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator)
-    )
+    emu.set_config(queue_seconds=0, run_seconds=60)
+    run = run_edit(airflow_env, emu, "it_timeout")
     assert_failed_with(run, "did not finish within timeout=2 s", "RunComfy will finish and bill it")
 
 
-def test_transient_poll_failures_are_tolerated(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
-) -> None:
-    runcomfy_emulator.add_fault("status", "http", times=2, status=503)
-    runcomfy_emulator.add_fault("status", "http", times=1, status=429, retry_after=0)
-    run = airflow_env.dags_test(
-        "it_deferred", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator, max_retries=0)
-    )
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+def test_transient_poll_failures_are_tolerated(airflow_env: AirflowEnv, emu: RunComfyEmulator) -> None:
+    emu.add_fault("status", "http", times=2, status=503)
+    emu.add_fault("status", "http", times=1, status=429, retry_after=0)
+    run = run_edit(airflow_env, emu, max_retries=0)
+    run.assert_states(edit="success")
     assert "tolerated in a row" in run.output
 
 
-def test_a_retried_task_reattaches_to_its_running_job_and_submits_nothing(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+@pytest.mark.parametrize(
+    ("job_seconds", "what_the_retry_does"),
+    [
+        # The first try loses RunComfy for longer than tolerated and fails; its job still runs.
+        ({"queue_seconds": 0.5, "run_seconds": 6}, "Re-attaching to RunComfy request"),
+        # Four failed polls, 0.2 s apart, end the first try; the job finishes meanwhile.
+        ({"queue_seconds": 0.1, "run_seconds": 0.2}, "Reusing the outputs of RunComfy request"),
+    ],
+    ids=["job-still-running", "job-already-succeeded"],
+)
+def test_a_retry_finds_the_job_of_the_failed_try_and_submits_nothing(
+    airflow_env: AirflowEnv,
+    emu: RunComfyEmulator,
+    job_seconds: dict[str, float],
+    what_the_retry_does: str,
 ) -> None:
-    """The first try loses RunComfy for longer than tolerated and fails; the retry finds its job still running."""
-    runcomfy_emulator.set_config(queue_seconds=0.5, run_seconds=6)
-    runcomfy_emulator.add_fault("status", "http", times=4, status=503)
-    run = airflow_env.dags_test(
-        "it_retry", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator, max_retries=0)
-    )
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
-    assert "Re-attaching to RunComfy request" in run.output
-    assert runcomfy_emulator.journal.count("submit") == 1
-    assert run.xcom("edit")["request_id"] == runcomfy_emulator.journal.of("submit")[0].request_id
+    """A retry re-attaches to a running job, or pays nothing and returns the outputs of a finished one."""
+    emu.set_config(**job_seconds)
+    emu.add_fault("status", "http", times=4, status=503)
+    run = run_edit(airflow_env, emu, "it_retry", max_retries=0)
+    run.assert_states(edit="success")
+    assert what_the_retry_does in run.output
+    assert emu.journal.count("submit") == 1
+    assert run.xcom("edit")["request_id"] == emu.journal.of("submit")[0].request_id
 
 
-def test_a_retry_after_the_job_succeeded_reuses_its_outputs(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
-) -> None:
-    """The first try fails after its job finished; the retry pays nothing and returns the same outputs."""
-    runcomfy_emulator.set_config(queue_seconds=0.1, run_seconds=0.2)
-    # Four failed polls, 0.2 s apart, end the first try; the job finishes meanwhile.
-    runcomfy_emulator.add_fault("status", "http", times=4, status=503)
-    run = airflow_env.dags_test(
-        "it_retry", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator, max_retries=0)
-    )
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
-    assert "Reusing the outputs of RunComfy request" in run.output
-    assert runcomfy_emulator.journal.count("submit") == 1
-
-
-def test_a_retry_after_the_job_failed_submits_anew(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
-) -> None:
-    runcomfy_emulator.add_rule(prompt_contains="flaky", fail_message="worker lost")
-    run = airflow_env.dags_test(
-        "it_retry", conf=flux_conf(runcomfy_emulator, "flaky"), env=conn_env(runcomfy_emulator)
-    )
+def test_a_retry_after_the_job_failed_submits_anew(airflow_env: AirflowEnv, emu: RunComfyEmulator) -> None:
+    emu.add_rule(prompt_contains="flaky", fail_message="worker lost")
+    run = run_edit(airflow_env, emu, "it_retry", "flaky")
     assert run.task_states() == {"edit": "failed"}
     assert "submitting anew" in run.output
-    assert runcomfy_emulator.journal.count("submit") == 2
+    assert emu.journal.count("submit") == 2
 
 
 # -- never pays twice ------------------------------------------------------------------------------
 
 
 def test_a_retry_after_a_timeout_reattaches_to_a_job_whose_outcome_is_not_written_yet(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
     """The first try times out while the job runs; the retry finds it finished, but /result still
     says "completed" (twice): it waits on that job instead of paying for a new one."""
-    runcomfy_emulator.set_config(queue_seconds=0, run_seconds=2.5)
-    runcomfy_emulator.add_fault("result", "not_written", times=2)
-    run = airflow_env.dags_test(
-        "it_retry_after_timeout", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator)
-    )
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    emu.set_config(queue_seconds=0, run_seconds=2.5)
+    emu.add_fault("result", "not_written", times=2)
+    run = run_edit(airflow_env, emu, "it_retry_after_timeout")
+    run.assert_states(edit="success")
     assert "did not finish within timeout=1 s" in run.output  # the first try timed out
     assert "Re-attaching to RunComfy request" in run.output
-    assert runcomfy_emulator.journal.count("submit") == 1
-    (submit,) = runcomfy_emulator.journal.of("submit")
+    assert emu.journal.count("submit") == 1
+    (submit,) = emu.journal.of("submit")
     assert run.xcom("edit")["request_id"] == submit.request_id
-    assert runcomfy_emulator.journal.count("result") >= 3  # both "completed" answers were read
+    assert emu.journal.count("result") >= 3  # both "completed" answers were read
 
 
 def test_the_sensor_pokes_again_while_the_outcome_is_not_written(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
     from airflow_provider_runcomfy.client import RunComfyClient
 
-    with RunComfyClient(runcomfy_emulator.token, base_url=runcomfy_emulator.base_url) as client:
+    with RunComfyClient(emu.token, base_url=emu.base_url) as client:
         request_id = client.submit(
             "blackforestlabs/flux-1-kontext/pro/edit",
-            {"prompt": "p", "image_url": runcomfy_emulator.sample_url()},
+            {"prompt": "p", "image_url": emu.sample_url()},
         ).request_id
         client.wait_for_result(request_id, poll_interval=0.1, deadline=time.time() + 30)
-    runcomfy_emulator.add_fault("result", "not_written", times=2)
-    run = airflow_env.dags_test("it_sense", conf={"request_id": request_id}, env=conn_env(runcomfy_emulator))
-    assert run.task_states() == {"wait": "success"}, run.output[-4000:]
+    emu.add_fault("result", "not_written", times=2)
+    run = airflow_env.dags_test("it_sense", conf={"request_id": request_id}, env=conn_env(emu))
+    run.assert_states(wait="success")
     assert run.xcom("wait")["request_id"] == request_id
     assert run.xcom("wait")["status"] == "succeeded"
 
 
 def test_a_submit_answered_with_an_unreadable_body_fails_without_retry(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
     """RunComfy created the job but its answer cannot be read: no retry may pay for it again."""
-    runcomfy_emulator.add_fault("submit", "bad_body")
-    run = airflow_env.dags_test(
-        "it_retries", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator)
-    )
+    emu.add_fault("submit", "bad_body")
+    run = run_edit(airflow_env, emu, "it_retries")
     assert_failed_with(
         run,
         "the task is not retried",
@@ -323,18 +307,16 @@ def test_a_submit_answered_with_an_unreadable_body_fails_without_retry(
         "input fingerprint ",
         "RunComfy dashboard",
     )
-    assert runcomfy_emulator.journal.count("submit") == 1  # retries=2, and not one was used
+    assert emu.journal.count("submit") == 1  # retries=2, and not one was used
 
 
 def test_a_request_id_that_cannot_be_recorded_cancels_the_job_and_fails_without_retry(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
     """The submit was paid, but the store refuses its id: a retry could not find the job, so none runs."""
-    runcomfy_emulator.set_config(queue_seconds=30)
-    run = airflow_env.dags_test(
-        "it_store_fails", conf=flux_conf(runcomfy_emulator), env=conn_env(runcomfy_emulator)
-    )
-    (submit,) = runcomfy_emulator.journal.of("submit")  # retries=2, and not one was used
+    emu.set_config(queue_seconds=30)
+    run = run_edit(airflow_env, emu, "it_store_fails")
+    (submit,) = emu.journal.of("submit")  # retries=2, and not one was used
     assert_failed_with(
         run,
         f"RunComfy request {submit.request_id} was submitted",
@@ -342,5 +324,5 @@ def test_a_request_id_that_cannot_be_recorded_cancels_the_job_and_fails_without_
         "will not be billed",
         "not retried",
     )
-    job = runcomfy_emulator.job(str(submit.request_id))
+    job = emu.job(str(submit.request_id))
     assert job is not None and job.phase == "cancelled"

@@ -32,6 +32,11 @@ def conf(emu: RunComfyEmulator, output_dir: str, **more: str) -> dict[str, str]:
     return {"image_url": emu.sample_url("portrait"), "output_dir": output_dir, **more}
 
 
+def keep(env: AirflowEnv, emu: RunComfyEmulator, dag_id: str, output_dir: str, **more: str) -> DagRun:
+    """``airflow dags test`` of a DAG of ``it_outputs.py`` keeping its outputs in ``output_dir``."""
+    return env.dags_test(dag_id, conf=conf(emu, output_dir, **more), env=emu.airflow_conn_env())
+
+
 def try_number(run: DagRun, task_id: str = "edit") -> int:
     rows = run._query(
         "SELECT try_number FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = ?",
@@ -46,8 +51,10 @@ def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def assert_is_the_served_file(stored: dict[str, Any], path: Path) -> None:
-    """The copy holds exactly the bytes the output URL serves, and the entry says so."""
+def assert_is_the_served_file(stored: dict[str, Any], path: Path | None = None) -> None:
+    """The copy (at ``path``, else at its ``file://`` URI) holds exactly the bytes the output URL
+    serves, and the entry says so."""
+    path = path or Path(stored["uri"].removeprefix("file://"))
     served = httpx.get(stored["source_url"], timeout=10).content
     data = path.read_bytes()
     assert data == served
@@ -56,14 +63,11 @@ def assert_is_the_served_file(stored: dict[str, Any], path: Path) -> None:
 
 
 def test_a_task_keeps_its_output_in_a_file_dir_and_returns_where(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
-    run = airflow_env.dags_test(
-        "it_outputs", conf=conf(emu, f"file://{tmp_path}"), env=emu.airflow_conn_env()
-    )
+    run = keep(airflow_env, emu, "it_outputs", f"file://{tmp_path}")
 
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    run.assert_states(edit="success")
     result = run.xcom("edit")
     (stored,) = result["stored"]
     request_id = result["request_id"]
@@ -82,30 +86,22 @@ def test_a_task_keeps_its_output_in_a_file_dir_and_returns_where(
 
 
 def test_a_blocking_task_keeps_its_output_in_a_plain_local_path(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
-    run = airflow_env.dags_test(
-        "it_outputs_blocking", conf=conf(emu, str(tmp_path / "kept")), env=emu.airflow_conn_env()
-    )
+    run = keep(airflow_env, emu, "it_outputs_blocking", str(tmp_path / "kept"))
 
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    run.assert_states(edit="success")
     (stored,) = run.xcom("edit")["stored"]
     assert stored["uri"].startswith(f"file://{tmp_path}/kept/it_outputs_blocking/")
-    assert_is_the_served_file(stored, Path(stored["uri"].removeprefix("file://")))
+    assert_is_the_served_file(stored)
 
 
 def test_a_downstream_task_reads_the_copy_back_from_memory_storage(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
-    emu = runcomfy_emulator
-    run = airflow_env.dags_test(
-        "it_outputs_memory",
-        conf=conf(emu, "memory://runcomfy-it/kept"),
-        env=emu.airflow_conn_env(),
-    )
+    run = keep(airflow_env, emu, "it_outputs_memory", "memory://runcomfy-it/kept")
 
-    assert run.task_states() == {"edit": "success", "read_back": "success"}, run.output[-4000:]
+    run.assert_states(edit="success", read_back="success")
     (stored,) = run.xcom("edit")["stored"]
     assert stored["uri"].startswith("memory://runcomfy-it/kept/it_outputs_memory/")
     assert run.xcom("read_back") == {"checked": [{"uri": stored["uri"], "bytes": stored["bytes"]}]}
@@ -113,35 +109,29 @@ def test_a_downstream_task_reads_the_copy_back_from_memory_storage(
 
 
 def test_a_sensor_keeps_the_outputs_of_a_request_submitted_elsewhere(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
-    run = airflow_env.dags_test(
-        "it_outputs_sensor", conf=conf(emu, f"file://{tmp_path}"), env=emu.airflow_conn_env()
-    )
+    run = keep(airflow_env, emu, "it_outputs_sensor", f"file://{tmp_path}")
 
-    assert run.task_states() == {"submit": "success", "wait": "success"}, run.output[-4000:]
+    run.assert_states(submit="success", wait="success")
     result = run.xcom("wait")
     (stored,) = result["stored"]
     assert (
         f"/it_outputs_sensor/{safe_segment(run.run_id)}/wait/-1/{result['request_id']}_0.png" in stored["uri"]
     )
-    assert_is_the_served_file(stored, Path(stored["uri"].removeprefix("file://")))
+    assert_is_the_served_file(stored)
 
 
 def test_a_download_cut_off_midway_leaves_no_file_and_the_retry_completes_it(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     emu.add_rule(output_bytes=3_000_000)  # big enough that the cut lands after bytes were written
     # Every attempt of the first try is cut off halfway; the retry's download is not.
     emu.add_fault("file", "truncate", after_bytes=1_500_000, times=DOWNLOAD_ATTEMPTS)
     out, probe = tmp_path / "out", tmp_path / "after-first-try.json"
-    run = airflow_env.dags_test(
-        "it_outputs", conf=conf(emu, f"file://{out}", probe=str(probe)), env=emu.airflow_conn_env()
-    )
+    run = keep(airflow_env, emu, "it_outputs", f"file://{out}", probe=str(probe))
 
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    run.assert_states(edit="success")
     assert try_number(run) == 2
     assert json.loads(probe.read_text()) == []  # after the failed try: no file, not even a part file
     fetches = emu.journal.of("file")
@@ -155,15 +145,12 @@ def test_a_download_cut_off_midway_leaves_no_file_and_the_retry_completes_it(
 
 
 def test_an_output_over_the_cap_fails_the_task_plainly_and_keeps_nothing(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
     emu.add_rule(output_bytes=3_000_000)
-    run = airflow_env.dags_test(
-        "it_outputs_capped", conf=conf(emu, f"file://{tmp_path}"), env=emu.airflow_conn_env()
-    )
+    run = keep(airflow_env, emu, "it_outputs_capped", f"file://{tmp_path}")
 
-    assert run.task_states() == {"edit": "failed"}, run.output[-4000:]
+    run.assert_states(edit="failed")
     assert try_number(run) == 1  # no retry: a retry cannot make the file smaller
     assert "larger than max_output_bytes=1000000" in run.output
     assert "Raise max_output_bytes on the task" in run.output
@@ -172,32 +159,26 @@ def test_an_output_over_the_cap_fails_the_task_plainly_and_keeps_nothing(
 
 
 def test_a_retry_that_finds_its_copy_whole_does_not_download_it_again(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    emu = runcomfy_emulator
-    run = airflow_env.dags_test(
-        "it_outputs_crash", conf=conf(emu, f"file://{tmp_path}"), env=emu.airflow_conn_env()
-    )
+    run = keep(airflow_env, emu, "it_outputs_crash", f"file://{tmp_path}")
 
-    assert run.task_states() == {"edit": "success"}, run.output[-4000:]
+    run.assert_states(edit="success")
     assert try_number(run) == 2
     assert "worker lost after the copy was made" in run.output
     assert "already kept by an earlier try" in run.output
     assert emu.journal.count("submit") == 1
     assert emu.journal.count("file") == 1  # fetched by the first try only
     (stored,) = run.xcom("edit")["stored"]
-    assert_is_the_served_file(stored, Path(stored["uri"].removeprefix("file://")))
+    assert_is_the_served_file(stored)
 
 
 def test_an_output_dir_nothing_can_write_fails_the_task_before_anything_is_paid_for(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
-    emu = runcomfy_emulator
-    run = airflow_env.dags_test(
-        "it_outputs", conf=conf(emu, "nosuchfs://bucket/kept"), env=emu.airflow_conn_env()
-    )
+    run = keep(airflow_env, emu, "it_outputs", "nosuchfs://bucket/kept")
 
-    assert run.task_states() == {"edit": "failed"}, run.output[-4000:]
+    run.assert_states(edit="failed")
     assert try_number(run) == 1  # no retry: a retry cannot install a filesystem
     assert "no filesystem can write nosuchfs://" in run.output
     assert emu.journal.count("submit") == 0

@@ -52,26 +52,22 @@ def assert_in_log(run: DagRun, *phrases: str) -> None:
 # -- what a job cost ------------------------------------------------------------------------------
 
 
-def test_a_jobs_cost_is_in_its_return_value(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
-) -> None:
-    run = run_model(airflow_env, runcomfy_emulator, "it_spend_model", VIDEO, video_input(runcomfy_emulator))
-    assert run.task_states() == {"run": "success"}, run.output[-4000:]
+def test_a_jobs_cost_is_in_its_return_value(airflow_env: AirflowEnv, emu: RunComfyEmulator) -> None:
+    run = run_model(airflow_env, emu, "it_spend_model", VIDEO, video_input(emu))
+    run.assert_states(run="success")
     result = run.xcom("run")
     assert result["cost_usd"] == pytest.approx(0.50)  # 10 seconds at the fixture's $0.05 per second
-    (job,) = runcomfy_emulator.jobs
+    (job,) = emu.jobs
     assert job.cost_usd == pytest.approx(result["cost_usd"])
 
 
 # -- budgets --------------------------------------------------------------------------------------
 
 
-def test_a_job_over_its_budget_is_never_submitted(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
-) -> None:
-    run = run_model(airflow_env, runcomfy_emulator, "it_spend_budget", VIDEO, video_input(runcomfy_emulator))
-    assert run.task_states() == {"run": "failed"}, run.output[-4000:]
-    assert runcomfy_emulator.journal.count("submit") == 0
+def test_a_job_over_its_budget_is_never_submitted(airflow_env: AirflowEnv, emu: RunComfyEmulator) -> None:
+    run = run_model(airflow_env, emu, "it_spend_budget", VIDEO, video_input(emu))
+    run.assert_states(run="failed")
+    assert emu.journal.count("submit") == 0
     assert_in_log(
         run,
         "Not submitted: a job of wan-ai/wan-2-2/image-to-video with this input costs an estimated "
@@ -79,10 +75,10 @@ def test_a_job_over_its_budget_is_never_submitted(
     )
 
 
-def test_a_job_within_its_budget_runs(airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator) -> None:
-    payload = video_input(runcomfy_emulator, duration=5)
-    run = run_model(airflow_env, runcomfy_emulator, "it_spend_budget", VIDEO, payload)
-    assert run.task_states() == {"run": "success"}, run.output[-4000:]
+def test_a_job_within_its_budget_runs(airflow_env: AirflowEnv, emu: RunComfyEmulator) -> None:
+    payload = video_input(emu, duration=5)
+    run = run_model(airflow_env, emu, "it_spend_budget", VIDEO, payload)
+    run.assert_states(run="success")
     assert run.xcom("run")["cost_usd"] == pytest.approx(0.25)
     assert_in_log(run, "Estimated price of this job of wan-ai/wan-2-2/image-to-video: $0.2500")
 
@@ -91,12 +87,12 @@ def test_a_job_within_its_budget_runs(airflow_env: AirflowEnv, runcomfy_emulator
 
 
 def test_a_bad_input_of_a_model_without_typed_inputs_is_refused_before_any_submit(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
-    payload = video_input(runcomfy_emulator, duration=12, sead=3)
-    run = run_model(airflow_env, runcomfy_emulator, "it_spend_model", VIDEO, payload)
-    assert run.task_states() == {"run": "failed"}, run.output[-4000:]
-    assert runcomfy_emulator.journal.count("submit") == 0
+    payload = video_input(emu, duration=12, sead=3)
+    run = run_model(airflow_env, emu, "it_spend_model", VIDEO, payload)
+    run.assert_states(run="failed")
+    assert emu.journal.count("submit") == 0
     assert_in_log(
         run,
         f"Invalid input for {VIDEO}: duration: 12 is not one of 5, 10",
@@ -104,37 +100,45 @@ def test_a_bad_input_of_a_model_without_typed_inputs_is_refused_before_any_submi
     )
 
 
-def test_when_the_schema_cannot_be_read_the_job_is_submitted_unchecked_with_a_warning(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+@pytest.mark.parametrize(
+    ("dag_id", "state", "submits", "says"),
+    [
+        # The default, on_schema_unavailable="warn": a warning, and the input is submitted unchecked.
+        (
+            "it_spend_model",
+            "success",
+            1,
+            (f"The input of {VIDEO} is submitted unchecked, because its model info could not be read",),
+        ),
+        (
+            "it_spend_schema_fail",
+            "failed",
+            0,
+            (f"Not submitted: the input of {VIDEO} cannot be checked", "on_schema_unavailable='fail'"),
+        ),
+    ],
+    ids=["warn", "fail"],
+)
+def test_when_the_schema_cannot_be_read_on_schema_unavailable_decides(
+    airflow_env: AirflowEnv,
+    emu: RunComfyEmulator,
+    dag_id: str,
+    state: str,
+    submits: int,
+    says: tuple[str, ...],
 ) -> None:
-    runcomfy_emulator.add_fault("model", "http", times=None, status=503)
-    run = run_model(airflow_env, runcomfy_emulator, "it_spend_model", VIDEO, video_input(runcomfy_emulator))
-    assert run.task_states() == {"run": "success"}, run.output[-4000:]
-    assert runcomfy_emulator.journal.count("submit") == 1
-    assert_in_log(
-        run, f"The input of {VIDEO} is submitted unchecked, because its model info could not be read"
-    )
-
-
-def test_when_the_schema_cannot_be_read_fail_submits_nothing(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
-) -> None:
-    runcomfy_emulator.add_fault("model", "http", times=None, status=503)
-    run = run_model(
-        airflow_env, runcomfy_emulator, "it_spend_schema_fail", VIDEO, video_input(runcomfy_emulator)
-    )
-    assert run.task_states() == {"run": "failed"}, run.output[-4000:]
-    assert runcomfy_emulator.journal.count("submit") == 0
-    assert_in_log(
-        run, f"Not submitted: the input of {VIDEO} cannot be checked", "on_schema_unavailable='fail'"
-    )
+    emu.add_fault("model", "http", times=None, status=503)
+    run = run_model(airflow_env, emu, dag_id, VIDEO, video_input(emu))
+    run.assert_states(run=state)
+    assert emu.journal.count("submit") == submits
+    assert_in_log(run, *says)
 
 
 def test_a_model_that_publishes_no_schema_runs_unchecked_and_reports_its_cost(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
 ) -> None:
-    run = run_model(airflow_env, runcomfy_emulator, "it_spend_model", UNLISTED, {"anything": "goes"})
-    assert run.task_states() == {"run": "success"}, run.output[-4000:]
+    run = run_model(airflow_env, emu, "it_spend_model", UNLISTED, {"anything": "goes"})
+    run.assert_states(run="success")
     assert_in_log(run, "RunComfy publishes no input schema for it")
     assert run.xcom("run")["cost_usd"] == pytest.approx(0.04)  # the emulator's price for unlisted models
 
@@ -162,16 +166,16 @@ def manifest_of(run: DagRun) -> list[dict[str, Any]]:
 
 
 def test_a_batch_checks_every_item_against_the_schema_and_records_each_cost(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    inputs = [video_input(runcomfy_emulator, duration=d) for d in (5, 10, 7, 5)]  # 7 is not a duration
-    run = run_batch(airflow_env, runcomfy_emulator, "it_spend_batch", VIDEO, inputs, tmp_path)
-    assert run.task_states() == {"batch": "success"}, run.output[-4000:]
+    inputs = [video_input(emu, duration=d) for d in (5, 10, 7, 5)]  # 7 is not a duration
+    run = run_batch(airflow_env, emu, "it_spend_batch", VIDEO, inputs, tmp_path)
+    run.assert_states(batch="success")
     result = run.xcom("batch")
     assert (result["succeeded"], result["invalid"]) == (3, 1)
     assert result["cost_usd"] == pytest.approx(1.0)  # 0.25 + 0.50 + 0.25
-    assert runcomfy_emulator.journal.count("submit") == 3
-    assert runcomfy_emulator.journal.count("model") == 1  # one read of the schema for the whole batch
+    assert emu.journal.count("submit") == 3
+    assert emu.journal.count("model") == 1  # one read of the schema for the whole batch
     rows = manifest_of(run)
     assert [row["cost_usd"] for row in rows] == [
         pytest.approx(0.25),
@@ -183,12 +187,12 @@ def test_a_batch_checks_every_item_against_the_schema_and_records_each_cost(
 
 
 def test_a_batch_over_its_budget_never_starts(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    inputs = [video_input(runcomfy_emulator, duration=10)] * 3  # 3 x $0.50 against max_cost_usd=1.0
-    run = run_batch(airflow_env, runcomfy_emulator, "it_spend_batch_priced_budget", VIDEO, inputs, tmp_path)
-    assert run.task_states() == {"batch": "failed"}, run.output[-4000:]
-    assert runcomfy_emulator.journal.count("submit") == 0
+    inputs = [video_input(emu, duration=10)] * 3  # 3 x $0.50 against max_cost_usd=1.0
+    run = run_batch(airflow_env, emu, "it_spend_batch_priced_budget", VIDEO, inputs, tmp_path)
+    run.assert_states(batch="failed")
+    assert emu.journal.count("submit") == 0
     assert_in_log(run, "Not started: the 3 item(s) to submit of this batch", "over max_cost_usd=$1.0000")
 
 
@@ -206,11 +210,11 @@ def budget_stopped_batch(env: AirflowEnv, emu: RunComfyEmulator, output_dir: Pat
 
 
 def test_a_batch_stops_submitting_at_its_budget_and_keeps_what_is_in_flight(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    run = budget_stopped_batch(airflow_env, runcomfy_emulator, tmp_path)
-    assert run.task_states() == {"batch": "success"}, run.output[-4000:]
-    assert runcomfy_emulator.journal.count("submit") == 2
+    run = budget_stopped_batch(airflow_env, emu, tmp_path)
+    run.assert_states(batch="success")
+    assert emu.journal.count("submit") == 2
     result = run.xcom("batch")
     assert result["stopped_by_budget"] is True
     assert (result["succeeded"], result["not_submitted"]) == (2, 3)  # the slow job in flight finished
@@ -220,15 +224,13 @@ def test_a_batch_stops_submitting_at_its_budget_and_keeps_what_is_in_flight(
 
 
 def test_out_of_balance_mid_batch_stops_submitting_and_says_so(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    runcomfy_emulator.set_config(balance_usd=0.10)  # two flux edits at $0.04, not three
-    inputs = [
-        {"prompt": f"edit {i}", "image_url": runcomfy_emulator.sample_url("portrait")} for i in range(5)
-    ]
-    run = run_batch(airflow_env, runcomfy_emulator, "it_spend_batch", FLUX, inputs, tmp_path)
-    assert run.task_states() == {"batch": "failed"}, run.output[-4000:]
-    assert len(runcomfy_emulator.jobs) == 2
+    emu.set_config(balance_usd=0.10)  # two flux edits at $0.04, not three
+    inputs = [{"prompt": f"edit {i}", "image_url": emu.sample_url("portrait")} for i in range(5)]
+    run = run_batch(airflow_env, emu, "it_spend_batch", FLUX, inputs, tmp_path)
+    run.assert_states(batch="failed")
+    assert len(emu.jobs) == 2
     assert_in_log(run, "out of balance", "400002")
     statuses = sorted(row["status"] for row in manifest_of(run))
     assert statuses == ["not_submitted"] * 3 + ["succeeded"] * 2
@@ -245,12 +247,10 @@ def spend_report(env: AirflowEnv, root: Path, budget_usd: float | None) -> tuple
 
 
 def test_the_daily_spend_report_sums_spend_per_model_and_fails_loudly_on_a_budget_hit(
-    airflow_env: AirflowEnv, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:
-    clean = [video_input(runcomfy_emulator, duration=d) for d in (5, 10)]
-    assert (
-        run_batch(airflow_env, runcomfy_emulator, "it_spend_batch", VIDEO, clean, tmp_path).state == "success"
-    )
+    clean = [video_input(emu, duration=d) for d in (5, 10)]
+    assert run_batch(airflow_env, emu, "it_spend_batch", VIDEO, clean, tmp_path).state == "success"
 
     run, report = spend_report(airflow_env, tmp_path, budget_usd=5.0)
     assert run.task_states() == {"read_manifests": "success", "write_report": "success"}, run.output[-4000:]
@@ -259,7 +259,7 @@ def test_the_daily_spend_report_sums_spend_per_model_and_fails_loudly_on_a_budge
     chart = png.Reader(filename=str(next((tmp_path / "_spend").glob("spend-*.png")))).read()
     assert chart[0] > 100 and chart[1] > 30  # width, height: a real picture
 
-    budget_stopped_batch(airflow_env, runcomfy_emulator, tmp_path / "more")
+    budget_stopped_batch(airflow_env, emu, tmp_path / "more")
     run, report = spend_report(airflow_env, tmp_path, budget_usd=None)
     assert run.task_states()["write_report"] == "failed", run.output[-4000:]
     assert_in_log(run, "RunComfy budget hit:", "was stopped by its max_cost_usd")

@@ -11,32 +11,21 @@ import os
 import shutil
 from typing import Any
 
-import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import Param, task
+from ui_common import KEPT, ui_dag
 
 from airflow_provider_runcomfy.operators.runcomfy import FluxKontextProEditOperator
 
 #: The outputs view of the ``edit`` task of this run, and its pictures (``plugins.app`` routes).
 VIEW = "/runcomfy/{view}/{{{{ dag.dag_id }}}}/{{{{ run_id | urlencode }}}}/edit{tail}"
 
-with DAG(
-    dag_id="runcomfy_review",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    params={
-        "emulator": Param("http://127.0.0.1:9", type="string"),
-        "output_dir": Param("file:///tmp/runcomfy-ui", type="string"),
-        "publish_dir": Param("/tmp/runcomfy-ui-published", type="string"),
-    },
-):
+with ui_dag("runcomfy_review", publish_dir=Param("/tmp/runcomfy-ui-published", type="string")):
     edit = FluxKontextProEditOperator(
         task_id="edit",
         prompt="Give her a red scarf",
         image_url="{{ params.emulator }}/samples/portrait.png",
-        output_dir="{{ params.output_dir }}",
-        poll_interval=0.5,
+        **KEPT,
     )
 
     review = ApprovalOperator(

@@ -1,29 +1,20 @@
 """The DAG the browser tests look at: an edit with kept copies, a mapped fan-out and a batch, each with a failure.
 
 ``params.emulator`` is the emulator's base URL (its sample pictures are the inputs) and
-``params.output_dir`` where the copies go; the test passes both when it triggers the run.
+``params.output_dir`` where the copies go (``ui_common.ui_dag``); the test passes both.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import task
+from ui_common import KEPT, ui_dag
 
 from airflow_provider_runcomfy.operators.batch import RunComfyBatchOperator
 from airflow_provider_runcomfy.operators.runcomfy import FluxKontextProEditOperator, NanoBananaEditOperator
 
-with DAG(
-    dag_id="runcomfy_ui",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    params={
-        "emulator": Param("http://127.0.0.1:9", type="string"),
-        "output_dir": Param("file:///tmp/runcomfy-ui", type="string"),
-    },
-):
+with ui_dag("runcomfy_ui"):
 
     @task
     def pictures(params: Any = None) -> list[str]:
@@ -40,8 +31,7 @@ with DAG(
         prompt="She is now holding an orange umbrella and smiling",
         image_url="{{ params.emulator }}/samples/portrait.png",
         aspect_ratio="3:4",
-        output_dir="{{ params.output_dir }}",
-        poll_interval=0.5,
+        **KEPT,
     )
 
     @task
@@ -56,15 +46,13 @@ with DAG(
         task_id="batch",
         model_id="google/nano-banana/edit",
         inputs=batch_inputs(),
-        output_dir="{{ params.output_dir }}",
-        poll_interval=0.5,
         retries=0,
+        **KEPT,
     )
 
     NanoBananaEditOperator.partial(
         task_id="enrich",
         prompt="warm golden-hour light",
-        output_dir="{{ params.output_dir }}",
-        poll_interval=0.5,
         retries=0,
+        **KEPT,
     ).expand(image_urls=pictures())

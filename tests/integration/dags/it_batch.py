@@ -7,44 +7,24 @@ Each test passes the inputs, ``output_dir`` and (where it matters) the prompt ru
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
-import pendulum
 from airflow.sdk import DAG, Param
+from it_common import BATCH, one_task_dag
 
 from airflow_provider_runcomfy.operators.batch import RunComfyBatchOperator
 
+NANO_BATCH = {"model_id": "google/nano-banana/edit", "max_in_flight": 3}
 PARAMS = {
     "inputs": Param([], type=["array", "string"], description="inputs, or a JSON-lines URI"),
     "output_dir": Param("/tmp/it-batch", type="string"),
 }
 
 
-def batch_dag(dag_id: str, **operator_kwargs: object) -> DAG:
-    with DAG(
-        dag_id=dag_id,
-        schedule=None,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
-        params=PARAMS,
-        render_template_as_native_obj=True,
-    ) as dag:
-        RunComfyBatchOperator(
-            task_id="batch",
-            model_id="google/nano-banana/edit",
-            inputs="{{ params.inputs }}",
-            output_dir="{{ params.output_dir }}",
-            poll_interval=0.2,
-            **{"max_in_flight": 3, **operator_kwargs},
-        )
-    return dag
-
-
-it_batch = batch_dag("it_batch")
-it_batch_blocking = batch_dag("it_batch_blocking", deferrable=False)
-it_batch_retry = batch_dag("it_batch_retry", retries=1, retry_delay=timedelta(seconds=0))
-it_batch_strict = batch_dag("it_batch_strict", max_invalid_items=0, max_failed_items=0)
-it_batch_timeout = batch_dag("it_batch_timeout", timeout=4)
-it_batch_wide = batch_dag("it_batch_wide", max_in_flight=10)
+def batch_dag(
+    dag_id: str, operator: type[RunComfyBatchOperator] = RunComfyBatchOperator, **kwargs: object
+) -> DAG:
+    return one_task_dag(dag_id, PARAMS, operator, native=True, **BATCH, **{**NANO_BATCH, **kwargs})
 
 
 class WorkerDiesOnFirstTry(RunComfyBatchOperator):
@@ -58,22 +38,14 @@ class WorkerDiesOnFirstTry(RunComfyBatchOperator):
         return True
 
 
-with DAG(
-    dag_id="it_batch_worker_dies",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    params=PARAMS,
-    render_template_as_native_obj=True,
-) as it_batch_worker_dies:
-    WorkerDiesOnFirstTry(
-        task_id="batch",
-        model_id="google/nano-banana/edit",
-        inputs="{{ params.inputs }}",
-        output_dir="{{ params.output_dir }}",
-        poll_interval=0.2,
-        max_in_flight=3,
-        submit_concurrency=1,
-        retries=1,
-        retry_delay=timedelta(seconds=0),
-    )
+RETRY_AT_ONCE: dict[str, Any] = {"retries": 1, "retry_delay": timedelta(seconds=0)}
+
+it_batch = batch_dag("it_batch")
+it_batch_blocking = batch_dag("it_batch_blocking", deferrable=False)
+it_batch_retry = batch_dag("it_batch_retry", **RETRY_AT_ONCE)
+it_batch_strict = batch_dag("it_batch_strict", max_invalid_items=0, max_failed_items=0)
+it_batch_timeout = batch_dag("it_batch_timeout", timeout=4)
+it_batch_wide = batch_dag("it_batch_wide", max_in_flight=10)
+it_batch_worker_dies = batch_dag(
+    "it_batch_worker_dies", WorkerDiesOnFirstTry, submit_concurrency=1, **RETRY_AT_ONCE
+)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pendulum
 from airflow.sdk import DAG, Param
+from it_common import BATCH, EDIT, one_task_dag
 
 from airflow_provider_runcomfy.operators.batch import RunComfyBatchOperator
 from airflow_provider_runcomfy.operators.runcomfy import FluxKontextProEditOperator, NanoBananaEditOperator
@@ -22,23 +22,13 @@ PARAMS = {
 }
 
 
-def inputs_dag(dag_id: str, **operator_kwargs: object) -> DAG:
-    with DAG(
-        dag_id=dag_id,
-        schedule=None,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
-        params=PARAMS,
-    ) as dag:
-        FluxKontextProEditOperator(
-            task_id="edit",
-            prompt="{{ params.prompt }}",
-            image_url="{{ params.image_url }}",
-            output_dir="{{ params.output_dir or None }}",
-            poll_interval=0.2,
-            **operator_kwargs,
-        )
-    return dag
+def inputs_dag(
+    dag_id: str, operator: type[FluxKontextProEditOperator] = FluxKontextProEditOperator, **kwargs: object
+) -> DAG:
+    # No output_dir given: it renders "None", which keeps no copies.
+    return one_task_dag(
+        dag_id, PARAMS, operator, **EDIT, output_dir="{{ params.output_dir or None }}", **kwargs
+    )
 
 
 class WorkerLostAfterTheJob(FluxKontextProEditOperator):
@@ -50,62 +40,31 @@ class WorkerLostAfterTheJob(FluxKontextProEditOperator):
         return super().finish(context, outcome)
 
 
-def inputs_dag_of(dag_id: str, operator: type[FluxKontextProEditOperator], **operator_kwargs: object) -> DAG:
-    with DAG(
-        dag_id=dag_id,
-        schedule=None,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
-        params=PARAMS,
-    ) as dag:
-        operator(
-            task_id="edit",
-            prompt="{{ params.prompt }}",
-            image_url="{{ params.image_url }}",
-            poll_interval=0.2,
-            **operator_kwargs,
-        )
-    return dag
-
-
 it_inputs = inputs_dag("it_inputs")
 # A retry signs the picture again (a new signature), yet it is the same input: it re-attaches.
-it_inputs_retry = inputs_dag_of(
+it_inputs_retry = inputs_dag(
     "it_inputs_retry", WorkerLostAfterTheJob, retries=1, retry_delay=timedelta(seconds=0)
 )
 it_inputs_blocking = inputs_dag("it_inputs_blocking", deferrable=False, sign_expiry=900)
 it_inputs_unchecked = inputs_dag("it_inputs_unchecked", preflight="off")
 
-with DAG(
-    dag_id="it_inputs_nano",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    params=PARAMS,
-) as it_inputs_nano:
-    # Two pictures from two places: one from S3 (signed), one local (inline).
-    NanoBananaEditOperator(
-        task_id="edit",
-        prompt="{{ params.prompt }}",
-        image_urls=["{{ params.image_url }}", "{{ params.second_image }}"],
-        poll_interval=0.2,
-    )
+# Two pictures from two places: one from S3 (signed), one local (inline).
+it_inputs_nano = one_task_dag(
+    "it_inputs_nano",
+    PARAMS,
+    NanoBananaEditOperator,
+    task_id="edit",
+    prompt="{{ params.prompt }}",
+    image_urls=["{{ params.image_url }}", "{{ params.second_image }}"],
+)
 
-
-with DAG(
-    dag_id="it_inputs_batch",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    params={"inputs": Param([], type="array"), "output_dir": Param("/tmp/it-inputs-batch", type="string")},
-    render_template_as_native_obj=True,
-) as it_inputs_batch:
-    # Items whose pictures come from S3, from disk and from the web, checked before any submit.
-    RunComfyBatchOperator(
-        task_id="batch",
-        model_id="google/nano-banana/edit",
-        inputs="{{ params.inputs }}",
-        output_dir="{{ params.output_dir }}",
-        poll_interval=0.2,
-        max_in_flight=2,
-    )
+# Items whose pictures come from S3, from disk and from the web, checked before any submit.
+it_inputs_batch = one_task_dag(
+    "it_inputs_batch",
+    {"inputs": Param([], type="array"), "output_dir": Param("/tmp/it-inputs-batch", type="string")},
+    RunComfyBatchOperator,
+    native=True,
+    **BATCH,
+    model_id="google/nano-banana/edit",
+    max_in_flight=2,
+)

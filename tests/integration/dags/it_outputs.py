@@ -11,8 +11,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pendulum
 from airflow.sdk import DAG, Param, task
+from it_common import EDIT, it_dag, one_task_dag
 
 from airflow_provider_runcomfy.operators.runcomfy import FluxKontextProEditOperator
 from airflow_provider_runcomfy.sensors.runcomfy import RunComfyRequestSensor
@@ -38,35 +38,26 @@ def list_output_dir(context: Any) -> None:
 class CrashAfterCopy(FluxKontextProEditOperator):
     """Stands for a worker lost right after the copies were made, before the task could finish."""
 
-    def finish(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        result = super().finish(context, event)
+    def finish(self, context: Any, outcome: Any) -> dict[str, Any]:
+        result = super().finish(context, outcome)
         if context["ti"].try_number == 1:
             raise RuntimeError("worker lost after the copy was made")
         return result
 
 
+#: Keep copies; retry once at once, listing what the failed try left behind.
+COPIES = {
+    "output_dir": "{{ params.output_dir }}",
+    "retries": 1,
+    "retry_delay": timedelta(seconds=0),
+    "on_retry_callback": list_output_dir,
+}
+
+
 def outputs_dag(
     dag_id: str, operator: type[FluxKontextProEditOperator] = FluxKontextProEditOperator, **kwargs: Any
 ) -> DAG:
-    with DAG(
-        dag_id=dag_id,
-        schedule=None,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
-        params=PARAMS,
-    ) as dag:
-        operator(
-            task_id="edit",
-            prompt="{{ params.prompt }}",
-            image_url="{{ params.image_url }}",
-            output_dir="{{ params.output_dir }}",
-            poll_interval=0.2,
-            retries=1,
-            retry_delay=timedelta(seconds=0),
-            on_retry_callback=list_output_dir,
-            **kwargs,
-        )
-    return dag
+    return one_task_dag(dag_id, PARAMS, operator, **EDIT, **{**COPIES, **kwargs})
 
 
 it_outputs = outputs_dag("it_outputs")
@@ -75,20 +66,10 @@ it_outputs_capped = outputs_dag("it_outputs_capped", max_output_bytes=1_000_000)
 it_outputs_crash = outputs_dag("it_outputs_crash", operator=CrashAfterCopy)
 
 
-with DAG(
-    dag_id="it_outputs_memory",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    params={**PARAMS, "output_dir": Param("memory://runcomfy-it/outputs", type="string")},
+with it_dag(
+    "it_outputs_memory", {**PARAMS, "output_dir": Param("memory://runcomfy-it/outputs", type="string")}
 ) as it_outputs_memory:
-    edit = FluxKontextProEditOperator(
-        task_id="edit",
-        prompt="{{ params.prompt }}",
-        image_url="{{ params.image_url }}",
-        output_dir="{{ params.output_dir }}",
-        poll_interval=0.2,
-    )
+    edit = FluxKontextProEditOperator(**EDIT, output_dir="{{ params.output_dir }}", poll_interval=0.2)
 
     @task
     def read_back(result: dict[str, Any]) -> dict[str, Any]:
@@ -107,13 +88,7 @@ with DAG(
     read_back(edit.output)
 
 
-with DAG(
-    dag_id="it_outputs_sensor",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    params=PARAMS,
-) as it_outputs_sensor:
+with it_dag("it_outputs_sensor", PARAMS) as it_outputs_sensor:
 
     @task
     def submit(params: dict[str, Any]) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pendulum
 from airflow.sdk import DAG, Param
+from it_common import EDIT, one_task_dag
 
 from airflow_provider_runcomfy.operators.runcomfy import FluxKontextProEditOperator, RunComfyModelOperator
 from airflow_provider_runcomfy.sensors.runcomfy import RunComfyRequestSensor
@@ -21,23 +21,10 @@ PARAMS = {
 }
 
 
-def flux_dag(dag_id: str, **operator_kwargs: object) -> DAG:
-    with DAG(
-        dag_id=dag_id,
-        schedule=None,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
-        params=PARAMS,
-    ) as dag:
-        FluxKontextProEditOperator(
-            task_id="edit",
-            prompt="{{ params.prompt }}",
-            image_url="{{ params.image_url }}",
-            aspect_ratio="{{ params.aspect_ratio }}",
-            poll_interval=0.2,
-            **operator_kwargs,
-        )
-    return dag
+def flux_dag(dag_id: str, **kwargs: object) -> DAG:
+    return one_task_dag(
+        dag_id, PARAMS, FluxKontextProEditOperator, **EDIT, aspect_ratio="{{ params.aspect_ratio }}", **kwargs
+    )
 
 
 it_deferred = flux_dag("it_deferred")
@@ -80,25 +67,22 @@ it_store_fails = flux_dag(
     "it_store_fails", retries=2, retry_delay=timedelta(seconds=0), pre_execute=refuse_request_id_writes
 )
 
-with DAG(
-    dag_id="it_sense",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    params={"request_id": Param("unset", type="string")},
-) as it_sense:
-    RunComfyRequestSensor(
-        task_id="wait", request_id="{{ params.request_id }}", deferrable=False, poll_interval=0.2, timeout=60
-    )
+it_sense = one_task_dag(
+    "it_sense",
+    {"request_id": Param("unset", type="string")},
+    RunComfyRequestSensor,
+    task_id="wait",
+    request_id="{{ params.request_id }}",
+    deferrable=False,
+    timeout=60,
+)
 
-with DAG(
-    dag_id="it_generic_model",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    render_template_as_native_obj=True,
-    params={"model_id": Param("acme/video/generate", type="string"), "input": Param({}, type="object")},
-) as it_generic_model:
-    RunComfyModelOperator(
-        task_id="run", model_id="{{ params.model_id }}", input="{{ params.input }}", poll_interval=0.2
-    )
+it_generic_model = one_task_dag(
+    "it_generic_model",
+    {"model_id": Param("acme/video/generate", type="string"), "input": Param({}, type="object")},
+    RunComfyModelOperator,
+    native=True,
+    task_id="run",
+    model_id="{{ params.model_id }}",
+    input="{{ params.input }}",
+)

@@ -14,15 +14,19 @@ The rules, for every URL and every redirect:
   ``Host`` header and TLS's SNI and certificate check), so a DNS answer that changes
   between the check and the connection (DNS rebinding) cannot move it elsewhere.
 
-``check_fetch_url`` says whether a URL may be fetched; ``Opener`` fetches under the rules.
+``check_fetch_url`` says whether a URL may be fetched; ``Opener`` fetches under the rules;
+``CachingResolver`` spares a batch one DNS lookup per URL when its URLs share a host.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -68,6 +72,90 @@ def resolve(host: str, port: int) -> list[str]:
     except (socket.gaierror, UnicodeError, OSError) as error:
         raise HostUnresolvable(str(error)) from None
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class CachingResolver:
+    """A resolver that remembers each answer for ``ttl`` seconds: one lookup per host, not per URL.
+
+    For many checks on few hosts (a batch's input pre-flight: 10,000 images on one bucket
+    would otherwise be 10,000 lookups). It cannot be rebound: the connection goes to the
+    addresses the policy checked (``PinnedTransport``), so an answer is at worst ``ttl``
+    seconds old, never swapped between the check and the connection. A failed lookup is
+    remembered for ``failure_ttl`` seconds (a host that does not resolve costs one timeout,
+    not one per URL). Thread-safe: threads asking for the same host at once share one lookup.
+
+    :param resolver: the resolver asked on a miss.
+    :param ttl: seconds an answer is kept.
+    :param failure_ttl: seconds a ``HostUnresolvable`` is kept.
+    :param max_entries: hosts remembered at most (the least recently used is forgotten first).
+    :param clock: seconds, monotonic (tests).
+    """
+
+    def __init__(
+        self,
+        resolver: Resolver = resolve,
+        *,
+        ttl: float = 60.0,
+        failure_ttl: float = 10.0,
+        max_entries: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._resolver = resolver
+        self._ttl = ttl
+        self._failure_ttl = failure_ttl
+        self._max_entries = max(1, max_entries)
+        self._clock = clock
+        self._lock = threading.Lock()
+        # (host, port) -> (expiry, addresses or the failure's text)
+        self._entries: OrderedDict[tuple[str, int], tuple[float, tuple[str, ...] | HostUnresolvable]] = (
+            OrderedDict()
+        )
+        self._pending: dict[tuple[str, int], threading.Lock] = {}
+        #: How many times ``resolver`` was asked (for tests and measurements).
+        self.lookups = 0
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        key = (host.lower(), port)
+        found = self._cached(key)
+        if found is None:
+            with self._lock:
+                pending = self._pending.setdefault(key, threading.Lock())
+            with pending:  # one lookup per host at a time; the others then find its answer
+                found = self._cached(key)
+                if found is None:
+                    found = self._lookup(host, port, key)
+            with self._lock:
+                if self._pending.get(key) is pending:
+                    del self._pending[key]
+        if isinstance(found, HostUnresolvable):
+            raise HostUnresolvable(str(found))
+        return list(found)
+
+    def _cached(self, key: tuple[str, int]) -> tuple[str, ...] | HostUnresolvable | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= self._clock():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def _lookup(self, host: str, port: int, key: tuple[str, int]) -> tuple[str, ...] | HostUnresolvable:
+        with self._lock:
+            self.lookups += 1
+        answer: tuple[str, ...] | HostUnresolvable
+        try:
+            answer, ttl = tuple(self._resolver(host, port)), self._ttl
+        except HostUnresolvable as error:
+            answer, ttl = error, self._failure_ttl
+        with self._lock:
+            self._entries[key] = (self._clock() + ttl, answer)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return answer
 
 
 def is_public_address(address: str) -> bool:
@@ -207,6 +295,10 @@ class Opener:
 
     :param headers: sent with every request (never an ``Authorization``: none is ever set).
     :param transport: a caller's transport (tests): used as it is, without pinning.
+    :param limits: the connection pool's limits (httpx's defaults when None).
+
+    Thread-safe: several threads may ``open`` at once (a batch's pre-flight); they share the
+    connection pools, each created once.
     """
 
     def __init__(
@@ -215,27 +307,39 @@ class Opener:
         timeout: httpx.Timeout,
         headers: dict[str, str],
         transport: httpx.BaseTransport | None = None,
+        limits: httpx.Limits | None = None,
     ) -> None:
         self.policy = policy
         self._timeout = timeout.as_dict()
         self._headers = headers
         self._given = transport
+        self._limits = limits
         self._transports: dict[str | None, httpx.BaseTransport] = {}
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         """Close the connections."""
-        for transport in self._transports.values():
+        with self._lock:
+            transports = list(self._transports.values())
+            self._transports.clear()
+        for transport in transports:
             transport.close()
-        self._transports.clear()
 
     @contextmanager
     def open(
-        self, url: str, method: str, what: str, check_time: Callable[[], None]
+        self,
+        url: str,
+        method: str,
+        what: str,
+        check_time: Callable[[], None],
+        headers: Mapping[str, str] | None = None,
     ) -> Iterator[tuple[str, httpx.Response]]:
         """The answer to ``url`` (and the URL that gave it), redirects followed -- each checked like the first.
 
         :param check_time: called before each hop; raises when the caller's deadline has passed.
+        :param headers: added to the opener's own for this request (and its redirects).
         """
+        sent = {**self._headers, **(headers or {})}
         current, previous = url, None
         for _ in range(MAX_REDIRECTS + 1):
             check_time()
@@ -243,7 +347,7 @@ class Opener:
             request = httpx.Request(
                 method,
                 current,
-                headers=self._headers,
+                headers=sent,
                 extensions={"timeout": self._timeout, ADDRESSES: addresses},
             )
             response = self._transport(current).handle_request(request)
@@ -271,13 +375,19 @@ class Opener:
         if self._given is not None:
             return self._given
         proxy = _proxy_for(url)
-        transport = self._transports.get(proxy)
-        if transport is None:
-            # Behind a proxy the proxy connects (and resolves): the policy still checks the URL
-            # and its addresses here, but the connection cannot be pinned to them.
-            transport = httpx.HTTPTransport(proxy=proxy) if proxy else PinnedTransport(httpx.HTTPTransport())
-            self._transports[proxy] = transport
+        with self._lock:  # two threads must not each build (and one leak) a pool for one proxy
+            transport = self._transports.get(proxy)
+            if transport is None:
+                # Behind a proxy the proxy connects (and resolves): the policy still checks the URL
+                # and its addresses here, but the connection cannot be pinned to them.
+                transport = self._http(proxy) if proxy else PinnedTransport(self._http(None))
+                self._transports[proxy] = transport
         return transport
+
+    def _http(self, proxy: str | None) -> httpx.HTTPTransport:
+        if self._limits is None:  # httpx's own defaults
+            return httpx.HTTPTransport(proxy=proxy)
+        return httpx.HTTPTransport(proxy=proxy, limits=self._limits)
 
 
 def _proxy_for(url: str) -> str | None:

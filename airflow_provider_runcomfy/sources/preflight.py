@@ -18,10 +18,13 @@ bytes. Then:
   goes ahead: workers often cannot reach hosts RunComfy can.
   ``preflight="strict"`` makes that an error; ``preflight="off"`` skips all this.
 
-Requests go through the same URL rules as output downloads
-(``client.download.check_fetch_url``: https; http and loopback or private
-addresses only while the API itself is on loopback, i.e. the emulator; no
-credentials in the URL), on every redirect, and carry no token.
+Requests go through the same machinery as output downloads (``client._urlpolicy``'s
+``Opener``): the URL rules (https; http and loopback or private addresses only while
+the API itself is on loopback, i.e. the emulator; no credentials in the URL) on every
+redirect, followed here rather than by httpx; the connection pinned to the addresses
+that were checked, so a DNS answer that changes after the check (DNS rebinding) cannot
+send the request to the worker's own or its network's hosts; no token, ever. A batch
+resolves each host once a minute (``CachingResolver``), not once per URL.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ import httpx
 
 from airflow_provider_runcomfy import __version__
 from airflow_provider_runcomfy.arguments import PreflightMode, check_preflight
+from airflow_provider_runcomfy.client._urlpolicy import CachingResolver, Opener, Resolver, UrlPolicy, resolve
 from airflow_provider_runcomfy.client.closing import Closing
-from airflow_provider_runcomfy.client.download import OutputDownloadError, check_fetch_url, shown_url
+from airflow_provider_runcomfy.client.download import OutputDownloadError, shown_url
 from airflow_provider_runcomfy.sources.errors import InputCheckError, InputUnreachableError
 from airflow_provider_runcomfy.sources.images import (
     MAGIC_LENGTH,
@@ -47,8 +51,18 @@ from airflow_provider_runcomfy.sources.images import (
 #: Seconds for one pre-flight request: short, since a healthy host answers a HEAD at once.
 DEFAULT_PREFLIGHT_TIMEOUT = 5.0
 
-_MAX_REDIRECTS = 5
+#: Seconds a host's addresses are reused across a batch's URLs.
+DNS_TTL = 60.0
+
 _USER_AGENT = f"airflow-provider-runcomfy/{__version__} (input pre-flight)"
+#: Identity asked for: ``Content-Length`` is then the file's size, and the first bytes its own.
+_HEADERS = {
+    "User-Agent": _USER_AGENT,
+    "Accept": "image/*, video/*, */*;q=0.1",
+    "Accept-Encoding": "identity",
+}
+_RANGE = {"Range": f"bytes=0-{MAGIC_LENGTH - 1}"}
+_WHAT = "the input"
 _UNTYPED = ("", "application/octet-stream", "binary/octet-stream")
 #: What an error page is served as: never a model's input, whatever the field.
 _ERROR_PAGE_TYPES = ("text/html", "application/json", "application/xml", "text/xml", "text/plain")
@@ -89,7 +103,11 @@ class Preflight(Closing):
         The URL rules allow loopback and private hosts only when the API is on loopback.
     :param timeout: seconds for each request.
     :param max_connections: connections kept open at once (a batch checks URLs concurrently).
-    :param transport: an ``httpx`` transport, for tests of what no real server does.
+    :param transport: an ``httpx`` transport, for tests of what no real server does
+        (connections then go where it sends them: no address pinning).
+    :param resolver: resolves host names for the URL rules (``socket.getaddrinfo`` by default);
+        each answer is reused for ``dns_ttl`` seconds by this pre-flight.
+    :param dns_ttl: seconds a host's addresses are reused.
     """
 
     def __init__(
@@ -100,48 +118,42 @@ class Preflight(Closing):
         timeout: float = DEFAULT_PREFLIGHT_TIMEOUT,
         max_connections: int = 8,
         transport: httpx.BaseTransport | None = None,
+        resolver: Resolver | None = None,
+        dns_ttl: float = DNS_TTL,
     ) -> None:
         self.mode = check_preflight(mode)
         self.api_base_url = api_base_url
-
-        def check_request(request: httpx.Request) -> None:
-            """Every request, redirects included: the URL rules, and never a token."""
-            check_fetch_url(str(request.url), api_base_url=api_base_url, what="the input")
-            request.headers.pop("Authorization", None)
-
-        self._http = httpx.Client(
-            auth=None,
-            follow_redirects=True,
-            max_redirects=_MAX_REDIRECTS,
-            timeout=httpx.Timeout(timeout),
+        self.resolver = CachingResolver(resolver or resolve, ttl=dns_ttl)
+        self.policy = UrlPolicy(api_base_url, self.resolver)
+        # No httpx.Client: redirects are followed by the Opener, each hop checked and pinned;
+        # no auth, cookies or default headers shared with anything.
+        self._opener = Opener(
+            self.policy,
+            httpx.Timeout(timeout),
+            _HEADERS,
+            transport,
             limits=httpx.Limits(max_connections=max_connections),
-            headers={"User-Agent": _USER_AGENT, "Accept": "image/*, video/*, */*;q=0.1"},
-            event_hooks={"request": [check_request]},
-            transport=transport,
         )
 
     def close(self) -> None:
         """Close the connections."""
-        self._http.close()
+        self._opener.close()
 
     def check(self, field: str, url: str, kind: InputKind) -> PreflightResult:
         """Check ``url`` (the input ``field``, which takes a ``kind``); raise ``InputCheckError`` when bad."""
         started = time.perf_counter()
         where = f"{field} {shown_url(url)}"
         try:
-            head = self._http.head(url)
-            if head.status_code in (404, 410):
-                raise _failed(where, "HEAD", head.status_code)
-            if head.status_code == 429 or head.status_code >= 500:
-                return self._trouble(where, f"HEAD answered HTTP {head.status_code}", started)
-            if head.is_success:
-                verdict = _verdict(where, kind, head, None)
+            with self._opener.open(url, "HEAD", _WHAT, _no_deadline) as (_, head):
+                if head.status_code in (404, 410):
+                    raise _failed(where, "HEAD", head.status_code)
+                if head.status_code == 429 or head.status_code >= 500:
+                    return self._trouble(where, f"HEAD answered HTTP {head.status_code}", started)
+                verdict = _verdict(where, kind, head, None) if head.is_success else None
                 if verdict is not None:
                     return _result("HEAD", head, verdict, started)
             # HEAD refused (405, 501, a URL signed for GET only) or told too little: look at the bytes.
-            with self._http.stream(
-                "GET", url, headers={"Range": f"bytes=0-{MAGIC_LENGTH - 1}", "Accept-Encoding": "identity"}
-            ) as response:
+            with self._opener.open(url, "GET", _WHAT, _no_deadline, headers=_RANGE) as (_, response):
                 if response.status_code == 429 or response.status_code >= 500:
                     return self._trouble(where, f"GET answered HTTP {response.status_code}", started)
                 if not response.is_success:
@@ -151,9 +163,9 @@ class Preflight(Closing):
                 return _result("GET", response, verdict or (None, _total_size(response)), started)
         except httpx.TimeoutException:
             return self._trouble(where, "no answer in time", started)
-        except httpx.RequestError as error:  # DNS, refused, reset, too many redirects
+        except httpx.RequestError as error:  # refused, reset, a TLS failure
             return self._trouble(where, f"{type(error).__name__}: {str(error)[:120]}", started)
-        except OutputDownloadError as error:  # the URL rules refuse it (or a redirect), or no DNS
+        except OutputDownloadError as error:  # the URL rules refuse it (or a redirect), no DNS, redirect loop
             return self._trouble(where, error.message, started)
 
     def _trouble(self, where: str, reason: str, started: float) -> PreflightResult:
@@ -216,10 +228,16 @@ def _result(
     return PreflightResult(method, response.status_code, media, size, None, time.perf_counter() - started)
 
 
+def _no_deadline() -> None:
+    """Each request has its own timeout; a check is a HEAD and a ranged GET at most."""
+
+
 def _first_bytes(response: httpx.Response) -> bytes:
     """At most ``MAGIC_LENGTH`` bytes of the body; a host that ignores ``Range`` is not read further."""
     first = b""
-    for chunk in response.iter_raw():
+    # A response built in memory (a test's MockTransport) was read when it was made.
+    chunks = response.stream if response.is_stream_consumed else response.iter_raw()
+    for chunk in chunks:  # type: ignore[union-attr]
         first += chunk
         if len(first) >= MAGIC_LENGTH:
             break

@@ -4,13 +4,15 @@ The stories: a dead link fails before the submit, naming the field, the URL
 and the status; a web page where a picture should be fails; a file over the
 guide fails; a host the worker cannot reach is a warning (an error with
 ``strict``); ``off`` sends nothing; a batch checks its URLs concurrently, never
-more at once than allowed.
+more at once than allowed. DNS (rebinding, one lookup per host) is in
+test_sources_preflight_dns.py, on this module's ``Site``.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -47,11 +49,16 @@ class Route:
 
 
 class Site:
-    """A real HTTP server on 127.0.0.1 answering what each test routes; it counts requests in flight."""
+    """A real HTTP server on 127.0.0.1 answering what each test routes; it counts requests in flight.
 
-    def __init__(self) -> None:
+    :param tls: serve https with this context (``Site.url`` still says http; the port is what counts).
+    """
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range)
+        self.hosts: list[str | None] = []  # the Host header of each request
+        self.connections = 0
         self.in_flight = 0
         self.most_in_flight = 0
         self._lock = threading.Lock()
@@ -67,13 +74,26 @@ class Site:
             def do_GET(self) -> None:
                 site.answer(self, head=False)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        class Server(ThreadingHTTPServer):
+            def get_request(self) -> tuple[socket.socket, Any]:
+                connection, address = super().get_request()
+                with site._lock:
+                    site.connections += 1  # counted before any TLS handshake
+                return connection, address
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False
+            )
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def answer(self, handler: BaseHTTPRequestHandler, *, head: bool) -> None:
         with self._lock:
             self.requests.append((handler.command, handler.path, handler.headers.get("Range")))
+            self.hosts.append(handler.headers.get("Host"))
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:

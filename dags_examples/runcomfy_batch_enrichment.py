@@ -23,9 +23,15 @@ edited and lists every failed one (log and manifest); it **fails** when none was
 ledger in ``output_dir``: edited images are neither paid for nor copied again, jobs
 still running are waited for, failed images are submitted again.
 
-**When to map instead.** ``runcomfy_batch_enrichment_mapped.py`` is the same batch as
-one mapped task per image: fine for a handful of images, but Airflow's own cost
-per image is ~30x higher and ``[core] max_map_length`` (1,024) caps it. See docs/batch.md.
+**When to map instead.** ``runcomfy_batch_enrichment_mapped``, the second DAG of this
+file, is the same batch as one mapped task per image (the older pattern): fine for a
+handful of images where each one should be its own task in the grid (its own log,
+retried or cleared alone), but Airflow's own cost per image is ~30x higher (about 0.6
+CPU-s and 2.5 worker-slot-s) and ``[core] max_map_length`` (1,024) caps it. Its tasks
+use the pool ``runcomfy`` to cap the jobs at once; create it with ``airflow pools set
+runcomfy 4 "RunComfy concurrency" --include-deferred`` (without ``--include-deferred``
+a pool counts the short submit and resume steps, not the jobs waiting in between). It
+has no retries: a retried failed job would be paid again. See docs/batch.md.
 """
 
 from __future__ import annotations
@@ -39,9 +45,38 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_runcomfy.models import NANO_BANANA_EDIT
 from airflow_provider_runcomfy.operators.batch import RunComfyBatchOperator
+from airflow_provider_runcomfy.operators.runcomfy import NanoBananaEditOperator
 
 #: The default inputs, shipped with this example.
 IMAGE_LIST = Path(__file__).parent / "data" / "batch_images.txt"
+
+#: The params of both DAGs.
+PARAMS = {
+    "image_urls": Param(
+        [],
+        type="array",
+        description="Input image URLs (public https). Empty: the list in data/batch_images.txt.",
+    ),
+    "prompt": Param("Give the scene a warm golden-hour light", type="string", maxLength=1000),
+    "output_dir": Param(
+        "file:///tmp/runcomfy-batch-enrichment",
+        type="string",
+        description="Where to keep the edited images, the manifest and the contact sheet: a local "
+        "path or a URL such as s3://bucket/prefix.",
+    ),
+}
+
+
+def image_urls(params: dict[str, Any]) -> list[str]:
+    """The input images; a real pipeline would list a bucket or query a table here."""
+    urls = list(params["image_urls"])
+    if not urls:
+        lines = IMAGE_LIST.read_text().splitlines()
+        urls = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not urls:
+        raise AirflowFailException(f"No input images: set the image_urls param or fill {IMAGE_LIST}.")
+    return urls
+
 
 with DAG(
     dag_id="runcomfy_batch_enrichment",
@@ -49,32 +84,13 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     tags=["runcomfy", "example"],
-    params={
-        "image_urls": Param(
-            [],
-            type="array",
-            description="Input image URLs (public https). Empty: the list in data/batch_images.txt.",
-        ),
-        "prompt": Param("Give the scene a warm golden-hour light", type="string", maxLength=1000),
-        "output_dir": Param(
-            "file:///tmp/runcomfy-batch-enrichment",
-            type="string",
-            description="Where to keep the edited images, the manifest and the contact sheet: a local "
-            "path or a URL such as s3://bucket/prefix.",
-        ),
-    },
+    params=PARAMS,
 ) as dag:
 
     @task
     def list_inputs(params: dict[str, Any]) -> list[dict[str, Any]]:
-        """One nano-banana input per image; a real pipeline would list a bucket and write a JSON-lines file."""
-        urls = list(params["image_urls"])
-        if not urls:
-            lines = IMAGE_LIST.read_text().splitlines()
-            urls = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-        if not urls:
-            raise AirflowFailException(f"No input images: set the image_urls param or fill {IMAGE_LIST}.")
-        return [{"prompt": params["prompt"], "image_urls": [url]} for url in urls]
+        """One nano-banana input per image; for thousands, write a JSON-lines file and pass its URI."""
+        return [{"prompt": params["prompt"], "image_urls": [url]} for url in image_urls(params)]
 
     edit = RunComfyBatchOperator(
         task_id="edit",
@@ -127,3 +143,56 @@ with DAG(
         return {**counts, "manifest": str(manifest), "contact_sheet": str(sheet)}
 
     edit >> summarize()
+
+
+with DAG(
+    dag_id="runcomfy_batch_enrichment_mapped",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["runcomfy", "example"],
+    params=PARAMS,
+) as mapped_dag:
+
+    @task
+    def list_images(params: dict[str, Any]) -> list[str]:
+        """The input images."""
+        return image_urls(params)
+
+    images = list_images()
+
+    edits = NanoBananaEditOperator.partial(
+        task_id="edit",
+        prompt="{{ params.prompt }}",
+        output_dir="{{ params.output_dir }}",
+        pool="runcomfy",
+        poll_interval=2,
+        timeout=900,
+    ).expand(image_urls=images)
+
+    @task(trigger_rule="all_done")
+    def summarize_mapped(inputs: list[str], **context: Any) -> dict[str, Any]:
+        """Writes the manifest and the contact sheet of every item, whatever became of it."""
+        from airflow_provider_runcomfy.outputs.contact_sheet import rows_from_records, write_contact_sheet
+        from airflow_provider_runcomfy.outputs.manifest import batch_records, tally, write_manifest
+        from airflow_provider_runcomfy.outputs.storage import run_directory, write_atomically
+
+        records = batch_records(context, "edit", inputs)
+        folder = run_directory(
+            context["params"]["output_dir"], dag_id=mapped_dag.dag_id, run_id=context["run_id"]
+        )
+        manifest = write_manifest(folder / "manifest.jsonl", records)
+        sheet = write_atomically(
+            folder / "contact_sheet.png", lambda sink: write_contact_sheet(sink, rows_from_records(records))
+        )
+        counts = tally(records)
+        print(f"{counts['succeeded']} of {counts['images']} images edited; manifest: {manifest}")
+        print(f"contact sheet: {sheet}")
+        for record in records:
+            if record["error"]:
+                print(f"failed: {record['input']} ({record['request_id']}): {record['error']}")
+        if counts["succeeded"] == 0:
+            raise AirflowFailException(f"No image could be edited; see {manifest}.")
+        return {**counts, "manifest": str(manifest), "contact_sheet": str(sheet)}
+
+    edits >> summarize_mapped(images)

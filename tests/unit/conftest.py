@@ -9,11 +9,13 @@ the test's own with a clock that moves only when the test moves it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
+from airflow_provider_runcomfy.client import AsyncRunComfyClient
+from airflow_provider_runcomfy.client.retry import RetryPolicy
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 
 
@@ -58,3 +60,18 @@ def clocked() -> Iterator[tuple[RunComfyEmulator, FakeClock, httpx.Client]]:
         headers = {"Authorization": f"Bearer {emulator.token}"}
         with httpx.Client(base_url=emulator.base_url, headers=headers, timeout=10) as client:
             yield emulator, clock, client
+
+
+@pytest.fixture
+def queued_emu(runcomfy_emulator: RunComfyEmulator) -> RunComfyEmulator:
+    """The session emulator, reset, whose jobs stay queued: nothing finishes while a test looks."""
+    runcomfy_emulator.set_config(queue_seconds=60, run_seconds=0)
+    return runcomfy_emulator
+
+
+@pytest.fixture
+async def queued_client(queued_emu: RunComfyEmulator) -> AsyncIterator[AsyncRunComfyClient]:
+    """An async client on ``queued_emu`` that tries each call once (a refusal shows as it is)."""
+    once = RetryPolicy(max_attempts=1)
+    async with AsyncRunComfyClient(queued_emu.token, base_url=queued_emu.base_url, retry=once) as client:
+        yield client

@@ -7,11 +7,11 @@ And ``BatchRun``'s bookkeeping on top of it: what a new try does with each recor
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers_batch import open_batch
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_runcomfy.batch import ledger as L
@@ -188,17 +188,8 @@ def test_item_record_json_round_trip_drops_empty_fields() -> None:
 
 
 def batch_run(folder: ObjectStoragePath, n: int = 4, *, resubmit_unknown: bool = False) -> BatchRun:
-    items = make_items(MODEL, [{"prompt": f"p{i}", "image_url": "https://x.invalid/a.png"} for i in range(n)])
-    return BatchRun(
-        MODEL,
-        items,
-        L.Ledger(folder, MODEL).load(),
-        folder,
-        max_in_flight=10,
-        max_output_bytes=1 << 20,
-        resubmit_unknown=resubmit_unknown,
-        log=logging.getLogger("test_batch_ledger"),
-    )
+    inputs = [{"prompt": f"p{i}", "image_url": "https://x.invalid/a.png"} for i in range(n)]
+    return open_batch(MODEL, folder, inputs, resubmit_unknown=resubmit_unknown)
 
 
 def record_states(run: BatchRun, states: list[dict[str, Any]]) -> None:

@@ -14,33 +14,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from airflow.providers.openlineage.extractors.manager import ExtractorManager
-from airflow.sdk import ObjectStoragePath
+from _helpers_batch import open_batch
+from _helpers_lineage import extract, names
 from airflow.utils.state import TaskInstanceState
 from openlineage.client.serde import Serde
 
 from airflow_provider_runcomfy.batch import ledger as L
-from airflow_provider_runcomfy.batch.engine import BatchRun
-from airflow_provider_runcomfy.batch.items import make_items
 from airflow_provider_runcomfy.models import NANO_BANANA_EDIT as MODEL
 from airflow_provider_runcomfy.operators.batch import RunComfyBatchOperator
 from airflow_provider_runcomfy.operators.lineage import MAX_BATCH_LINEAGE_INPUTS
 
 SIGNED = "https://bucket.s3.amazonaws.com/in/b.png?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA"
-
-
-def extract(task: Any, state: TaskInstanceState = TaskInstanceState.SUCCESS) -> Any:
-    """Lineage as the OpenLineage listener gets it (the provider's ``ExtractorManager``)."""
-    return ExtractorManager().extract_metadata(
-        dagrun=SimpleNamespace(run_id="manual__1", dag_id="d"),
-        task=task,
-        task_instance_state=state,
-        task_instance=SimpleNamespace(task_id=task.task_id, map_index=-1),
-    )
-
-
-def names(datasets: list[Any]) -> list[tuple[str, str]]:
-    return [(d.namespace, d.name) for d in datasets]
 
 
 def sent(lineage: Any) -> str:
@@ -56,20 +40,9 @@ def batch_task(inputs: Any, output_dir: str = "s3://out-bucket/enriched") -> Run
 
 def finish(task: RunComfyBatchOperator, folder: Path, states: list[str]) -> dict[str, Any]:
     """Record one ledger state per item, then end the batch as the worker does (``_finish``)."""
-    path = ObjectStoragePath(f"file://{folder}")
-    items = make_items(MODEL, task.inputs)
-    run = BatchRun(
-        MODEL,
-        items,
-        L.Ledger(path, MODEL).load(),
-        path,
-        max_in_flight=10,
-        max_output_bytes=1 << 20,
-        resubmit_unknown=False,
-        log=logging.getLogger("test_batch_lineage"),
-    )
+    run = open_batch(MODEL, folder, task.inputs)
     events: list[dict[str, Any]] = []
-    for n, (item, state) in enumerate(zip(items, states, strict=True)):
+    for n, (item, state) in enumerate(zip(run.items, states, strict=True)):
         events.append({"key": item.key, "index": item.index, "state": state})
         if state in (L.SUCCEEDED, L.FAILED):
             events[-1].update(request_id=f"req-{n}", outcome={"status": state, "cost_usd": 0.039})

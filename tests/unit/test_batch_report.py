@@ -10,21 +10,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk import ObjectStoragePath
+from _helpers_batch import open_batch, ready
 
 from airflow_provider_runcomfy.batch import ledger as L
 from airflow_provider_runcomfy.batch.engine import BatchRun
-from airflow_provider_runcomfy.batch.items import BatchItem, make_items
+from airflow_provider_runcomfy.batch.items import BatchItem
 from airflow_provider_runcomfy.batch.pacing import SubmitPacer
 from airflow_provider_runcomfy.batch.report import manifest_rows, summary
 from airflow_provider_runcomfy.batch.submitting import BatchSpend, RefillResult
 from airflow_provider_runcomfy.client import AsyncRunComfyClient, RunComfyClient
-from airflow_provider_runcomfy.client.retry import RetryPolicy
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT as MODEL
 from airflow_provider_runcomfy.models.catalog import BatchGuard, ModelCatalog
@@ -34,44 +33,15 @@ from airflow_provider_runcomfy.plugins.records import Item, item_from_manifest_l
 LOG = logging.getLogger("test_batch_report")
 
 
-@pytest.fixture
-def emu(runcomfy_emulator: RunComfyEmulator) -> RunComfyEmulator:
-    runcomfy_emulator.set_config(queue_seconds=60, run_seconds=0)  # jobs stay queued: nothing finishes
-    return runcomfy_emulator
-
-
-@pytest.fixture
-async def client(emu: RunComfyEmulator) -> AsyncIterator[AsyncRunComfyClient]:
-    async with AsyncRunComfyClient(
-        emu.token, base_url=emu.base_url, retry=RetryPolicy(max_attempts=1)
-    ) as async_client:
-        yield async_client
-
-
-def open_run(folder: Path, emu: RunComfyEmulator, n: int) -> BatchRun:
+def open_run(folder: Path, queued_emu: RunComfyEmulator, n: int) -> BatchRun:
     """A worker part's view of the batch, its ledger read back from ``folder``."""
-    path = ObjectStoragePath(f"file://{folder}")
-    items = make_items(MODEL, [{"prompt": f"p{i}", "image_url": emu.sample_url()} for i in range(n)])
-    return BatchRun(
-        MODEL,
-        items,
-        L.Ledger(path, MODEL).load(),
-        path,
-        max_in_flight=100,
-        max_output_bytes=1 << 20,
-        resubmit_unknown=False,
-        log=LOG,
-    )
+    inputs = [{"prompt": f"p{i}", "image_url": queued_emu.sample_url()} for i in range(n)]
+    return open_batch(MODEL, folder, inputs, max_in_flight=100)
 
 
-def ready(run: BatchRun) -> BatchRun:
-    run.ledger.append([{"key": i.key, "index": i.index, "state": L.READY} for i in run.items])
-    return run
-
-
-def budget(emu: RunComfyEmulator, max_cost_usd: float) -> BatchGuard:
+def budget(queued_emu: RunComfyEmulator, max_cost_usd: float) -> BatchGuard:
     """The batch's budget, priced from the emulator's model info (read once, as in the worker)."""
-    fetch = RunComfyClient(emu.token, base_url=emu.base_url).get_model
+    fetch = RunComfyClient(queued_emu.token, base_url=queued_emu.base_url).get_model
     return BatchGuard(MODEL, "test", fetch, max_cost_usd=max_cost_usd, catalog=ModelCatalog()).read_price()
 
 
@@ -96,17 +66,17 @@ async def refill(
 
 
 async def test_a_batch_stopped_by_its_budget_says_why_in_the_return_value_and_the_manifest(
-    tmp_path: Path, emu: RunComfyEmulator, client: AsyncRunComfyClient
+    tmp_path: Path, queued_emu: RunComfyEmulator, queued_client: AsyncRunComfyClient
 ) -> None:
-    guard = budget(emu, max_cost_usd=0.10)  # two $0.04 jobs in flight, not a third
+    guard = budget(queued_emu, max_cost_usd=0.10)  # two $0.04 jobs in flight, not a third
 
     def may_submit(item: BatchItem, spend: BatchSpend) -> bool:
         return guard.may_submit(item.input, spent_usd=spend.spent_usd, in_flight=spend.in_flight)
 
-    run = ready(open_run(tmp_path, emu, 5))
-    result = await refill(run, client, may_submit, lambda: guard.budget.stopped_reason)
+    run = ready(open_run(tmp_path, queued_emu, 5))
+    result = await refill(run, queued_client, may_submit, lambda: guard.budget.stopped_reason)
     assert (result.stopped, result.submitted) == ("budget", 2)
-    assert len(emu.jobs) == 2
+    assert len(queued_emu.jobs) == 2
     # The budget, the recorded spend and the estimate of the jobs in flight.
     assert result.message is not None
     assert (
@@ -114,7 +84,7 @@ async def test_a_batch_stopped_by_its_budget_says_why_in_the_return_value_and_th
     )
 
     # A later worker part (a new process, after a deferral) reads it back from the ledger.
-    later = open_run(tmp_path, emu, 5)
+    later = open_run(tmp_path, queued_emu, 5)
     value = summary(later, "file:///manifest.jsonl")
     assert value["stopped_by_budget"] is True
     assert value["stop_reason"] == result.message
@@ -124,28 +94,30 @@ async def test_a_batch_stopped_by_its_budget_says_why_in_the_return_value_and_th
 
 
 async def test_a_may_submit_override_that_refuses_without_a_reason_still_leaves_one(
-    tmp_path: Path, emu: RunComfyEmulator, client: AsyncRunComfyClient
+    tmp_path: Path, queued_emu: RunComfyEmulator, queued_client: AsyncRunComfyClient
 ) -> None:
-    run = ready(open_run(tmp_path, emu, 3))
-    result = await refill(run, client, lambda item, spend: spend.submitted < 1)
+    run = ready(open_run(tmp_path, queued_emu, 3))
+    result = await refill(run, queued_client, lambda item, spend: spend.submitted < 1)
     assert (result.stopped, result.submitted) == ("budget", 1)
-    assert summary(open_run(tmp_path, emu, 3), "m")["stop_reason"] == (
+    assert summary(open_run(tmp_path, queued_emu, 3), "m")["stop_reason"] == (
         "may_submit refused item 1 with $0.0000 spent and 1 job(s) in flight; no further item is "
         "submitted, the jobs in flight are finished and kept"
     )
 
 
-def test_a_batch_that_did_not_stop_has_no_stop_reason(tmp_path: Path, emu: RunComfyEmulator) -> None:
-    value = summary(ready(open_run(tmp_path, emu, 2)), "m")
+def test_a_batch_that_did_not_stop_has_no_stop_reason(tmp_path: Path, queued_emu: RunComfyEmulator) -> None:
+    value = summary(ready(open_run(tmp_path, queued_emu, 2)), "m")
     assert (value["stopped"], value["stopped_by_budget"], value["stop_reason"]) == (None, False, None)
 
 
-def test_the_operator_gives_the_budgets_reason_and_reads_no_price_for_it(emu: RunComfyEmulator) -> None:
+def test_the_operator_gives_the_budgets_reason_and_reads_no_price_for_it(
+    queued_emu: RunComfyEmulator,
+) -> None:
     task = RunComfyBatchOperator(
         task_id="batch", model_id=MODEL, inputs=[], output_dir="/tmp/unused", max_cost_usd=0.05
     )
     assert task._stop_reason() is None  # no guard built yet: nothing is fetched to say why
-    guard = budget(emu, max_cost_usd=0.05)
+    guard = budget(queued_emu, max_cost_usd=0.05)
     task.spend_guard = guard  # what ``_check_budget`` builds in the worker
     assert guard.may_submit({"prompt": "p"}, spent_usd=0.04, in_flight=0) is False
     reason = task._stop_reason()
@@ -163,9 +135,9 @@ def spend_report() -> Any:
 
 
 def test_each_manifest_line_names_its_model_for_the_gallery_and_the_spend_report(
-    tmp_path: Path, emu: RunComfyEmulator
+    tmp_path: Path, queued_emu: RunComfyEmulator
 ) -> None:
-    run = ready(open_run(tmp_path, emu, 2))
+    run = ready(open_run(tmp_path, queued_emu, 2))
     first = run.items[0]
     run.ledger.append(
         [

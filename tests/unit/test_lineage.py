@@ -14,11 +14,9 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
-from airflow.providers.openlineage.extractors.manager import ExtractorManager
+from _helpers_lineage import extract, names
 from airflow.utils.state import TaskInstanceState
 from openlineage.client.serde import Serde
 
@@ -30,20 +28,6 @@ from airflow_provider_runcomfy.operators.runcomfy import (
     NanoBananaEditOperator,
     RunComfyModelOperator,
 )
-
-
-def extract(task: Any, state: TaskInstanceState = TaskInstanceState.SUCCESS) -> Any:
-    """Lineage as the OpenLineage listener gets it (the provider's ``ExtractorManager``)."""
-    return ExtractorManager().extract_metadata(
-        dagrun=SimpleNamespace(run_id="manual__1", dag_id="d"),
-        task=task,
-        task_instance_state=state,
-        task_instance=SimpleNamespace(task_id=task.task_id, map_index=-1),
-    )
-
-
-def names(datasets: list[Any]) -> list[tuple[str, str]]:
-    return [(d.namespace, d.name) for d in datasets]
 
 
 def test_dataset_names_follow_openlineage_naming_and_drop_signatures() -> None:

@@ -24,12 +24,6 @@ BOUND = 5.0
 
 
 @pytest.fixture
-def emu(runcomfy_emulator: RunComfyEmulator) -> RunComfyEmulator:
-    runcomfy_emulator.set_config(queue_seconds=0, run_seconds=0)
-    return runcomfy_emulator
-
-
-@pytest.fixture
 async def client(emu: RunComfyEmulator) -> AsyncIterator[AsyncRunComfyClient]:
     async with AsyncRunComfyClient(emu.token, base_url=emu.base_url) as async_client:
         yield async_client

@@ -51,7 +51,7 @@ from airflow_provider_runcomfy.operators.runcomfy import NanoBananaEditOperator
 IMAGE_LIST = Path(__file__).parent / "data" / "batch_images.txt"
 
 #: The params of both DAGs.
-PARAMS = {
+PARAMS: dict[str, Any] = {
     "image_urls": Param(
         [],
         type="array",
@@ -67,6 +67,16 @@ PARAMS = {
 }
 
 
+#: What both DAGs of this file have in common: triggered by hand, the same params.
+DAG_ARGUMENTS: dict[str, Any] = {
+    "schedule": None,
+    "start_date": pendulum.datetime(2026, 1, 1, tz="UTC"),
+    "catchup": False,
+    "tags": ["runcomfy", "example"],
+    "params": PARAMS,
+}
+
+
 def image_urls(params: dict[str, Any]) -> list[str]:
     """The input images; a real pipeline would list a bucket or query a table here."""
     urls = list(params["image_urls"])
@@ -78,14 +88,7 @@ def image_urls(params: dict[str, Any]) -> list[str]:
     return urls
 
 
-with DAG(
-    dag_id="runcomfy_batch_enrichment",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    tags=["runcomfy", "example"],
-    params=PARAMS,
-) as dag:
+with DAG(dag_id="runcomfy_batch_enrichment", **DAG_ARGUMENTS) as dag:
 
     @task
     def list_inputs(params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -145,14 +148,7 @@ with DAG(
     edit >> summarize()
 
 
-with DAG(
-    dag_id="runcomfy_batch_enrichment_mapped",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    tags=["runcomfy", "example"],
-    params=PARAMS,
-) as mapped_dag:
+with DAG(dag_id="runcomfy_batch_enrichment_mapped", **DAG_ARGUMENTS) as mapped_dag:
 
     @task
     def list_images(params: dict[str, Any]) -> list[str]:

@@ -2,7 +2,9 @@
 
 Standard library only: every DAG file that builds an operator pays for what is
 imported here, so the checks live apart from the machinery they configure
-(pre-flight, signing, the model catalog, budgets), which loads only in ``execute``.
+(pre-flight, signing, the model catalog, budgets, downloads), which loads only in
+``execute``. The operators, the sensor and the batch operator all check here, so a bad
+value is refused the same way whichever of them it is given to.
 """
 
 from __future__ import annotations
@@ -59,3 +61,38 @@ def check_max_cost(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
         raise ValueError(f"max_cost_usd must be a number of dollars, 0 or more, or None; not {value!r}.")
     return float(value)
+
+
+def max_output_bytes_or_default(value: int | None) -> int | None:
+    """Check a ``max_output_bytes`` argument when the DAG is parsed; None keeps the default (200 MB).
+
+    The download module is imported only when a value is given: a DAG file that keeps the
+    default does not pay for it.
+    """
+    if value is None:
+        return None
+    from airflow_provider_runcomfy.client.download import check_max_output_bytes
+
+    return check_max_output_bytes(value)
+
+
+def keep_wait_arguments(
+    task: Any,
+    runcomfy_conn_id: str,
+    deferrable: bool,
+    poll_interval: float,
+    output_dir: Any,
+    max_output_bytes: int | None,
+) -> None:
+    """Check and keep the arguments every RunComfy task has: the connection, the wait, the copies.
+
+    Shared by the operators, the sensor and the batch operator, so a bad value is refused
+    the same way (when the DAG is parsed) whichever of them it is given to.
+    """
+    if poll_interval <= 0:
+        raise ValueError(f"poll_interval must be positive, not {poll_interval!r}.")
+    task.runcomfy_conn_id = runcomfy_conn_id
+    task.deferrable = deferrable
+    task.poll_interval = float(poll_interval)
+    task.output_dir = output_dir
+    task.max_output_bytes = max_output_bytes_or_default(max_output_bytes)

@@ -27,10 +27,6 @@ from airflow_provider_runcomfy.client import (
 from airflow_provider_runcomfy.client._wait import deadline_after
 from airflow_provider_runcomfy.client.outcome import Outcome, OutcomeKind, describe_cancel, describe_status
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
-from airflow_provider_runcomfy.operators._arguments import (  # noqa: F401 -- formerly defined here
-    keep_wait_arguments,
-    max_output_bytes_or_default,
-)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -29,12 +29,12 @@ from airflow_provider_runcomfy.arguments import (
     check_on_schema_unavailable,
     check_preflight,
     check_sign_expiry,
+    keep_wait_arguments,
 )
 from airflow_provider_runcomfy.batch.finishing import BatchFinishing, BatchLineage
 from airflow_provider_runcomfy.batch.worker import ON_KILL_SECONDS, BatchWorkerIO
 from airflow_provider_runcomfy.client.errors import RunComfyError
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
-from airflow_provider_runcomfy.operators._arguments import keep_wait_arguments
 from airflow_provider_runcomfy.operators.links import RunComfyManifestLink, RunComfyOutputLink
 
 if TYPE_CHECKING:

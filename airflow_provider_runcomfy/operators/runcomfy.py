@@ -21,6 +21,7 @@ from airflow_provider_runcomfy.arguments import (
     check_on_schema_unavailable,
     check_preflight,
     check_sign_expiry,
+    keep_wait_arguments,
 )
 from airflow_provider_runcomfy.client import InvalidInputError, RunComfyError
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
@@ -36,7 +37,6 @@ from airflow_provider_runcomfy.operators._wait import (
     PERMANENT_ERRORS,
     RunComfyWaitMixin,
     fail,
-    keep_wait_arguments,
 )
 from airflow_provider_runcomfy.operators.lineage import RunComfyLineageMixin
 from airflow_provider_runcomfy.operators.links import RunComfyOutputLink

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.bases.sensor import BaseSensorOperator, PokeReturnValue
 
+from airflow_provider_runcomfy.arguments import keep_wait_arguments
 from airflow_provider_runcomfy.client import RunComfyError, validate_request_id
 from airflow_provider_runcomfy.client.outcome import Finality, Outcome, finality
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
-from airflow_provider_runcomfy.operators._wait import RunComfyWaitMixin, fail, keep_wait_arguments
+from airflow_provider_runcomfy.operators._wait import RunComfyWaitMixin, fail
 from airflow_provider_runcomfy.operators.links import RunComfyOutputLink
 
 if TYPE_CHECKING:

@@ -198,7 +198,7 @@ class BatchWorkerIO:
     def _async_client(self, *, submits: bool) -> AsyncRunComfyClient:
         from airflow_provider_runcomfy.client import AsyncRunComfyClient, RetryPolicy
 
-        kwargs = self.hook.client_kwargs(self.hook.get_connection(self.runcomfy_conn_id))
+        kwargs = dict(self.hook.settings)
         if submits:
             # A 429 comes straight back to the batch's pacer (which slows every submit down),
             # instead of being retried by the client one submit at a time.
@@ -219,10 +219,7 @@ class BatchWorkerIO:
     def _base_url(self) -> str:
         from airflow_provider_runcomfy.client import DEFAULT_BASE_URL
 
-        return str(
-            self.hook.client_kwargs(self.hook.get_connection(self.runcomfy_conn_id)).get("base_url")
-            or DEFAULT_BASE_URL
-        )
+        return str(self.hook.settings.get("base_url") or DEFAULT_BASE_URL)
 
     def _deadline(self, run: BatchRun) -> float | None:
         if self.timeout is None:

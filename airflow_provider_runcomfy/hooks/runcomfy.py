@@ -72,11 +72,16 @@ class RunComfyHook(BaseHook):
         }
 
     @cached_property
+    def settings(self) -> dict[str, Any]:
+        """``client_kwargs`` of this hook's connection, read once per hook (copy before changing)."""
+        return self.client_kwargs(self.get_connection(self.runcomfy_conn_id))
+
+    @cached_property
     def client(self) -> RunComfyClient:
         """The blocking client, built once per hook."""
         from airflow_provider_runcomfy.client import RunComfyClient
 
-        return RunComfyClient(**self.client_kwargs(self.get_connection(self.runcomfy_conn_id)))
+        return RunComfyClient(**self.settings)
 
     def get_conn(self) -> RunComfyClient:
         """The blocking client (Airflow's usual hook entry point)."""

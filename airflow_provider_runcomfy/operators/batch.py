@@ -179,8 +179,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             for_submit=for_submit,
             preflight=self.preflight,
             sign_expiry=self.sign_expiry or sign_expiry_for(self.timeout),
-            # The run's (read when it opened): no connection look-up from inside the refill's loop.
-            api_base_url=self._run.api_base_url if self._run is not None else self._base_url(),
+            api_base_url=self._base_url(),
             log=self.log,
         )
 

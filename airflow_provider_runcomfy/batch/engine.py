@@ -71,8 +71,6 @@ class BatchRun(SubmitSteps):
         self.resubmit_unknown = resubmit_unknown
         self.log = log
         self.api_base_url = api_base_url
-        self.stopped: str | None = ledger.meta.get("stopped")
-        self.stop_message: str | None = ledger.meta.get("stop_message")
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -191,7 +189,6 @@ class BatchRun(SubmitSteps):
             }
         )
         self.ledger.append(events)
-        self.stopped = self.stop_message = None
 
     # -- outcomes -------------------------------------------------------------------------------
 

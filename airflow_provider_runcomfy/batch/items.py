@@ -39,13 +39,11 @@ class BatchItem:
     :param index: its position in the inputs (0-based), the order of the manifest.
     :param input: the input as the user gave it (before any preparation: a storage path stays a path).
     :param key: fingerprint and occurrence, the item's identity in the ledger.
-    :param fingerprint: ``input_fingerprint(model_id, input)`` (sha256 hex).
     """
 
     index: int
     input: Any
     key: str
-    fingerprint: str
 
     def manifest_input(self) -> Any:
         """The input for the manifest: as given when small, a digest when large (data URIs, long prompts)."""
@@ -86,9 +84,7 @@ def make_items(model_id: str, inputs: Sequence[Any]) -> list[BatchItem]:
         short = fingerprint[:32]
         occurrence = seen[short]
         seen[short] += 1
-        items.append(
-            BatchItem(index=index, input=value, key=f"{short}.{occurrence}", fingerprint=fingerprint)
-        )
+        items.append(BatchItem(index=index, input=value, key=f"{short}.{occurrence}"))
     return items
 
 

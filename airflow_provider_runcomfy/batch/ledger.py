@@ -57,11 +57,6 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 UNKNOWN = "unknown"
 
-#: States in which RunComfy holds (or may hold) a job of the item that nobody has read yet.
-IN_FLIGHT_STATES = frozenset({SUBMITTED})
-#: States a new try submits again: the earlier job provably did not produce a result.
-RETRYABLE_STATES = frozenset({FAILED, CANCELLED})
-
 #: Segments after which the worker folds the events into a new checkpoint.
 COMPACT_AFTER_SEGMENTS = 64
 

@@ -69,10 +69,18 @@ class SubmitSteps:
     ledger: L.Ledger
     max_in_flight: int
     resubmit_unknown: bool
-    stopped: str | None
-    stop_message: str | None
     records: Callable[..., list[tuple[BatchItem, L.ItemRecord]]]
     spend: Callable[[], BatchSpend]
+
+    @property
+    def stopped(self) -> str | None:
+        """Why submitting stopped for this try ("balance" | "budget"), as the ledger recorded it."""
+        return self.ledger.meta.get("stopped")
+
+    @property
+    def stop_message(self) -> str | None:
+        """The words of that stop (the budget's figures, RunComfy's answer), as the ledger recorded them."""
+        return self.ledger.meta.get("stop_message")
 
     async def refill(
         self,
@@ -162,7 +170,6 @@ class SubmitSteps:
         if pending_events:
             await asyncio.to_thread(self.ledger.append, pending_events)
         if result.stopped and result.stopped != self.stopped:
-            self.stopped, self.stop_message = result.stopped, result.message
             self.ledger.set_meta(stopped=result.stopped, stop_message=result.message)
         return result
 

@@ -107,7 +107,6 @@ class Window:
         heapq.heapify(self._heap)
         self.outcomes: dict[str, dict[str, Any]] = {}  # request id -> Outcome.to_event()
         self._first_finish: float | None = None
-        self._size = len(self._heap)
 
     @classmethod
     def from_wait_args(cls, args: Mapping[str, Any], *, log_line: Callable[[str], object]) -> Window:

@@ -43,7 +43,9 @@ from airflow_provider_runcomfy.plugins.media import (
     picture_kind,
 )
 from airflow_provider_runcomfy.plugins.records import (
+    MEDIA_EXTENSIONS,
     Item,
+    extension,
     filter_items,
     item_from_manifest_line,
     load_items,
@@ -171,8 +173,7 @@ def create_app() -> FastAPI:
         if not found or not found[0].manifest:
             raise HTTPException(404, "This task instance names no manifest.")
         uri = found[0].manifest
-        if not uri.endswith(".jsonl") or not found[0].in_run_folder(uri):
-            raise HTTPException(403, "The manifest is not where the batch keeps this run's files.")
+        _check_manifest(found[0])
         return StreamingResponse(
             _manifest_bytes(uri),
             media_type="text/plain; charset=utf-8",
@@ -198,7 +199,8 @@ def picture_source(
         raise HTTPException(404, "No RunComfy task instance here.")
     record = found[0]
     if item is not None:
-        line = _manifest_line(record, item)
+        # The parsed manifest the pages keep; looked up by line number, as blank lines are skipped.
+        line = next((each for each in _manifest_items(record) if each.item == item), None)
         if line is None:
             raise HTTPException(404, "No such line in the manifest.")
         record = line
@@ -276,19 +278,6 @@ def _manifest_items(item: Item) -> list[Item]:
     return items
 
 
-def _manifest_line(item: Item, index: int) -> Item | None:
-    """Line ``index`` of a batch's manifest (the lines before it are skipped, not parsed)."""
-    _check_manifest(item)
-    try:
-        lines = read_manifest_lines(
-            str(item.manifest), max_bytes=MAX_MANIFEST_VIEW_BYTES, skip=index, limit=1
-        )
-        found = [item_from_manifest_line(item, n, record) for n, record in lines if record is not None]
-    except (OSError, ValueError) as error:
-        raise HTTPException(502, f"The manifest cannot be read from the API server: {error}") from None
-    return found[0] if found else None
-
-
 def _check_manifest(item: Item) -> None:
     if not str(item.manifest).endswith(".jsonl") or not item.in_run_folder(str(item.manifest)):
         raise HTTPException(403, "The manifest is not where the batch keeps this run's files.")
@@ -319,10 +308,7 @@ def _paged(items: list[Item], show: str, page: int, href: Any) -> tuple[list[Ite
 
 def _is_own_or_input_copy(location: str) -> bool:
     """A storage location the view may read: a picture's extension (its bytes are checked on opening)."""
-    from airflow_provider_runcomfy.plugins.records import MEDIA_EXTENSIONS
-
-    name = location.rsplit("/", 1)[-1]
-    return "." in name and name.rsplit(".", 1)[-1].lower() in MEDIA_EXTENSIONS
+    return extension(location) in MEDIA_EXTENSIONS
 
 
 def _prefix(request: Request) -> str:

@@ -24,7 +24,7 @@ import binascii
 import mimetypes
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -74,7 +74,6 @@ class Picture:
     length: int | None
     etag: str | None
     chunks: Iterator[bytes] | AsyncIterator[bytes]
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def checked_type(declared: str, where: str) -> str:

@@ -14,11 +14,12 @@ up here, so the endpoint cannot be turned into an open proxy.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+from airflow_provider_runcomfy.outputs.files import safe_segment
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -31,8 +32,6 @@ MANIFEST_KEYS = ("manifest", "manifest_uri")
 
 #: File extensions a kept copy may have to be served: pictures and videos, nothing else.
 MEDIA_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "gif", "avif", "tiff", "mp4", "webm", "mov"})
-
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass
@@ -90,16 +89,18 @@ class Item:
         The URI comes from XCom, which users with XCom write access can edit: without this
         check the API server would read whatever file an XCom names.
         """
-        return self.in_run_folder(uri) and _extension(uri) in MEDIA_EXTENSIONS
+        return self.in_run_folder(uri) and extension(uri) in MEDIA_EXTENSIONS
 
     def in_run_folder(self, uri: str) -> bool:
         """Whether ``uri`` is under ``{output_dir}/{dag_id}/{run_id}/``, where this run's files go."""
         path = urlsplit(uri).path if "://" in uri else uri
-        run_folder = f"/{_SAFE.sub('_', self.dag_id)}/{_SAFE.sub('_', self.run_id)}/"
+        # The folder ``outputs.files.run_directory`` writes to.
+        run_folder = f"/{safe_segment(self.dag_id)}/{safe_segment(self.run_id)}/"
         return run_folder in path and ".." not in path.split("/")
 
 
-def _extension(uri: str) -> str:
+def extension(uri: str) -> str:
+    """The lower-case extension of ``uri``'s file name (query and fragment ignored), or ``""``."""
     name = (urlsplit(uri).path if "://" in uri else uri).rsplit("/", 1)[-1]
     return name.rsplit(".", 1)[-1].lower() if "." in name else ""
 
@@ -180,13 +181,15 @@ def load_items(
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
 
-    def scoped(query: Any, model: Any) -> Any:
-        query = query.where(model.dag_id == dag_id, model.run_id == run_id)
+    def of_task(query: Any, model: Any) -> Any:
         if task_id is not None:
             query = query.where(model.task_id == task_id)
         if map_index is not None:
             query = query.where(model.map_index == map_index)
         return query
+
+    def scoped(query: Any, model: Any) -> Any:
+        return of_task(query.where(model.dag_id == dag_id, model.run_id == run_id), model)
 
     from airflow.models.dagrun import DagRun
 
@@ -197,11 +200,7 @@ def load_items(
     query = select(XComModel.task_id, XComModel.map_index, XComModel.key, XComModel.value).where(
         XComModel.dag_run_id == dag_run_id, XComModel.key.in_(("request_id", "return_value", "manifest"))
     )
-    if task_id is not None:
-        query = query.where(XComModel.task_id == task_id)
-    if map_index is not None:
-        query = query.where(XComModel.map_index == map_index)
-    xcoms = session.execute(query).all()
+    xcoms = session.execute(of_task(query, XComModel)).all()
     found: dict[tuple[str, int], dict[str, Any]] = {}
     for row_task, row_index, key, value in xcoms:
         found.setdefault((row_task, row_index), {})[key] = XComModel.deserialize_value(_Row(value))

@@ -311,21 +311,25 @@ class InputPreparer(Closing):
     def _mask_url(self, url: str) -> list[str]:
         """Give a pre-signed URL, its query and its signature values to the masker; return them."""
         query = urlsplit(url).query
-        parts = [url, query] + [
-            value
-            for name, value in parse_qsl(query, keep_blank_values=False)
-            if any(word in name.lower() for word in _SECRET_PARAMS)
-        ]
+        parts = [url, query, *_secret_values(query)]
         secrets = [part for part in dict.fromkeys(parts) if len(part) >= _MIN_MASKED_LENGTH]
         for secret in secrets:
             self.mask(secret)
         return secrets
 
 
+def _secret_values(query: str) -> list[str]:
+    """The values of a query's parameters that name a credential (signature, token, key...)."""
+    return [
+        value
+        for name, value in parse_qsl(query, keep_blank_values=False)
+        if any(word in name.lower() for word in _SECRET_PARAMS)
+    ]
+
+
 def _is_signed(url: str) -> bool:
-    """Whether an https URL's query carries a signature (the user pre-signed it): a credential."""
-    query = urlsplit(url).query.lower()
-    return any(f"{word}=" in query for word in ("signature", "sig", "x-amz-credential", "x-goog-credential"))
+    """Whether an https URL's query carries a credential (a signature, a token, a key): it is masked."""
+    return bool(_secret_values(urlsplit(url).query))
 
 
 def _minutes(seconds: int) -> str:

@@ -135,6 +135,12 @@ def check_writable(path: ObjectStoragePath) -> None:
         ) from None
 
 
+#: Schemes this process attached fsspec's filesystem for: attached (and logged) once, not once
+#: per file of a batch. ``airflow_serves`` still answers for providers only: a URL naming a
+#: connection needs the provider whatever was attached.
+_ATTACHED: set[str] = set()
+
+
 def airflow_serves(scheme: str) -> bool:
     """Whether ``ObjectStoragePath`` serves ``scheme`` as it is: a local path, or an Airflow provider's filesystem."""
     from airflow.sdk.io import has_fs
@@ -150,6 +156,8 @@ def attach_fsspec(scheme: str, failure: Callable[[Exception], Exception]) -> Non
     :param failure: makes the error to raise from fsspec's (``ImportError``: its package is not
         installed; ``ValueError``: the scheme is unknown), in the caller's words.
     """
+    if scheme in _ATTACHED:
+        return
     import fsspec
     from airflow.sdk.io import attach
 
@@ -158,6 +166,7 @@ def attach_fsspec(scheme: str, failure: Callable[[Exception], Exception]) -> Non
     except (ImportError, ValueError) as error:
         raise failure(error) from None
     attach(scheme, fs=fs)
+    _ATTACHED.add(scheme)
     log.info("Airflow registers no filesystem for %s://; using fsspec's %s.", scheme, type(fs).__name__)
 
 

@@ -45,6 +45,7 @@ from airflow_provider_runcomfy.client._limits import (
 )
 from airflow_provider_runcomfy.client._media import media_type, shown_url
 from airflow_provider_runcomfy.client._urlpolicy import (
+    CachingResolver,
     Opener,
     Resolver,
     UrlPolicy,
@@ -190,7 +191,10 @@ class OutputDownloader(Closing):
         self.max_seconds = float(max_seconds)
         # Only the number of attempts and ``max_seconds`` bound the retries, not the API's total.
         self.retry = RetryPolicy(max_attempts=max(1, attempts), max_total=self.max_seconds)
-        self.policy = UrlPolicy(api_base_url, resolver or resolve)
+        # Many outputs on RunComfy's one output host: each host looked up once a minute, not once
+        # per file (the connection stays pinned to the checked addresses). A failed lookup is not
+        # kept: the download's retries look again.
+        self.policy = UrlPolicy(api_base_url, CachingResolver(resolver or resolve, failure_ttl=0))
         # No httpx.Client: no auth, cookies or base URL shared with anything, redirects followed
         # under the policy, and no INFO log line carrying a pre-signed URL's signature.
         self._opener = Opener(

@@ -119,13 +119,11 @@ class SubmitOnceMixin:
             return EarlierJob()
         return self._look_at(context, str(request_id))
 
-    def submit_once(
-        self, context: Context, payload: dict[str, Any], body: dict[str, Any] | None = None
-    ) -> str:
+    def submit_once(self, context: Context, payload: dict[str, Any], body: dict[str, Any]) -> str:
         """Record the intent, submit (paid), record the request id; the id to wait for.
 
-        ``payload`` is the input as the user gave it: it is fingerprinted and recorded. ``body``,
-        when given, is what is sent instead: storage paths signed or inlined (``sources``). A
+        ``payload`` is the input as the user gave it: it is fingerprinted and recorded. ``body``
+        is what is sent: storage paths signed or inlined (``sources``). A
         pre-signed URL is a credential and differs on every try, so it is never recorded.
         """
         store = context.get("task_state_store") if self.reattach else None
@@ -137,7 +135,7 @@ class SubmitOnceMixin:
             # Before the POST: if this try dies waiting for the answer, the next one knows.
             store.set(STATE_KEY, {"intent": intent.as_dict()})
         try:
-            request_id = self.hook.submit(self.model_id, payload if body is None else body).request_id
+            request_id = self.hook.submit(self.model_id, body).request_id
         except SubmitOutcomeUnknownError as error:
             # The intent stays recorded: a retry or a clear stops instead of paying again.
             raise AirflowFailException(

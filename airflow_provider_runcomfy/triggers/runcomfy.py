@@ -21,11 +21,7 @@ from airflow_provider_runcomfy.client import RunComfyError
 from airflow_provider_runcomfy.client.outcome import Outcome, describe_cancel, describe_status
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 from airflow_provider_runcomfy.triggers._base import FieldsTrigger
-from airflow_provider_runcomfy.triggers._guard import (  # noqa: F401 -- re-exported, formerly defined here
-    FINISHED_TASK_STATES,
-    ON_KILL_SECONDS,
-    cancel_if_task_finished,
-)
+from airflow_provider_runcomfy.triggers._guard import cancel_if_task_finished
 
 if TYPE_CHECKING:
     from airflow_provider_runcomfy.client import AsyncRunComfyClient, RequestState, RequestStatus

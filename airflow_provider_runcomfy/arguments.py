@@ -63,17 +63,19 @@ def check_max_cost(value: Any) -> float | None:
     return float(value)
 
 
-def max_output_bytes_or_default(value: int | None) -> int | None:
-    """Check a ``max_output_bytes`` argument when the DAG is parsed; None keeps the default (200 MB).
+def check_max_output_bytes(value: object) -> int:
+    """Return ``value`` if it is a usable ``max_output_bytes`` (a positive int), else raise ``ValueError``.
 
-    The download module is imported only when a value is given: a DAG file that keeps the
-    default does not pay for it.
+    Operators check it when the DAG is parsed, so a typo is an import error, not a lost output.
     """
-    if value is None:
-        return None
-    from airflow_provider_runcomfy.client.download import check_max_output_bytes
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"max_output_bytes must be a positive number of bytes, not {value!r}.")
+    return value
 
-    return check_max_output_bytes(value)
+
+def max_output_bytes_or_default(value: int | None) -> int | None:
+    """Check a ``max_output_bytes`` argument when the DAG is parsed; None keeps the default (200 MB)."""
+    return None if value is None else check_max_output_bytes(value)
 
 
 def keep_wait_arguments(

@@ -37,6 +37,7 @@ import httpx
 from tenacity import Retrying
 
 from airflow_provider_runcomfy import __version__
+from airflow_provider_runcomfy.arguments import check_max_output_bytes
 from airflow_provider_runcomfy.client._limits import (
     BodyEncodingError,
     BodyTooLargeError,
@@ -144,16 +145,6 @@ class Sink(Protocol):
 
 #: Opens a fresh sink for one attempt; the context manager's exit discards it on an exception.
 OpenSink = Callable[[], AbstractContextManager[Sink]]
-
-
-def check_max_output_bytes(value: object) -> int:
-    """Return ``value`` if it is a usable ``max_output_bytes`` (a positive int), else raise ``ValueError``.
-
-    Operators check it when the DAG is parsed, so a typo is an import error, not a lost output.
-    """
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"max_output_bytes must be a positive number of bytes, not {value!r}.")
-    return value
 
 
 class OutputDownloader(Closing):

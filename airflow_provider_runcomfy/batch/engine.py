@@ -7,7 +7,6 @@ change goes to the ledger before the step that depends on it (see ``ledger``).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import statistics
 import time
@@ -219,40 +218,27 @@ class BatchRun(SubmitSteps):
 
     # -- cancelling -----------------------------------------------------------------------------
 
-    async def cancel_in_flight(self, client: AsyncRunComfyClient, why: str) -> tuple[int, int]:
+    async def cancel_in_flight(self, client: AsyncRunComfyClient, why: str) -> None:
         """Cancel every job in flight (queued ones stop; running ones finish and are billed)."""
+        from airflow_provider_runcomfy.batch.window import cancel_all
+
         records = [r for _, r in self.records(L.SUBMITTED) if r.request_id]
-        semaphore = asyncio.Semaphore(16)
-        cancelled = not_cancellable = 0
-        events = []
-
-        async def cancel(record: L.ItemRecord) -> None:
-            nonlocal cancelled, not_cancellable
-            async with semaphore:
-                try:
-                    response = await client.cancel(str(record.request_id))
-                except RunComfyError as error:
-                    self.log.warning(
-                        "Could not cancel RunComfy request %s (%s): %s", record.request_id, why, error
-                    )
-                    return
-            if response.cancelled:
-                cancelled += 1
-                events.append({"key": record.key, "state": L.CANCELLED, "error": f"cancelled because {why}"})
-            else:
-                not_cancellable += 1
-
-        await asyncio.gather(*(cancel(r) for r in records))
-        self.ledger.append(events)
+        results = await cancel_all(client, [str(r.request_id) for r in records], self.log, why)
+        self.ledger.append(
+            [
+                {"key": r.key, "state": L.CANCELLED, "error": f"cancelled because {why}"}
+                for r in records
+                if results.get(str(r.request_id))
+            ]
+        )
         if records:
             self.log.info(
                 "Cancelling the batch's jobs because %s: %d cancelled (not billed), %d already running or "
                 "finished (RunComfy finishes and bills them; a retry re-attaches to them).",
                 why,
-                cancelled,
-                not_cancellable,
+                sum(result is True for result in results.values()),
+                sum(result is False for result in results.values()),
             )
-        return cancelled, not_cancellable
 
     # -- copying --------------------------------------------------------------------------------
 

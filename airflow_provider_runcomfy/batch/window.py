@@ -42,6 +42,8 @@ MIN_TICK = 0.05
 POLL_CONCURRENCY = 32
 #: Failed reads in a row of one job tolerated before the wait gives up with an ``error`` event.
 MAX_CONSECUTIVE_ERRORS = 5
+#: Cancels in flight at once (``cancel_all``).
+CANCEL_CONCURRENCY = 16
 
 
 @dataclass
@@ -291,3 +293,29 @@ class Window:
 def _error_message(error: BaseException) -> str:
     text = getattr(error, "message", None) or str(error)
     return f"RunComfy could not be read while waiting for the batch: {text}"
+
+
+async def cancel_all(
+    client: AsyncRunComfyClient, request_ids: Sequence[str], log: Any, why: str | None = None
+) -> dict[str, bool | None]:
+    """Cancel a batch's jobs, a few at a time; shared by the worker and the trigger's ``on_kill``.
+
+    Returns, per request id, True (cancelled: never billed), False (already running or
+    finished: RunComfy finishes and bills it) or None (the cancel failed; logged).
+    """
+    semaphore = asyncio.Semaphore(CANCEL_CONCURRENCY)
+    results: dict[str, bool | None] = {}
+    because = f" ({why})" if why else ""
+
+    async def cancel(request_id: str) -> None:
+        async with semaphore:
+            try:
+                response = await client.cancel(request_id)
+            except RunComfyError as error:
+                log.warning("Could not cancel RunComfy request %s%s: %s", request_id, because, error)
+                results[request_id] = None
+                return
+        results[request_id] = response.cancelled
+
+    await asyncio.gather(*(cancel(request_id) for request_id in request_ids))
+    return results

@@ -10,15 +10,13 @@ worker records them in the ledger, copies the outputs, refills and defers again.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from airflow.triggers.base import TriggerEvent
 
-from airflow_provider_runcomfy.batch.window import Window
-from airflow_provider_runcomfy.client import RunComfyError
+from airflow_provider_runcomfy.batch.window import Window, cancel_all
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 from airflow_provider_runcomfy.triggers._base import FieldsTrigger
 from airflow_provider_runcomfy.triggers._guard import cancel_if_task_finished
@@ -80,24 +78,12 @@ class RunComfyBatchTrigger(FieldsTrigger):
             )
 
     async def _cancel(self) -> None:
-        semaphore = asyncio.Semaphore(16)
-        counts = {"cancelled": 0, "running": 0, "error": 0}
-
         async with RunComfyHook(self.runcomfy_conn_id).ashared_client() as client:
-
-            async def cancel(request_id: str) -> None:
-                async with semaphore:
-                    try:
-                        response = await client.cancel(request_id)
-                    except RunComfyError as error:
-                        counts["error"] += 1
-                        self.log.warning("Could not cancel RunComfy request %s: %s", request_id, error)
-                        return
-                counts["cancelled" if response.cancelled else "running"] += 1
-
-            await asyncio.gather(*(cancel(str(entry[0])) for entry in self.window))
+            results = await cancel_all(client, [str(entry[0]) for entry in self.window], self.log)
         self.log.info(
-            "Batch jobs: %(cancelled)d cancelled (not billed), %(running)d already running or finished "
-            "(RunComfy finishes and bills them), %(error)d could not be cancelled.",
-            counts,
+            "Batch jobs: %d cancelled (not billed), %d already running or finished "
+            "(RunComfy finishes and bills them), %d could not be cancelled.",
+            sum(result is True for result in results.values()),
+            sum(result is False for result in results.values()),
+            sum(result is None for result in results.values()),
         )

@@ -30,12 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from airflow_provider_runcomfy.arguments import MAX_SIGN_EXPIRY, check_sign_expiry
 from airflow_provider_runcomfy.client.closing import Closing
 from airflow_provider_runcomfy.client.download import shown_url
 from airflow_provider_runcomfy.client.errors import InvalidInputError
+from airflow_provider_runcomfy.client.redact import credential_values
 from airflow_provider_runcomfy.models.image_url import as_references
 from airflow_provider_runcomfy.sources.fields import Target, find_targets
 from airflow_provider_runcomfy.sources.images import describe_size
@@ -55,9 +56,6 @@ DEFAULT_SIGN_EXPIRY = 24 * 3600
 #: Added to the task's ``timeout`` for the expiry: RunComfy fetches inputs when the job starts,
 #: which is before the timeout, or the job is cancelled.
 SIGN_EXPIRY_MARGIN = 15 * 60
-
-#: Query parameters that carry a signature or a credential: their values are masked in logs.
-_SECRET_PARAMS = ("signature", "sig", "credential", "token", "key", "policy")
 
 _MIN_MASKED_LENGTH = 6
 
@@ -311,25 +309,16 @@ class InputPreparer(Closing):
     def _mask_url(self, url: str) -> list[str]:
         """Give a pre-signed URL, its query and its signature values to the masker; return them."""
         query = urlsplit(url).query
-        parts = [url, query, *_secret_values(query)]
+        parts = [url, query, *credential_values(query)]
         secrets = [part for part in dict.fromkeys(parts) if len(part) >= _MIN_MASKED_LENGTH]
         for secret in secrets:
             self.mask(secret)
         return secrets
 
 
-def _secret_values(query: str) -> list[str]:
-    """The values of a query's parameters that name a credential (signature, token, key...)."""
-    return [
-        value
-        for name, value in parse_qsl(query, keep_blank_values=False)
-        if any(word in name.lower() for word in _SECRET_PARAMS)
-    ]
-
-
 def _is_signed(url: str) -> bool:
     """Whether an https URL's query carries a credential (a signature, a token, a key): it is masked."""
-    return bool(_secret_values(urlsplit(url).query))
+    return bool(credential_values(urlsplit(url).query))
 
 
 def _minutes(seconds: int) -> str:

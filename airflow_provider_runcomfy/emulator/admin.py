@@ -148,6 +148,11 @@ ROUTES: tuple[Route, ...] = (
     *_plan_routes(Fault),
     *_plan_routes(Rule),
     ("/jobs", "GET", lambda state, body, params: [job.to_dict() for job in state.list_jobs()]),
+    (
+        "/jobs/release",
+        "POST",
+        lambda state, body, params: {"released": state.release(body.get("request_id"))},
+    ),
     ("/jobs/{request_id}", "GET", _job),
     (
         "/jobs/{request_id}/expire",

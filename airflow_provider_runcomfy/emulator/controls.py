@@ -31,6 +31,7 @@ class ControlPlane(Protocol):
     def list_jobs(self) -> list[JobInfo]: ...
     def job(self, request_id: str) -> JobInfo | None: ...
     def expire(self, request_id: str) -> bool: ...
+    def release(self, request_id: str | None) -> list[str]: ...
     def get_config(self) -> dict[str, Any]: ...
     def set_config(self, changes: dict[str, Any]) -> dict[str, Any]: ...
     def reset(self) -> None: ...
@@ -130,7 +131,7 @@ class EmulatorControls(ABC):
         """Decide how jobs submitted from now on run; first match wins. ``options``: the fields of ``Rule``.
 
         ``queue_seconds``, ``run_seconds``, ``fail_message``, ``num_outputs``,
-        ``output_bytes``, ``output_kind``.
+        ``output_bytes``, ``output_kind``, ``hold`` (queued until ``release()``).
         """
         rule = Rule.model_validate({"prompt_contains": prompt_contains, "model_id": model_id, **options})
         return self._plane.add(rule)
@@ -159,6 +160,10 @@ class EmulatorControls(ABC):
     def expire(self, request_id: str) -> bool:
         """Make a job answer 404001 from now on, as if its results had expired; ``False`` if unknown."""
         return self._plane.expire(request_id)
+
+    def release(self, request_id: str | None = None) -> list[str]:
+        """Let jobs held in the queue by a ``hold`` rule (one, or all) start running now; their ids."""
+        return self._plane.release(request_id)
 
     def url(self, path: str) -> str:
         """An absolute URL on the emulator, e.g. ``url("/samples/portrait.png")``."""

@@ -144,7 +144,9 @@ class Rule(BaseModel):
     change how many outputs it has (``num_outputs``) and of which kind
     (``output_kind``: ``image``, ``images``, ``video``, ``videos`` or
     ``none`` for an empty output), and pad its files to about
-    ``output_bytes`` bytes.
+    ``output_bytes`` bytes. ``hold=True`` keeps its jobs queued, whatever
+    ``queue_seconds`` says, until a test calls ``release()``: a test that needs a
+    job still queued then says so, instead of betting on the clock.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -157,6 +159,7 @@ class Rule(BaseModel):
     num_outputs: int | None = Field(default=None, ge=1, le=100)
     output_bytes: int | None = Field(default=None, ge=0, le=512 * 1024 * 1024)
     output_kind: OutputKind | None = None
+    hold: bool = False
     id: int = 0
     hits: int = 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,6 +53,8 @@ class JobPlan:
     queue_seconds: float
     run_seconds: float
     long_side: int
+    held: bool = False
+    """Queued until released (a rule's ``hold``), whatever ``queue_seconds`` says."""
 
 
 @dataclass
@@ -78,13 +81,22 @@ class Job:
     """The base URLs under which input URLs point at the emulator itself."""
     seq: int = 0
     """Its place in submit order (the queue index's key)."""
+    released_at: float | None = None
+    """When a held job was let out of the queue (``EmulatorState.release``)."""
+
+    @property
+    def leaves_queue_at(self) -> float:
+        """When the job starts running: ``queue_seconds`` after submit, or its release (never while held)."""
+        if self.plan.held:
+            return self.released_at if self.released_at is not None else math.inf
+        return self.created_at + self.plan.queue_seconds
 
     @property
     def finished_at(self) -> float:
-        """When the job finishes (or did): cancelled, or queued plus run time after submit."""
+        """When the job finishes (or did): cancelled, or its run time after it left the queue."""
         if self.cancelled_at is not None:
             return self.cancelled_at
-        return self.created_at + self.plan.queue_seconds + self.plan.run_seconds
+        return self.leaves_queue_at + self.plan.run_seconds
 
     @property
     def failure(self) -> str | None:
@@ -95,7 +107,7 @@ class Job:
         """Where the job is at ``now``; ``succeeded`` means "not known to fail" until inputs are resolved."""
         if self.cancelled_at is not None:
             return "cancelled"
-        if now < self.created_at + self.plan.queue_seconds:
+        if now < self.leaves_queue_at:
             return "in_queue"
         if now < self.finished_at:
             return "in_progress"
@@ -118,10 +130,15 @@ class JobInfo:
     expired: bool
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy, for the admin API."""
-        return dataclasses.asdict(self)
+        """A JSON-ready copy, for the admin API (a held job's unknown end is ``None``: JSON has no inf)."""
+        data = dataclasses.asdict(self)
+        if math.isinf(self.finished_at):
+            data["finished_at"] = None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobInfo:
         """The inverse of ``to_dict``."""
+        if data.get("finished_at") is None:
+            data = {**data, "finished_at": math.inf}
         return cls(**data)

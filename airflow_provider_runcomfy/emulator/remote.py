@@ -69,6 +69,10 @@ class _AdminClient:
     def expire(self, request_id: str) -> bool:
         return bool(self.call("POST", f"/jobs/{request_id}/expire")["expired"])
 
+    def release(self, request_id: str | None) -> list[str]:
+        body = {} if request_id is None else {"request_id": request_id}
+        return list(self.call("POST", "/jobs/release", body)["released"])
+
     def get_config(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call("GET", "/config")
         return result

@@ -128,6 +128,23 @@ class EmulatorState:
             self._queue.remove(job.seq)
             return True
 
+    def release(self, request_id: str | None = None) -> list[str]:
+        """Let held jobs (one, or all) start running now; returns the ids of those released."""
+        with self._lock:
+            now = self.clock()
+            if request_id is not None:
+                job = self._jobs.get(request_id)
+                held = [job] if job is not None else []
+            else:
+                held = self._order
+            released = []
+            for job in held:
+                if job.plan.held and job.released_at is None and job.cancelled_at is None:
+                    job.released_at = now
+                    self._queue.remove(job.seq)
+                    released.append(job.request_id)
+            return released
+
     def list_jobs(self) -> list[JobInfo]:
         """A snapshot of every job, oldest first (expired ones included, marked ``expired``)."""
         with self._lock:
@@ -205,6 +222,7 @@ class EmulatorState:
             else config.queue_seconds,
             run_seconds=rule.run_seconds if rule and rule.run_seconds is not None else config.run_seconds,
             long_side=config.image_long_side,
+            held=bool(rule and rule.hold),
         )
 
     def estimate(self, spec: ModelSpec, payload: dict[str, Any]) -> float:
@@ -241,7 +259,7 @@ class EmulatorState:
                 created_at=now,
                 cost_usd=price,
             )
-            job.seq = self._queue.add(now + plan.queue_seconds)
+            job.seq = self._queue.add(job.leaves_queue_at)
             self._jobs[job.request_id] = job
             self._order.append(job)
             return job
@@ -272,7 +290,7 @@ class EmulatorState:
         """A new index, for a (fake) clock that went back: O(n), never with the real clock."""
         self._queue = QueueIndex()
         for job in self._order:
-            leaves_at = job.created_at + job.plan.queue_seconds
+            leaves_at = job.leaves_queue_at
             gone = job.cancelled_at is not None or job.expired
             job.seq = self._queue.add(float("-inf") if gone else leaves_at)
 

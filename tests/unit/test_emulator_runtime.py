@@ -26,13 +26,10 @@ FLUX_INPUT = {"prompt": "p", "image_url": "https://example.com/x.png"}
 # -- RunComfyEmulator in a thread -------------------------------------------------------------------
 
 
-def test_start_reports_the_real_port_and_stop_is_quick_and_leaves_nothing_behind():
-    import uvicorn  # noqa: F401  - warm the imports, so the timing below is the emulator's own
-
+def test_start_reports_the_real_port_and_stop_leaves_nothing_behind():
+    """How fast start and stop are is measured by ``bench/timing_emulator.py``, not asserted here."""
     threads_before = set(threading.enumerate())
-    began = time.monotonic()
     emu = RunComfyEmulator(token="t").start()
-    started_in = time.monotonic() - began
     base_url = emu.base_url
     try:
         assert base_url.startswith("http://127.0.0.1:")
@@ -42,12 +39,8 @@ def test_start_reports_the_real_port_and_stop_is_quick_and_leaves_nothing_behind
         )
         assert response.status_code == 200
     finally:
-        began = time.monotonic()
         emu.stop()
-        stopped_in = time.monotonic() - began
 
-    assert started_in < 1.0
-    assert stopped_in < 1.0
     assert set(threading.enumerate()) == threads_before
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base_url}/_emulator/health", timeout=2)
@@ -370,3 +363,53 @@ def test_the_cli_takes_an_admin_token_from_the_environment_and_never_prints_it(c
         intruder.set_config(queue_seconds=0)
     assert cli.stop(signal.SIGTERM) == 0
     assert "admin-secret" not in cli.all_output()
+
+
+# -- jobs held in the queue until the test releases them ------------------------------------------
+
+
+def test_a_held_job_stays_queued_until_released_then_runs(runcomfy_emulator):
+    emu = runcomfy_emulator
+    emu.set_config(queue_seconds=0, run_seconds=0)  # the clock alone would finish it at once
+    emu.add_rule(prompt_contains="hold me", hold=True)
+    api = httpx.Client(base_url=emu.base_url, headers={"Authorization": f"Bearer {emu.token}"}, timeout=10)
+    with api:
+        held = api.post(f"/v1/models/{FLUX}", json={**FLUX_INPUT, "prompt": "hold me"}).json()["request_id"]
+        behind = api.post(f"/v1/models/{FLUX}", json={**FLUX_INPUT, "prompt": "hold me"}).json()["request_id"]
+        free = api.post(f"/v1/models/{FLUX}", json=FLUX_INPUT).json()["request_id"]
+        status = api.get(f"/v1/requests/{behind}/status").json()
+        assert (status["status"], status["queue_position"]) == ("in_queue", 1)
+        assert emu.job(held).phase == "in_queue"
+        assert emu.job(free).phase == "succeeded"  # the rule holds only what it matches
+
+        assert emu.release(held) == [held]
+        assert emu.release(held) == []  # released once
+        assert emu.job(held).phase == "succeeded"
+        assert api.get(f"/v1/requests/{behind}/status").json()["queue_position"] == 0
+        assert emu.release() == [behind]
+        assert api.get(f"/v1/requests/{behind}/result").json()["status"] == "succeeded"
+
+
+def test_a_held_job_can_be_cancelled_and_is_not_released_afterwards(runcomfy_emulator):
+    emu = runcomfy_emulator
+    emu.add_rule(hold=True)
+    api = httpx.Client(base_url=emu.base_url, headers={"Authorization": f"Bearer {emu.token}"}, timeout=10)
+    with api:
+        request_id = api.post(f"/v1/models/{FLUX}", json=FLUX_INPUT).json()["request_id"]
+        assert api.post(f"/v1/requests/{request_id}/cancel").json()["outcome"] == "cancelled"
+    assert emu.release() == []
+    assert emu.job(request_id).phase == "cancelled"
+
+
+def test_remote_controls_hold_and_release(runcomfy_emulator):
+    emu = runcomfy_emulator
+    api = httpx.Client(base_url=emu.base_url, headers={"Authorization": f"Bearer {emu.token}"}, timeout=10)
+    with RemoteEmulator(emu.base_url, token=emu.token) as remote, api:
+        remote.add_rule(hold=True)
+        request_id = api.post(f"/v1/models/{FLUX}", json=FLUX_INPUT).json()["request_id"]
+        held = remote.job(request_id)
+        assert held.phase == "in_queue"
+        assert held.finished_at == float("inf")  # no end while held: JSON's null, read back as inf
+        assert remote.release("unknown") == []
+        assert remote.release() == [request_id]
+        assert remote.job(request_id).finished_at < float("inf")

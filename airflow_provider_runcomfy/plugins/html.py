@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from html import escape
 from urllib.parse import quote, urlencode, urlsplit
 
-from airflow_provider_runcomfy.plugins.records import Item
+import httpx
+
+from airflow_provider_runcomfy.plugins.records import Item, extension
+
+log = logging.getLogger(__name__)
 
 #: Colours of Airflow's task states, so a state reads the same here as in the grid.
 STATE_COLOURS = {
@@ -101,6 +107,17 @@ figcaption { padding: 8px 12px; font-size: 12.5px; color: var(--muted); display:
 .pager { display: flex; gap: 14px; align-items: center; margin-top: 18px; color: var(--muted); }
 .empty { padding: 28px; text-align: center; color: var(--muted); border: 1px dashed var(--line); border-radius: 10px; }
 .foot { margin-top: 22px; font-size: 12px; color: var(--muted); }
+.note { margin: 0 0 18px; padding: 10px 14px; border-radius: 8px; border: 1px solid var(--accent);
+  background: var(--card); white-space: pre-wrap; }
+.summary { margin: 0 0 16px; } .summary .total { margin: 0 0 8px; font-size: 15px; }
+.summary table { border-collapse: collapse; width: 100%; font-size: 13px; }
+.summary th, .summary td { text-align: left; padding: 5px 10px; border-bottom: 1px solid var(--line); }
+.summary th { color: var(--muted); font-weight: 600; font-size: 11.5px; text-transform: uppercase; }
+.summary .num { text-align: right; } .summary tr.bad td:first-child { border-left: 3px solid #c62828; }
+.warn { color: var(--warn-fg); background: var(--warn-bg); border-radius: 6px; padding: 0 6px; font-weight: 600; }
+.tile.bad { border-color: #c62828; }
+.tile .meta .name { display: block; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.cost { margin-left: auto; margin-right: 8px; }
 """
 )
 
@@ -124,37 +141,93 @@ def badge(state: str | None) -> str:
     return f'<span class="badge" style="background:{colour}">{escape(text)}</span>'
 
 
-def task_page(item: Item, *, prefix: str, items: Sequence[Item] = (), pages: str = "") -> str:
-    """A task instance: facts, prompt, error, inputs beside outputs; for a batch, its manifest's tiles."""
-    label = item.task_id + (f" [{item.map_index}]" if item.map_index >= 0 else "")
+@dataclass(frozen=True)
+class TaskSummary:
+    """One RunComfy task instance of a run, for the gallery's table: counts, cost, why not shown."""
+
+    item: Item
+    counts: dict[str, int]
+    cost_usd: float | None
+    problem: str | None = None
+
+    @property
+    def failed_items(self) -> int:
+        return int(self.counts.get("failed") or 0) if self.item.manifest else 0
+
+
+def task_page(
+    item: Item,
+    *,
+    prefix: str,
+    items: Sequence[Item] = (),
+    pages: str = "",
+    parent: Item | None = None,
+    summary: TaskSummary | None = None,
+    note: str | None = None,
+) -> str:
+    """A task instance (or, with ``parent``, one line of a batch): facts, prompt, error, inputs beside outputs.
+
+    For a batch task, its manifest's tiles; a batch with failed lines says so above them.
+    ``note`` is what the page advises (a failed task whose job succeeded: clear it).
+    """
+    label = _label(item)
     facts = [("Model", escape(item.model_id or "—"))]
     if item.manifest:  # a batch: its counts, each line has its own request
-        facts += [(name.capitalize(), str(count)) for name, count in item.counts.items()]
+        counts = summary.counts if summary else item.counts
+        facts += [(name.capitalize(), str(count)) for name, count in counts.items()]
     else:
-        facts += [("Request id", _code(item.request_id)), ("RunComfy status", escape(item.status or "—"))]
-    if item.cost_usd is not None:
-        facts.append(("Cost", f"${item.cost_usd:,.4f}".rstrip("0").rstrip(".")))
-    if item.try_number:
+        status = escape(item.status or "—")
+        if item.status_source == "runcomfy":
+            status += ' <span class="muted">(asked RunComfy now: the task recorded none)</span>'
+        facts += [("Request id", _code(item.request_id)), ("RunComfy status", status)]
+    cost = summary.cost_usd if summary and summary.cost_usd is not None else item.cost_usd
+    if cost is not None:
+        facts.append(("Cost", _money(cost)))
+    if item.try_number and parent is None:
         facts.append(("Try", str(item.try_number)))
     if item.manifest:
         facts.append(
             ("Manifest", f'<a href="{_manifest_href(prefix, item)}">{escape(_short(item.manifest))}</a>')
         )
+    back = (
+        f'<a href="{_href(prefix, "outputs", item.dag_id, item.run_id, item.task_id, map_index=item.map_index)}">'
+        "← the whole batch</a>"
+        if parent is not None
+        else f'<a href="{_gallery_href(prefix, item)}">All RunComfy tasks of this run →</a>'
+    )
     body = [
         f'<div class="head">{badge(item.state)}<h1>{escape(label)}</h1>'
-        f'<span class="muted">{escape(item.dag_id)} · {escape(item.run_id)}</span>'
-        f'<a href="{_gallery_href(prefix, item)}">All RunComfy tasks of this run →</a></div>',
+        f'<span class="muted">{escape(item.dag_id)} · {escape(item.run_id)}</span>{back}</div>',
         '<dl class="facts">' + "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in facts) + "</dl>",
     ]
     if item.prompt:
         body.append(f'<p class="prompt">{escape(item.prompt)}</p>')
+    if note:
+        body.append(f'<p class="note">{escape(note)}</p>')
     if item.error:
         body.append(f'<p class="error">{escape(item.error[:2000])}</p>')
-    elif item.failed:
+    elif item.failed and not note:
         body.append('<p class="error">The task failed: its Logs tab says why.</p>')
     if item.manifest:
+        failed = summary.failed_items if summary else int(item.counts.get("failed") or 0)
+        if failed:
+            only = _href(
+                prefix,
+                "outputs",
+                item.dag_id,
+                item.run_id,
+                item.task_id,
+                map_index=item.map_index,
+                show="failed",
+            )
+            body.append(
+                f'<p class="error">{failed} item{"s" if failed != 1 else ""} of this batch did not succeed. '
+                f'<a href="{only}">Show {"them" if failed != 1 else "it"}</a></p>'
+            )
         body.append(pages or "")
-        body.append(tiles(items, prefix=prefix) if items else _empty("No lines of the manifest match."))
+        body.append(
+            tiles(items, prefix=prefix, in_batch=True) if items else _empty("No lines of the manifest match.")
+        )
         return page(f"RunComfy · {label}", "".join(body))
     inputs = [_figure(prefix, item, "input", n, src) for n, src in enumerate(item.inputs)]
     outputs = [_output_figure(prefix, item, n) for n in range(item.output_count)]
@@ -178,16 +251,48 @@ def gallery_page(
     show: str,
     counts: dict[str, int],
     pages: str,
+    summaries: Sequence[TaskSummary] = (),
 ) -> str:
-    """A DAG run: every RunComfy task instance as a tile, filtered and paged."""
+    """A DAG run: its cost and tasks at the top, then every job as a tile, filtered and paged."""
     body = (
         f'<div class="head"><h1>RunComfy outputs</h1><span class="muted">{escape(dag_id)} · '
         f"{escape(run_id)}</span></div>"
+        + (run_summary(summaries, prefix=prefix) if summaries else "")
         + pills(show, counts, lambda s: _href(prefix, "gallery", dag_id, run_id, show=s))
         + (tiles(items, prefix=prefix) if items else _empty("No RunComfy task of this run matches."))
         + pages
     )
     return page(f"RunComfy · {run_id}", body)
+
+
+def run_summary(summaries: Sequence[TaskSummary], *, prefix: str) -> str:
+    """The run's total cost and a row per task: state, items, failed ones marked, cost."""
+    costs = [s.cost_usd for s in summaries if s.cost_usd is not None]
+    total = _money(sum(costs)) if costs else "—"
+    partial = " (some tasks report no cost)" if costs and len(costs) < len(summaries) else ""
+    rows = []
+    for summary in summaries:
+        item = summary.item
+        link = _href(prefix, "outputs", item.dag_id, item.run_id, item.task_id, map_index=item.map_index)
+        if item.manifest:
+            done = summary.counts.get("succeeded", 0)
+            jobs = f"{done} of {summary.counts.get('total', 0)} succeeded"
+        else:
+            jobs = escape(item.status or "—")
+        failed = summary.failed_items
+        mark = f' <span class="warn">⚠ {failed} failed</span>' if failed else ""
+        if summary.problem:
+            mark += f' <span class="warn">{escape(summary.problem)}</span>'
+        rows.append(
+            f'<tr{" class=bad" if failed or summary.problem else ""}><td><a href="{link}">{escape(_label(item))}</a></td>'
+            f"<td>{badge(item.state)}</td><td>{jobs}{mark}</td>"
+            f'<td class="num">{_money(summary.cost_usd) if summary.cost_usd is not None else "—"}</td></tr>'
+        )
+    return (
+        f'<div class="summary"><p class="total">Run cost <b>{total}</b>{escape(partial)}</p>'
+        '<table><thead><tr><th>Task</th><th>State</th><th>Jobs</th><th class="num">Cost</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def pills(show: str, counts: dict[str, int], href: Callable[[str], str]) -> str:
@@ -199,25 +304,30 @@ def pills(show: str, counts: dict[str, int], href: Callable[[str], str]) -> str:
     return '<nav class="pills">' + "".join(links) + "</nav>"
 
 
-def tiles(items: Sequence[Item], *, prefix: str) -> str:
-    """Tiles: the first input beside the first output, state, label, request id."""
+def tiles(items: Sequence[Item], *, prefix: str, in_batch: bool = False) -> str:
+    """Tiles: the first input beside the first output (thumbnails), what it was, state, cost, request id.
+
+    A tile names its input (the file name, or the start of the prompt), as a reviewer
+    knows it; its link opens the job's own page (a batch line's: that line, inputs beside
+    outputs), never the page the tile is on.
+    """
     out = []
     for item in items:
         first_in = _thumb(prefix, item, "input", 0) if item.inputs else _none("no input picture")
         first_out = _thumb(prefix, item, "output", 0) if item.output_count else _none(_why_none(item))
         colour = "#2e7d32" if item.succeeded else ("#c62828" if item.failed else "#757575")
-        label = item.task_id + (f" [{item.map_index}]" if item.map_index >= 0 else "")
-        if item.item is not None:
-            label = f"{item.task_id} · line {item.item}"
-        link = _href(prefix, "outputs", item.dag_id, item.run_id, item.task_id, map_index=item.map_index)
+        label = f"#{item.item}" if in_batch and item.item is not None else _label(item)
+        name = item.input_name
         more = f" +{item.output_count - 1}" if item.output_count > 1 else ""
         status = item.status or item.state or "unknown"
+        cost = f'<span class="cost">{_money(item.cost_usd)}</span>' if item.cost_usd is not None else ""
         out.append(
-            f'<div class="tile"><div class="thumbs">{first_in}{first_out}</div><div class="meta">'
-            f'<div class="line"><span><span class="dot" style="background:{colour}"></span>'
+            f'<div class="tile{" bad" if item.failed else ""}"><div class="thumbs">{first_in}{first_out}</div><div class="meta">'
+            f'<div class="line"><span class="title"><span class="dot" style="background:{colour}"></span>'
             f"<b>{escape(label)}</b>{escape(more)}</span>"
-            + f'<a href="{link}">{"details" if item.item is None else "batch"} →</a>'
-            + f'</div><div class="line"><span class="muted">{escape(status)}</span>{_code(item.request_id)}</div>'
+            + f'<a href="{_item_href(prefix, item)}">details →</a></div>'
+            + (f'<div class="line name" title="{escape(name)}">{escape(name)}</div>' if name else "")
+            + f'<div class="line"><span class="muted">{escape(status)}</span>{cost}{_code(item.request_id)}</div>'
             + _tile_note(item)
             + "</div></div>"
         )
@@ -241,16 +351,17 @@ def message_page(title: str, text: str) -> str:
 # -- pieces --------------------------------------------------------------------------------------
 
 
-def picture_href(prefix: str, item: Item, kind: str, n: int) -> str:
+def picture_href(prefix: str, item: Item, kind: str, n: int, size: str | None = None) -> str:
+    """A picture, addressed by task instance and position (``size``: a thumbnail of it)."""
     path = "/".join(quote(str(p), safe="") for p in (item.dag_id, item.run_id, item.task_id, item.map_index))
-    query = f"?item={item.item}" if item.item is not None else ""
-    return f"{prefix}/picture/{path}/{kind}/{n}{query}"
+    query = {k: v for k, v in (("item", item.item), ("size", size)) if v is not None}
+    return f"{prefix}/picture/{path}/{kind}/{n}" + (f"?{urlencode(query)}" if query else "")
 
 
 def _figure(prefix: str, item: Item, kind: str, n: int, source: str, note: str = "") -> str:
     where = "inline picture" if source.startswith("data:") else _short(source)
     return (
-        f"<figure>{_thumb(prefix, item, kind, n, source)}"
+        f"<figure>{_thumb(prefix, item, kind, n, source, size='view')}"
         f"<figcaption><b>{kind.capitalize()} {n + 1}</b><span>{escape(note or where)}</span></figcaption></figure>"
     )
 
@@ -268,25 +379,67 @@ def _output_figure(prefix: str, item: Item, n: int) -> str:
     return _figure(prefix, item, "output", n, source[1], f"RunComfy URL · {_short(source[1])}")
 
 
-def _thumb(prefix: str, item: Item, kind: str, n: int, source: str | None = None) -> str:
-    """A framed picture (or video) linking to itself full size."""
-    href = picture_href(prefix, item, kind, n)
+def _thumb(prefix: str, item: Item, kind: str, n: int, source: str | None = None, size: str = "thumb") -> str:
+    """A framed thumbnail (or video) linking to the picture full size; a placeholder when it cannot be.
+
+    Pictures the view will not fetch (a malformed URL, a storage path named as an input)
+    are a placeholder with the reason, decided here: the page never waits on them or fails.
+    """
     if source is None:
         found = item.output_source(n) if kind == "output" else None
         source = found[1] if found else (item.inputs[n] if kind == "input" and n < len(item.inputs) else "")
+    refused = not_shown(source, kind)
+    if refused:
+        log.info("RunComfy view: %s %s of %s shown as a placeholder: %s", kind, n, item.task_id, refused)
+        return _none(f"{_short(source)}: {refused}")
+    href = picture_href(prefix, item, kind, n)
     if _is_video(source):
-        media = f'<video src="{href}" preload="metadata" muted controls></video>'
+        media = f'<video src="{href}" preload="none" muted controls></video>'
     else:
-        media = f'<img src="{href}" alt="" data-missing="{_MISSING}" loading="lazy">'
+        small = picture_href(prefix, item, kind, n, size)
+        media = f'<img src="{small}" alt="" data-missing="{_MISSING}" loading="lazy">'
     return (
         f'<a class="frame" href="{href}" target="_blank" rel="noopener" '
         f'aria-label="{kind} {n + 1}, full size">{media}</a>'
     )
 
 
+def not_shown(source: str, kind: str) -> str | None:
+    """Why a picture is not fetched at all (a placeholder instead), or None."""
+    if source.startswith("data:"):
+        return None
+    try:
+        parts = urlsplit(source)
+        if parts.scheme in ("http", "https"):
+            parts.port  # noqa: B018 -- raises on a port that is not a number
+            if not parts.hostname:
+                return "not a valid URL"
+            httpx.URL(source)
+            return None
+    except (ValueError, httpx.InvalidURL):
+        return "not a valid URL"
+    if kind == "input":
+        return "a storage path named as an input is not shown"
+    return None
+
+
 def _is_video(source: str) -> bool:
-    path = urlsplit(source).path if "://" in source else source
-    return path.lower().rsplit(".", 1)[-1] in ("mp4", "webm", "mov")
+    return extension(source) in ("mp4", "webm", "mov")
+
+
+def _label(item: Item) -> str:
+    label = item.task_id + (f" [{item.map_index}]" if item.map_index >= 0 else "")
+    return f"{label} · #{item.item}" if item.item is not None else label
+
+
+def _money(value: float) -> str:
+    return f"${value:,.4f}".rstrip("0").rstrip(".") if value else "$0"
+
+
+def _item_href(prefix: str, item: Item) -> str:
+    return _href(
+        prefix, "outputs", item.dag_id, item.run_id, item.task_id, map_index=item.map_index, item=item.item
+    )
 
 
 def _tile_note(item: Item) -> str:
@@ -319,8 +472,11 @@ def _short(location: str) -> str:
     """A location without its query (signed URLs carry credentials) and shortened for a caption."""
     if location.startswith("data:"):
         return "inline picture"
-    parts = urlsplit(location)
-    text = f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.scheme else location
+    try:
+        parts = urlsplit(location)
+        text = f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.scheme else location
+    except ValueError:  # malformed (``https://[::1/x.png``): shown cut before any query
+        text = location.split("?", 1)[0]
     return text if len(text) <= 64 else f"{text[:28]}…{text[-32:]}"
 
 

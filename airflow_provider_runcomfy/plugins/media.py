@@ -5,11 +5,10 @@ from the task instance (``records``), never from the browser's request:
 
 - a **kept copy** in ``output_dir`` (any ``ObjectStoragePath``), read in chunks
   in a worker thread;
-- a **URL** (a RunComfy output, or an input picture), fetched with the same
-  rules as an output download (the URL policy on the URL and on every redirect,
-  connections pinned to checked addresses, no credentials, image or video only) by an asyncio
-  client with its own timeouts, a cap on bytes and a bound on fetches at once,
-  so a gallery page cannot make the API server open a hundred connections;
+- a **URL** (a RunComfy output, or an input picture), fetched by the client's own
+  ``Opener`` (the URL policy on the URL and on every redirect, connections pinned to
+  checked addresses, no credentials), image or video only, with the view's timeouts, a
+  cap on bytes and a bound on fetches at once;
 - a small ``data:`` URI kept in the rendered fields.
 
 What is served is marked so that a browser never runs it: ``nosniff``, a
@@ -18,20 +17,22 @@ sandboxing Content-Security-Policy, and SVG (which can carry script) refused.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import mimetypes
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from typing import Any
 
 import httpx
 
 from airflow_provider_runcomfy import __version__
-from airflow_provider_runcomfy.client._urlpolicy import HostUnresolvable, UrlPolicy, URLRefused
+from airflow_provider_runcomfy.client._urlpolicy import Opener, UrlPolicy
 from airflow_provider_runcomfy.client.download import CHUNK_SIZE, OutputDownloadError, media_type, shown_url
+from airflow_provider_runcomfy.client.errors import OutputURLRejectedError
 
 #: The largest picture the view streams; a bigger one is linked to, not shown.
 MAX_VIEW_BYTES = 50_000_000
@@ -53,8 +54,6 @@ SAFE_HEADERS = {
     "Cache-Control": f"private, max-age={CACHE_SECONDS}",
     "Content-Disposition": "inline",
 }
-
-_MAX_REDIRECTS = 3
 
 
 class PictureUnavailable(Exception):
@@ -161,93 +160,129 @@ def open_data_uri(uri: str) -> Picture:
 
 
 class Fetcher:
-    """Streams pictures from URLs for one API server process: one connection pool, bounded fetches.
+    """Streams pictures from URLs for one API server process, through the client's ``Opener``.
 
-    Every URL and every redirect passes the provider's URL policy (``client._urlpolicy``):
-    https only, no credentials, public addresses only, and the connection goes to the
-    address that was checked (no DNS rebinding). Plain http to loopback is allowed only
-    when ``api_base_url`` (the RunComfy connection's host) is on loopback: the emulator.
+    The provider has one implementation of "fetch a URL someone else named": the client's
+    ``Opener`` (``client._urlpolicy``) -- every URL and every redirect checked (https only,
+    no credentials, public addresses only; plain http to loopback only while ``api_base_url``,
+    the RunComfy connection's host, is the emulator on loopback), the connection pinned to
+    the checked address, proxies as the environment names them, the same redirect limit.
+    The view drives it from the API server's worker threads (the routes that use it are
+    plain functions), with a bound on fetches at once so a gallery page cannot make the
+    API server open a hundred connections.
 
-    Built on first use inside the API server's event loop and kept for the process.
+    :param transport: a caller's transport (tests of faults nothing real produces).
     """
 
-    def __init__(self, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
-        self._http = httpx.AsyncClient(
-            auth=None,
-            follow_redirects=False,  # each hop is checked here
-            timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
-            headers={"User-Agent": f"airflow-provider-runcomfy/{__version__} (outputs view)"},
-            transport=transport,
-            trust_env=False,
-        )
+    def __init__(self, *, transport: httpx.BaseTransport | None = None) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT_FETCHES)
+        self._transport = transport
+        self._openers: dict[str | None, Opener] = {}
+        self._lock = threading.Lock()
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def close(self) -> None:
+        with self._lock:
+            openers = list(self._openers.values())
+            self._openers.clear()
+        for opener in openers:
+            opener.close()
 
-    async def open(self, url: str, *, api_base_url: str | None, max_bytes: int = MAX_VIEW_BYTES) -> Picture:
-        """Start fetching ``url``; the returned chunks hold a fetch slot until they are exhausted or closed."""
-        try:
-            await asyncio.wait_for(self._slots.acquire(), QUEUE_TIMEOUT)
-        except TimeoutError:
-            raise PictureUnavailable(
-                "Too many pictures are being fetched; reload in a moment.", 503
-            ) from None
-        release = True
-        try:
-            picture = await self._start(url, UrlPolicy(api_base_url), max_bytes)
-            release = False
-            return picture
-        finally:
-            if release:
-                self._slots.release()
+    def _opener(self, api_base_url: str | None) -> Opener:
+        with self._lock:
+            opener = self._openers.get(api_base_url)
+            if opener is None:
+                opener = Opener(
+                    UrlPolicy(api_base_url),
+                    httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+                    {
+                        "User-Agent": f"airflow-provider-runcomfy/{__version__} (outputs view)",
+                        # Decoding is where a small body becomes gigabytes; pictures are compressed already.
+                        "Accept-Encoding": "identity",
+                    },
+                    transport=self._transport,
+                )
+                self._openers[api_base_url] = opener
+        return opener
 
-    async def _start(self, url: str, policy: UrlPolicy, max_bytes: int) -> Picture:
+    def open(self, url: str, *, api_base_url: str | None, max_bytes: int = MAX_VIEW_BYTES) -> Picture:
+        """Start fetching ``url`` (blocks: call from a worker thread).
+
+        The returned chunks hold a fetch slot and the connection until they are exhausted
+        or closed. Every way the URL can fail -- refused by the policy, malformed, a host
+        that does not resolve, a transport error, too many redirects -- is a
+        ``PictureUnavailable`` with a reason, which the caller logs.
+        """
+        if not self._slots.acquire(timeout=QUEUE_TIMEOUT):
+            raise PictureUnavailable("Too many pictures are being fetched; reload in a moment.", 503)
         deadline = time.monotonic() + TOTAL_TIMEOUT
-        current, previous = url, None
-        for _ in range(_MAX_REDIRECTS + 1):
-            addresses = await _checked(policy, current, previous)
-            response = await self._send(current, addresses)
-            if response.status_code not in (301, 302, 303, 307, 308) or "location" not in response.headers:
-                break
-            await response.aclose()
-            previous, current = current, urljoin(current, response.headers["location"])
-        else:
-            raise PictureUnavailable(f"{shown_url(url)} redirected more than {_MAX_REDIRECTS} times.")
+
+        def check_time() -> None:
+            if time.monotonic() > deadline:
+                raise PictureUnavailable(f"{_shown(url)} took more than {TOTAL_TIMEOUT:.0f} s.", 504)
+
+        opened: AbstractContextManager[tuple[str, httpx.Response]] | None = None
         try:
-            return self._accept(url, response, max_bytes, deadline)
+            opened = self._opener(api_base_url).open(url, "GET", "the picture", check_time)
+            try:
+                _, response = opened.__enter__()
+            except BaseException:
+                opened = None  # a generator context that raised on entry is already closed
+                raise
+            return self._accept(url, response, opened, max_bytes, deadline)
+        except PictureUnavailable:
+            self._finish(opened)
+            raise
+        except OutputURLRejectedError as refused:
+            self._finish(opened)
+            raise PictureUnavailable(refused.message, 403) from None
+        except OutputDownloadError as failed:  # unresolvable host, too many redirects
+            self._finish(opened)
+            raise PictureUnavailable(failed.message, 502) from None
+        except httpx.TransportError as error:
+            self._finish(opened)
+            raise PictureUnavailable(
+                f"{_shown(url)} could not be fetched ({type(error).__name__})."
+            ) from None
+        except (ValueError, httpx.InvalidURL) as error:  # a URL no parser accepts
+            self._finish(opened)
+            raise PictureUnavailable(
+                f"{_shown(url)} is not a valid URL ({type(error).__name__}).", 422
+            ) from None
         except BaseException:
-            await response.aclose()
+            self._finish(opened)
             raise
 
-    async def _send(self, url: str, addresses: list[str]) -> httpx.Response:
-        request = self._http.build_request("GET", url, headers={"Accept-Encoding": "identity"})
-        try:
-            if not addresses:
-                return await self._http.send(request, stream=True)
-            last: Exception | None = None
-            for address in addresses:
-                pinned = httpx.Request(
-                    "GET",
-                    request.url.copy_with(host=address),
-                    headers=request.headers,  # keeps Host: the URL's own host
-                    extensions={"sni_hostname": request.url.host},
-                )
-                try:
-                    return await self._http.send(pinned, stream=True)
-                except httpx.ConnectError as error:
-                    last = error
-            raise last or httpx.ConnectError("no address")
-        except httpx.TransportError as error:
-            raise PictureUnavailable(
-                f"{shown_url(url)} could not be fetched ({type(error).__name__})."
-            ) from None
+    def read(
+        self, url: str, *, api_base_url: str | None, max_bytes: int = MAX_VIEW_BYTES
+    ) -> tuple[str, bytes]:
+        """``(media type, bytes)`` of the picture at ``url``, whole (for a thumbnail), within ``max_bytes``."""
+        picture = self.open(url, api_base_url=api_base_url, max_bytes=max_bytes)
+        body = bytearray()
+        for chunk in picture.chunks:  # type: ignore[union-attr]
+            body += chunk
+        if getattr(picture.chunks, "cut", False):
+            raise PictureUnavailable(f"{_shown(url)} is more than {max_bytes} bytes, or too slow.", 413)
+        return picture.content_type, bytes(body)
 
-    def _accept(self, url: str, response: httpx.Response, max_bytes: int, deadline: float) -> Picture:
+    def _finish(self, opened: AbstractContextManager[Any] | None) -> None:
+        try:
+            if opened is not None:
+                opened.__exit__(None, None, None)
+        finally:
+            self._slots.release()
+
+    def _accept(
+        self,
+        url: str,
+        response: httpx.Response,
+        opened: AbstractContextManager[Any],
+        max_bytes: int,
+        deadline: float,
+    ) -> Picture:
         if response.status_code != 200:
             gone = response.status_code in (403, 404, 410)
             raise PictureUnavailable(
-                f"{shown_url(url)} answered HTTP {response.status_code}"
+                f"{_shown(url)} answered HTTP {response.status_code}"
                 + ("; RunComfy's URLs are temporary, keep copies with output_dir." if gone else "."),
                 404 if gone else 502,
             )
@@ -255,49 +290,76 @@ class Fetcher:
             declared, _ = media_type(url, response.headers.get("content-type"))
         except OutputDownloadError as error:
             raise PictureUnavailable(error.message, 415) from None
-        content_type = checked_type(declared, shown_url(url))
+        content_type = checked_type(declared, _shown(url))
         if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
-            # Decoding is where a small body becomes gigabytes; pictures are compressed already.
-            raise PictureUnavailable(f"{shown_url(url)} answered with a compressed body; not shown.", 502)
+            raise PictureUnavailable(f"{_shown(url)} answered with a compressed body; not shown.", 502)
         length = response.headers.get("content-length", "")
         announced = int(length) if length.strip().isdigit() else None
         if announced is not None and announced > max_bytes:
-            raise PictureUnavailable(
-                f"{shown_url(url)} is {announced} bytes, more than this view shows.", 413
-            )
-        return Picture(content_type, announced, None, self._chunks(response, max_bytes, deadline))
+            raise PictureUnavailable(f"{_shown(url)} is {announced} bytes, more than this view shows.", 413)
+        return Picture(content_type, announced, None, self._chunks(response, opened, max_bytes, deadline))
 
-    async def _chunks(
-        self, response: httpx.Response, max_bytes: int, deadline: float
-    ) -> AsyncIterator[bytes]:
-        sent = 0
+    def _chunks(
+        self, response: httpx.Response, opened: AbstractContextManager[Any], max_bytes: int, deadline: float
+    ) -> Iterator[bytes]:
+        return _Body(response, lambda: self._finish(opened), max_bytes, deadline)
+
+
+class _Body:
+    """A fetched picture's bytes; gives the connection and the fetch slot back once, however it ends.
+
+    Not a generator: one that is never started (the browser went away before the first
+    chunk) never runs its ``finally``, and the slot would be lost for the process's life.
+    """
+
+    def __init__(self, response: httpx.Response, finish: Any, max_bytes: int, deadline: float) -> None:
+        self._raw = response.iter_raw(CHUNK_SIZE)
+        self._finish: Any = finish
+        self._left = max_bytes
+        self._deadline = deadline
+        #: Whether the body was cut off (too large, or too slow).
+        self.cut = False
+
+    def __iter__(self) -> _Body:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._finish is None:
+            raise StopIteration
         try:
-            async for chunk in response.aiter_raw(CHUNK_SIZE):
-                sent += len(chunk)
-                # Headers are gone already: a picture that grows past the cap or the time
-                # limit is cut off, and the browser shows it as broken.
-                if sent > max_bytes or time.monotonic() > deadline:
-                    return
-                yield chunk
-        except httpx.TransportError:
-            return
-        finally:
-            await response.aclose()
-            self._slots.release()
+            chunk = next(self._raw)
+        except (StopIteration, httpx.TransportError):
+            self.close()
+            raise StopIteration from None
+        self._left -= len(chunk)
+        # Headers are gone already: a picture that grows past the cap or the time limit
+        # is cut off, and the browser shows it as broken.
+        if self._left < 0 or time.monotonic() > self._deadline:
+            self.cut = True
+            self.close()
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        finish, self._finish = self._finish, None
+        if finish is not None:
+            finish()
+
+    def __del__(self) -> None:
+        self.close()
 
 
-async def _checked(policy: UrlPolicy, url: str, previous: str | None) -> list[str]:
-    """The addresses ``url`` may be fetched from (the resolver blocks: it runs in a thread)."""
+def _shown(url: str) -> str:
+    """``shown_url`` that survives a URL no parser accepts (it is shown cut, without its query)."""
     try:
-        return await asyncio.to_thread(policy.check, url, previous)
-    except URLRefused as refused:
-        raise PictureUnavailable(f"Not fetching {shown_url(url)}: {refused.problem}.", 403) from None
-    except HostUnresolvable:
-        raise PictureUnavailable(f"The host of {shown_url(url)} could not be resolved.", 502) from None
+        return shown_url(url)
+    except ValueError:
+        return url.split("?", 1)[0][:80]
 
 
 def picture_kind(source: str) -> str:
     """``data``, ``url`` or ``stored`` (a storage URI or path) for an input or output location."""
     if source.startswith("data:"):
         return "data"
-    return "url" if urlsplit(source).scheme in ("http", "https") else "stored"
+    scheme = source.split(":", 1)[0].lower() if ":" in source else ""
+    return "url" if scheme in ("http", "https") else "stored"

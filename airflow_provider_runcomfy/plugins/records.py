@@ -13,11 +13,10 @@ up here, so the endpoint cannot be turned into an open proxy.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from airflow_provider_runcomfy.outputs.files import safe_segment
 
@@ -60,18 +59,36 @@ class Item:
     try_number: int | None = None
     operator: str | None = None
 
+    #: The task's rendered ``output_dir``: the only tree its kept copies may be served from.
+    output_dir: str | None = None
+    #: Where ``status`` came from: ``None`` (the task recorded it) or ``"runcomfy"`` (asked now).
+    status_source: str | None = None
+
     @property
     def succeeded(self) -> bool:
         return self.status == "succeeded"
 
     @property
     def failed(self) -> bool:
-        """Ended without outputs: the task failed, or its RunComfy job did."""
-        return not self.succeeded and (self.state in ("failed", "upstream_failed") or self.status == "failed")
+        """Ended without outputs: the task failed, or its RunComfy job did not succeed."""
+        if self.succeeded:
+            return False
+        return self.state in ("failed", "upstream_failed") or self.status in ENDED_WITHOUT_OUTPUTS
 
     @property
     def output_count(self) -> int:
         return max(len(self.outputs), len(self.stored))
+
+    @property
+    def input_name(self) -> str:
+        """What a reviewer recognises an item by: its first input's file name, or its prompt's start."""
+        for location in self.inputs:
+            name = file_name(location)
+            if name:
+                return name
+        if self.prompt:
+            return self.prompt if len(self.prompt) <= 48 else self.prompt[:47].rstrip() + "…"
+        return ""
 
     def output_source(self, n: int) -> tuple[str, str] | None:
         """``("stored", uri)`` of output ``n``'s kept copy if it may be served, else ``("url", url)``."""
@@ -83,25 +100,93 @@ class Item:
             return "url", self.outputs[n]
         return None
 
-    def is_own_copy(self, uri: str) -> bool:
-        """Whether ``uri`` is in this run's folder of ``output_dir`` and has a picture's extension.
+    def task_folder(self) -> tuple[str, str, tuple[str, ...]] | None:
+        """``{output_dir}/{dag_id}/{run_id}/{task_id}/{map_index}`` as ``location_parts``, or None.
 
-        The URI comes from XCom, which users with XCom write access can edit: without this
-        check the API server would read whatever file an XCom names.
+        The folder ``outputs.files`` writes this task instance's copies (and a batch's
+        manifest) to, built from the task's own rendered ``output_dir``: never from a
+        path a param, an XCom or a manifest line names.
         """
-        return self.in_run_folder(uri) and extension(uri) in MEDIA_EXTENSIONS
+        if not self.output_dir:
+            return None
+        base = location_parts(self.output_dir)
+        if base is None:
+            return None
+        scheme, netloc, segments = base
+        own = (safe_segment(self.dag_id), safe_segment(self.run_id), safe_segment(self.task_id))
+        return scheme, netloc, (*segments, *own, str(self.map_index))
 
-    def in_run_folder(self, uri: str) -> bool:
-        """Whether ``uri`` is under ``{output_dir}/{dag_id}/{run_id}/``, where this run's files go."""
-        path = urlsplit(uri).path if "://" in uri else uri
-        # The folder ``outputs.files.run_directory`` writes to.
-        run_folder = f"/{safe_segment(self.dag_id)}/{safe_segment(self.run_id)}/"
-        return run_folder in path and ".." not in path.split("/")
+    def in_task_folder(self, uri: str) -> bool:
+        """Whether ``uri`` lies inside ``task_folder`` (no ``..``, no other scheme or bucket)."""
+        folder, found = self.task_folder(), location_parts(uri)
+        if folder is None or found is None:
+            return False
+        depth = len(folder[2])
+        return found[:2] == folder[:2] and len(found[2]) > depth and found[2][:depth] == folder[2]
+
+    def is_own_copy(self, uri: str) -> bool:
+        """Whether ``uri`` is a picture in this task instance's folder of its ``output_dir``.
+
+        The URI comes from XCom or a manifest line, which a user may write: without this
+        check the API server would read whatever file they name (another DAG's pictures).
+        """
+        return self.in_task_folder(uri) and extension(uri) in MEDIA_EXTENSIONS
+
+    def is_own_manifest(self, uri: str) -> bool:
+        """Whether ``uri`` is this task instance's ``manifest.jsonl`` (``batch.finishing`` writes it)."""
+        folder, found = self.task_folder(), location_parts(uri)
+        return folder is not None and found == (folder[0], folder[1], (*folder[2], "manifest.jsonl"))
+
+
+#: RunComfy statuses (of a job or a batch line) that end without outputs.
+ENDED_WITHOUT_OUTPUTS = frozenset({"failed", "cancelled", "invalid", "unknown", "not_submitted"})
+
+
+def location_parts(uri: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """``(scheme, bucket or host, path segments)`` of a storage location; None if it is not one.
+
+    A plain path and ``file://`` are the same place; ``.`` and empty segments are dropped, and a
+    location with ``..`` anywhere is not one (a climb out of a folder is never served).
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return None
+    if "://" not in uri:
+        scheme, netloc, path = "file", "", uri
+    else:
+        scheme, netloc, path = parts.scheme.lower(), parts.netloc, parts.path
+        if scheme == "local":
+            scheme = "file"
+        if scheme == "file" and netloc not in ("", "localhost"):
+            return None
+        if scheme == "file":
+            netloc = ""
+    if parts.query or parts.fragment or "\\" in path or "\x00" in path:
+        return None
+    segments = tuple(s for s in path.split("/") if s not in ("", "."))
+    if ".." in segments:
+        return None
+    return scheme, netloc, segments
+
+
+def file_name(location: str) -> str:
+    """The file name a person knows a picture by (``street.png``), or ``""`` for an inline one."""
+    if location.startswith("data:"):
+        return ""
+    try:
+        path = urlsplit(location).path if "://" in location else location
+    except ValueError:
+        return ""
+    return unquote(path.rstrip("/").rsplit("/", 1)[-1])[:80]
 
 
 def extension(uri: str) -> str:
     """The lower-case extension of ``uri``'s file name (query and fragment ignored), or ``""``."""
-    name = (urlsplit(uri).path if "://" in uri else uri).rsplit("/", 1)[-1]
+    try:
+        name = (urlsplit(uri).path if "://" in uri else uri).rsplit("/", 1)[-1]
+    except ValueError:  # a malformed URL (``https://[::1/x.png``) has no file name worth trusting
+        return ""
     return name.rsplit(".", 1)[-1].lower() if "." in name else ""
 
 
@@ -144,8 +229,9 @@ def item_from_result(item: Item, result: Any) -> None:
 def item_from_manifest_line(parent: Item, index: int, record: Mapping[str, Any]) -> Item:
     """One line of a batch manifest as an ``Item`` of the batch's task instance."""
     item = Item(parent.dag_id, parent.run_id, parent.task_id, parent.map_index, item=index)
-    item.model_id = parent.model_id
+    item.model_id = _text(record.get("model_id")) or parent.model_id
     item.state = parent.state
+    item.output_dir = parent.output_dir
     item_from_result(item, record)
     given = record.get("input")
     if isinstance(given, Mapping):
@@ -241,43 +327,10 @@ def load_items(
             item.inputs = input_images(fields)
             item.prompt = _text(fields.get("prompt")) or _text(_mapping(fields.get("input")).get("prompt"))
             item.model_id = item.model_id or _text(fields.get("model_id"))
+            item.output_dir = _text(fields.get("output_dir"))
         item.model_id = item.model_id or _model_of_operator(item.operator)
         items.append(item)
     return items
-
-
-def read_manifest_lines(
-    uri: str, *, max_bytes: int, skip: int = 0, limit: int | None = None
-) -> Iterable[Any]:
-    """The JSON lines of a manifest (any ``ObjectStoragePath`` URI), reading at most ``max_bytes``.
-
-    Yields ``(index, record)``; lines before ``skip`` are counted but not parsed.
-    """
-    from airflow.sdk import ObjectStoragePath
-
-    path = ObjectStoragePath(uri)
-    read = 0
-    with path.fs.open(path.path, "rb") as file:
-        for index, line in enumerate(file):
-            read += len(line)
-            if read > max_bytes:
-                raise ValueError(f"the manifest is larger than {max_bytes} bytes; open it from its storage")
-            if index < skip or not line.strip():
-                continue
-            if limit is not None and index >= skip + limit:
-                yield index, None  # there is more: the caller shows a "next page" link
-                return
-            record = json.loads(line)
-            yield index, record if isinstance(record, Mapping) else {}
-
-
-def filter_items(items: Sequence[Item], show: str) -> list[Item]:
-    """``show``: ``all``, ``succeeded`` or ``failed``."""
-    if show == "succeeded":
-        return [item for item in items if item.succeeded]
-    if show == "failed":
-        return [item for item in items if item.failed]
-    return list(items)
 
 
 def _model_of_operator(operator: str | None) -> str | None:

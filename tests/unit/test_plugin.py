@@ -56,20 +56,46 @@ def test_input_pictures_come_from_the_typed_fields_and_any_model_input() -> None
     assert input_images({"prompt": "no pictures", "image_url": None}) == []
 
 
-def test_a_kept_copy_is_served_only_from_this_runs_folder_with_a_picture_extension() -> None:
-    copy = f"file:///data/out/dag_a/{RUN.replace(':', '_').replace('+', '_')}/edit/-1/req_0.png"
-    assert item().is_own_copy(copy)
-    assert item().is_own_copy("s3://bucket/prefix" + copy.removeprefix("file:///data/out"))
-    # What an edited XCom could name instead: a config file, another run, a climb out of the folder.
-    assert not item().is_own_copy("file:///home/airflow/airflow.cfg")
-    assert not item().is_own_copy(copy.replace("req_0.png", "airflow.cfg"))
-    assert not item().is_own_copy(copy.replace(RUN.replace(":", "_").replace("+", "_"), "other_run"))
-    assert not item().is_own_copy(copy.replace("/edit/", "/../../etc/") + "/x.png")
+SAFE_RUN = RUN.replace(":", "_").replace("+", "_")
+
+
+def test_a_kept_copy_is_served_only_from_this_task_instances_folder_of_its_own_output_dir() -> None:
+    mine = item(output_dir="file:///data/out")
+    copy = f"file:///data/out/dag_a/{SAFE_RUN}/edit/-1/req_0.png"
+    assert mine.is_own_copy(copy)
+    assert mine.is_own_copy(f"/data/out/dag_a/{SAFE_RUN}/edit/-1/outputs/3_0.png")  # a plain path is file://
+    assert item(output_dir="s3://bucket/prefix").is_own_copy(
+        f"s3://bucket/prefix/dag_a/{SAFE_RUN}/edit/-1/r.png"
+    )
+    # What an edited XCom or manifest line could name instead: a config file, another DAG's
+    # or task's picture, another bucket, a climb out of the folder.
+    assert not mine.is_own_copy("file:///home/airflow/airflow.cfg")
+    assert not mine.is_own_copy(copy.replace("req_0.png", "airflow.cfg"))
+    assert not mine.is_own_copy(copy.replace("/dag_a/", "/victim_dag/"))
+    assert not mine.is_own_copy(copy.replace(SAFE_RUN, "other_run"))
+    assert not mine.is_own_copy(copy.replace("/edit/-1/", "/other_task/-1/"))
+    assert not mine.is_own_copy(copy.replace("/edit/-1/", "/edit/0/"))
+    assert not mine.is_own_copy(copy.replace("/edit/", "/edit/../../victim_dag/") + "/x.png")
+    assert not mine.is_own_copy(f"s3://data/out/dag_a/{SAFE_RUN}/edit/-1/req_0.png")
+    # The run's folder inside someone else's tree (the old substring rule let this through).
+    assert not mine.is_own_copy(f"file:///victims/dag_a/{SAFE_RUN}/edit/-1/req_0.png")
+    # No output_dir rendered for the task: it kept nothing, so nothing is served as a copy.
+    assert not item().is_own_copy(copy)
+
+
+def test_a_batch_serves_only_its_own_manifest() -> None:
+    batch = Item("dag_a", RUN, "batch", -1, output_dir="file:///data/out")
+    own = f"file:///data/out/dag_a/{SAFE_RUN}/batch/-1/manifest.jsonl"
+    assert batch.is_own_manifest(own)
+    assert not batch.is_own_manifest(own.replace("/dag_a/", "/victim_dag/"))
+    assert not batch.is_own_manifest(own.replace("manifest.jsonl", "ledger.jsonl"))
+    assert not batch.is_own_manifest(f"file:///data/out/dag_a/{SAFE_RUN}/edit/-1/manifest.jsonl")
 
 
 def test_an_output_is_read_from_its_kept_copy_or_else_from_its_url() -> None:
-    own = f"file:///out/dag_a/{RUN.replace(':', '_').replace('+', '_')}/edit/-1/r_0.png"
+    own = f"file:///out/dag_a/{SAFE_RUN}/edit/-1/r_0.png"
     record = item(
+        output_dir="/out",
         outputs=["https://cdn/a.png", "https://cdn/b.png"],
         stored=[{"uri": own}, {"uri": "file:///etc/passwd"}],
     )
@@ -135,16 +161,11 @@ def test_an_inline_picture_is_decoded_and_an_inline_svg_refused() -> None:
 
 
 def fetch(url: str, *, api_base_url: str | None, max_bytes: int = 50_000_000) -> tuple[str, bytes]:
-    async def go() -> tuple[str, bytes]:
-        fetcher = Fetcher()
-        try:
-            opened = await fetcher.open(url, api_base_url=api_base_url, max_bytes=max_bytes)
-            body = b"".join([chunk async for chunk in opened.chunks])  # type: ignore[union-attr]
-            return opened.content_type, body
-        finally:
-            await fetcher.aclose()
-
-    return asyncio.run(go())
+    fetcher = Fetcher()
+    try:
+        return fetcher.read(url, api_base_url=api_base_url, max_bytes=max_bytes)
+    finally:
+        fetcher.close()
 
 
 def test_a_picture_url_is_fetched_through_the_url_policy(runcomfy_emulator: RunComfyEmulator) -> None:
@@ -212,8 +233,10 @@ def test_links_address_pictures_by_task_instance_never_by_url() -> None:
     )
     page = html.task_page(record, prefix="/airflow/runcomfy")
     run = "manual__2026-01-01T00%3A00%3A00%2B00%3A00"
-    assert f'src="/airflow/runcomfy/picture/dag_a/{run}/edit/-1/input/0"' in page
-    assert f'src="/airflow/runcomfy/picture/dag_a/{run}/edit/-1/output/0"' in page
+    # The page shows thumbnails made by the API server; a click opens the picture itself.
+    assert f'src="/airflow/runcomfy/picture/dag_a/{run}/edit/-1/input/0?size=view"' in page
+    assert f'href="/airflow/runcomfy/picture/dag_a/{run}/edit/-1/output/0"' in page
+    assert f'src="/airflow/runcomfy/picture/dag_a/{run}/edit/-1/output/0?size=view"' in page
     assert "cdn/a.png" in page and 'src="https://' not in page
 
 
@@ -335,38 +358,32 @@ def test_the_provider_registers_the_plugin_and_its_views_are_valid_for_the_ui() 
 
 
 def test_a_gallery_is_filtered_and_paged() -> None:
-    from airflow_provider_runcomfy.plugins.app import PAGE_SIZE, _paged
+    from airflow_provider_runcomfy.plugins.app import PAGE_SIZE, Segment, paged
 
     items = [item(status="succeeded", state="success", request_id=f"ok{i}") for i in range(PAGE_SIZE + 3)]
     items += [item(status="failed", state="failed", request_id="bad")]
+    segments = [Segment(each) for each in items]
 
     def href(show: str, page: int) -> str:
         return f"?show={show}&page={page}"
 
-    shown, counts, pager = _paged(items, "all", 1, href)
+    shown, counts, pager = paged(segments, "all", 1, href)
     assert counts == {"all": PAGE_SIZE + 4, "succeeded": PAGE_SIZE + 3, "failed": 1}
     assert len(shown) == PAGE_SIZE and "?show=all&amp;page=2" not in pager and "?show=all&page=2" in pager
-    shown, _, pager = _paged(items, "all", 99, href)  # past the end: the last page
+    shown, _, pager = paged(segments, "all", 99, href)  # past the end: the last page
     assert [i.request_id for i in shown][-1] == "bad" and "?show=all&page=1" in pager
-    shown, _, pager = _paged(items, "failed", 1, href)
+    shown, _, pager = paged(segments, "failed", 1, href)
     assert [i.request_id for i in shown] == ["bad"] and pager == ""
-    assert len(_paged(items, "<script>", 1, href)[0]) == PAGE_SIZE  # an unknown filter shows all
-
-
-def test_a_manifest_is_read_within_its_cap_and_one_line_without_parsing_the_others(tmp_path: Path) -> None:
-    from airflow_provider_runcomfy.plugins.records import read_manifest_lines
-
-    manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text(
-        "\n".join(json.dumps({"index": i, "status": "succeeded"}) for i in range(5)) + "\n{broken"
-    )
-    assert [i for i, _ in read_manifest_lines(manifest.as_uri(), max_bytes=10_000, skip=2, limit=1)] == [2, 3]
-    with pytest.raises(ValueError, match="larger than 50 bytes"):
-        list(read_manifest_lines(manifest.as_uri(), max_bytes=50))
+    assert len(paged(segments, "<script>", 1, href)[0]) == PAGE_SIZE  # an unknown filter shows all
 
 
 def test_a_video_output_is_shown_as_a_video() -> None:
-    own = f"file:///out/dag_a/{RUN.replace(':', '_').replace('+', '_')}/edit/-1/r_0.mp4"
-    record = item(stored=[{"uri": own, "bytes": 10}], outputs=["https://cdn/v.mp4"], status="succeeded")
+    own = f"file:///out/dag_a/{SAFE_RUN}/edit/-1/r_0.mp4"
+    record = item(
+        output_dir="file:///out",
+        stored=[{"uri": own, "bytes": 10}],
+        outputs=["https://cdn/v.mp4"],
+        status="succeeded",
+    )
     page = html.task_page(record, prefix="/runcomfy")
     assert '<video src="/runcomfy/picture/dag_a/' in page and "/output/0" in page

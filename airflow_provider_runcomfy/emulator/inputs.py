@@ -35,7 +35,7 @@ class InputFetchError(Exception):
 
 
 def _shorten(url: str) -> str:
-    return url if len(url) <= 96 else url[:80] + "...(" + str(len(url)) + " chars)"
+    return url if len(url) <= 2048 else url[:2000] + "...(" + str(len(url)) + " chars)"
 
 
 async def fetch_input(

@@ -27,6 +27,13 @@ NANO_BANANA_EDIT = "google/nano-banana/edit"
 FLUX_KONTEXT_MAX_EDIT = "blackforestlabs/flux-1-kontext/max/edit"
 WAN_IMAGE_TO_VIDEO = "wan-ai/wan-2-2/image-to-video"
 IMAGE_UPSCALE = "runcomfy/image-upscale"
+#: A model whose published schema is hostile: a nested-quantifier pattern (exponential in Python's
+#: ``re``), the same as ``patternProperties``, and a lookahead no linear-time engine runs.
+HOSTILE_PATTERN_EDIT = "acme/hostile-pattern/edit"
+#: The nested-quantifier pattern, published as is (RunComfy's answer is not trusted).
+HOSTILE_PATTERN = r"^(\w+\s?)*$"
+#: A pattern with a lookahead: valid JSON Schema, but RE2 cannot run it.
+LOOKAHEAD_PATTERN = r"^(?!forbidden).*$"
 
 PriceUnit = Literal["image", "second", "request"]
 
@@ -87,6 +94,21 @@ class ImageUpscaleInput(_Input):
 
     image_url: str = Field(json_schema_extra=_URL)
     scale: Literal[2, 4] = 2
+
+
+class HostilePatternInput(_Input):
+    """Input of ``acme/hostile-pattern/edit``: its patterns are published, not applied by the emulator."""
+
+    prompt: str = Field(max_length=1000, json_schema_extra={"pattern": HOSTILE_PATTERN})
+    image_url: str = Field(json_schema_extra=_URL)
+    style: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra={"pattern": LOOKAHEAD_PATTERN})
+    tags: dict[str, str] | SkipJsonSchema[None] = Field(
+        default=None,
+        json_schema_extra={
+            "patternProperties": {HOSTILE_PATTERN: {"type": "string"}},
+            "additionalProperties": False,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -172,6 +194,16 @@ CATALOG: dict[str, ModelSpec] = {
         0.01,
         "request",
         "$0.01 per request (emulator fixture)",
+    ),
+    HOSTILE_PATTERN_EDIT: ModelSpec(
+        HOSTILE_PATTERN_EDIT,
+        "Hostile Pattern Edit",
+        HostilePatternInput,
+        "image",
+        None,
+        0.01,
+        "request",
+        "$0.01 per request (emulator fixture with hostile published patterns)",
     ),
 }
 

@@ -86,6 +86,15 @@ class _CompiledSchema:
         except UnusableSchemaError as exc:
             return f"its published input schema is unusable: {exc}"
 
+    @cached_property
+    def skipped_patterns(self) -> list[str]:
+        """The published patterns RE2 cannot run (``field: ...`` lines): those checks are skipped."""
+        from airflow_provider_runcomfy.models.schema import unevaluable_patterns
+
+        if self.info is None or self.info.input_schema is None or isinstance(self.validator, str):
+            return []
+        return unevaluable_patterns(self.info.input_schema)
+
 
 @dataclass(frozen=True)
 class ModelLookup:
@@ -104,6 +113,11 @@ class ModelLookup:
     def validator(self) -> Validator | str:
         """The compiled input schema, or why the input cannot be checked (a sentence fragment)."""
         return self._schema.validator
+
+    @property
+    def skipped_patterns(self) -> list[str]:
+        """Published patterns that cannot be evaluated in linear time, so are not checked."""
+        return self._schema.skipped_patterns
 
     def reused(self) -> ModelLookup:
         """This lookup as answered from memory: the same info and compiled schema, ``cached=True``."""
@@ -228,17 +242,25 @@ class InputChecker:
             return
         if problems:
             raise invalid_input(self.model_id, problems)
+        self._skipped_patterns()
         self._warn_undeclared(payload)
 
-    def _unavailable(self, why: str) -> None:
+    def _skipped_patterns(self) -> None:
+        """A pattern that cannot run safely is a part of the schema that is unavailable: same choice."""
+        skipped = self.lookup.skipped_patterns
+        if skipped:
+            self._unavailable("; ".join(skipped), what="fully checked")
+
+    def _unavailable(self, why: str, what: str = "checked") -> None:
         if self.on_unavailable == "fail":
             raise SchemaUnavailableError(
-                f"Not submitted: the input of {self.model_id} cannot be checked, because {why}, and "
+                f"Not submitted: the input of {self.model_id} cannot be {what}, because {why}, and "
                 "on_schema_unavailable='fail'. Retry later, or set on_schema_unavailable='warn' to "
                 "submit unchecked (RunComfy then checks the input itself)."
             )
         self._warn(
-            f"The input of {self.model_id} is submitted unchecked, because {why}; RunComfy checks it "
+            f"The input of {self.model_id} is submitted {'unchecked' if what == 'checked' else 'partly checked'}, "
+            f"because {why}; RunComfy checks it "
             "itself (a mistake fails the job). Set on_schema_unavailable='fail' to refuse instead."
         )
 

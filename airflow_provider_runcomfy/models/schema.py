@@ -1,4 +1,4 @@
-"""Inputs checked against a model's published JSON Schema, with messages a DAG author can act on.
+r"""Inputs checked against a model's published JSON Schema, with messages a DAG author can act on.
 
 Only the two seed models have typed input classes here; RunComfy has many more
 models, each publishing its input as a JSON Schema (``GET /v1/models/{id}``).
@@ -13,15 +13,26 @@ document is never fetched (jsonschema's ``referencing`` retrieves nothing by
 default), a schema that is not valid JSON Schema is reported as unusable rather
 than applied, and ``format`` is not asserted (RunComfy's own Ajv forms do not
 either, and a wrong guess would refuse a valid input).
+
+Its regular expressions (``pattern``, ``patternProperties``) are not trusted either:
+Python's ``re`` backtracks, and ``^(\w+\s?)*$`` took a minute of CPU on a 48-character
+prompt, doubling with each character. They run on RE2 (``google-re2``), whose time is
+linear in the input whatever the pattern. A pattern RE2 cannot run (a backreference, a
+lookaround, one too large for its memory bound) is skipped -- that one check only, every
+other keyword still applies -- and named by ``unevaluable_patterns`` so the caller warns,
+or refuses with ``on_schema_unavailable="fail"``. Skipping rather than refusing the model:
+RunComfy checks the input itself when the job arrives, while refusing would make a model
+unusable for a pattern we merely cannot run safely (see docs/retries-and-billing.md).
 """
 
 from __future__ import annotations
 
 import difflib
-import re
-from collections.abc import Mapping
+import functools
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import re2
 from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.protocols import Validator
@@ -54,7 +65,24 @@ def compile_schema(schema: Mapping[str, Any]) -> Validator:
         cls.check_schema(schema)
     except SchemaError as exc:
         raise UnusableSchemaError(f"it is not a valid JSON Schema ({_cut(exc.message)})") from None
-    return cls(schema)
+    return _linear(cls)(schema)
+
+
+def unevaluable_patterns(schema: Mapping[str, Any]) -> list[str]:
+    """One ``field: ...`` line per published pattern RE2 cannot run: those checks are skipped.
+
+    Found by walking the schema (``properties`` name the fields), so the caller can say
+    which check is missing before any input is checked, once per model.
+    """
+    found = []
+    for where, pattern in _published_patterns(schema, "", 0):
+        why = _unevaluable(pattern)
+        if why is not None:
+            found.append(
+                f"{where or 'input'}: the pattern {_cut(pattern, 80)!r} cannot be evaluated in linear time "
+                f"({why}); this check is skipped"
+            )
+    return found
 
 
 def input_problems(validator: Validator, payload: Mapping[str, Any]) -> list[str]:
@@ -98,8 +126,7 @@ def _describe(error: ValidationError) -> list[str]:
         return [f"{_join(path, name)}: is required" for name in missing]
     if kind == "additionalProperties" and isinstance(instance, Mapping):
         declared = list(schema.get("properties") or {})
-        patterns = list(schema.get("patternProperties") or {})
-        extras = [k for k in instance if k not in declared and not any(_search(p, k) for p in patterns)]
+        extras = [k for k in instance if k not in declared and not _matches_any(schema, k)]
         return [f"{_join(path, key)}: {_not_an_input(key, declared, top=not path)}" for key in extras]
     if kind in ("anyOf", "oneOf") and error.context:
         # ``X | None`` is published as anyOf [X, null]: the null branch's complaint says nothing useful.
@@ -153,11 +180,171 @@ def _join(path: str, name: object) -> str:
     return f"{path}.{name}" if path else str(name)
 
 
-def _search(pattern: str, key: str) -> bool:
+def _search(pattern: str, text: str) -> bool | None:
+    """Whether RE2 finds ``pattern`` in ``text``; None when RE2 cannot run the pattern (skipped)."""
+    compiled = _compiled(pattern)
+    return None if isinstance(compiled, str) else compiled.search(text) is not None
+
+
+#: Memory RE2 may use for one compiled pattern: a pattern needing more is not run (skipped).
+_RE2_MAX_MEM = 8 << 20
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(pattern: str) -> Any:
+    """The RE2 program for ``pattern``, or why RE2 cannot run it (cached: a batch checks each item)."""
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print every refused pattern to stderr
+    options.max_mem = _RE2_MAX_MEM
     try:
-        return re.search(pattern, key) is not None
-    except re.error:
-        return False
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        message = exc.args[0] if exc.args else exc
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+        return _cut(text, 80)
+    except (TypeError, ValueError) as exc:  # not a str, or a NUL the binding refuses
+        return _cut(str(exc), 80)
+
+
+def _unevaluable(pattern: object) -> str | None:
+    compiled = _compiled(pattern) if isinstance(pattern, str) else "not a string"
+    return compiled if isinstance(compiled, str) else None
+
+
+#: Keywords whose values are data, not subschemas: a ``pattern`` key inside them is not a pattern.
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example", "required"})
+#: Deeper than this, a schema is not walked for patterns (a hostile one can nest without end).
+_MAX_DEPTH = 64
+
+
+def _published_patterns(node: Any, path: str, depth: int) -> Iterator[tuple[str, str]]:
+    """``(field path, pattern)`` of every ``pattern`` and ``patternProperties`` key under ``node``."""
+    if depth > _MAX_DEPTH:
+        return
+    if isinstance(node, list):
+        for item in node:
+            yield from _published_patterns(item, path, depth + 1)
+        return
+    if not isinstance(node, Mapping):
+        return
+    for key, value in node.items():
+        if key == "pattern" and isinstance(value, str):
+            yield path, value
+        elif key == "patternProperties" and isinstance(value, Mapping):
+            for pattern, subschema in value.items():
+                yield _join(path, f"(keys matching {_cut(str(pattern), 40)!r})"), pattern
+                yield from _published_patterns(subschema, path, depth + 1)
+        elif key == "properties" and isinstance(value, Mapping):
+            for name, subschema in value.items():
+                yield from _published_patterns(subschema, _join(path, name), depth + 1)
+        elif key not in _DATA_KEYWORDS:
+            yield from _published_patterns(value, path, depth + 1)
+
+
+# The keywords that run a regular expression, on RE2. A pattern RE2 cannot run matches nothing
+# and refuses nothing: its check is skipped (``unevaluable_patterns`` says so).
+
+
+def _pattern(validator: Any, pattern: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and _search(pattern, instance) is False:
+        yield ValidationError(f"{short(instance)} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: Any, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _matches_any(schema: Any, key: str) -> bool:
+    """Whether ``key`` is claimed by one of the schema's ``patternProperties`` (RE2; skipped ones claim)."""
+    patterns = schema.get("patternProperties") or {}
+    # A skipped pattern cannot say "not mine": the key is let through rather than refused.
+    return any(_search(pattern, key) is not False for pattern in patterns)
+
+
+def _additional_properties(
+    validator: Any, extra: Any, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    properties = schema.get("properties") or {}
+    extras = [key for key in instance if key not in properties and not _matches_any(schema, key)]
+    if validator.is_type(extra, "object"):
+        for key in extras:
+            yield from validator.descend(instance[key], extra, path=key)
+    elif extra is False and extras:
+        yield ValidationError(
+            f"Additional properties are not allowed ({', '.join(map(repr, sorted(extras)))})"
+        )
+
+
+def _unevaluated_properties(
+    validator: Any, unevaluated: Any, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    evaluated = _evaluated_keys(validator, instance, schema, 0)
+    bad = [
+        key
+        for key in instance
+        if key not in evaluated
+        and next(validator.descend(instance[key], unevaluated, path=key, schema_path=key), None) is not None
+    ]
+    if bad:
+        yield ValidationError(f"Unevaluated properties are not allowed ({', '.join(map(repr, sorted(bad)))})")
+
+
+def _evaluated_keys(validator: Any, instance: Any, schema: Any, depth: int) -> set[str]:
+    """The keys of ``instance`` some keyword of ``schema`` evaluated (jsonschema's rule, RE2 for patterns)."""
+    if not isinstance(schema, Mapping) or depth > _MAX_DEPTH:
+        return set()
+    keys: set[str] = set()
+    for ref in ("$ref", "$dynamicRef", "$recursiveRef"):
+        if isinstance(schema.get(ref), str):
+            resolved = validator._resolver.lookup(schema[ref])
+            inner = validator.evolve(schema=resolved.contents, _resolver=resolved.resolver)
+            keys |= _evaluated_keys(inner, instance, resolved.contents, depth + 1)
+    properties = schema.get("properties")
+    if isinstance(properties, Mapping):
+        keys |= properties.keys() & instance.keys()
+    for keyword in ("additionalProperties", "unevaluatedProperties"):
+        if (subschema := schema.get(keyword)) is not None:
+            keys |= {k for k, v in instance.items() if next(validator.descend(v, subschema), None) is None}
+    if "patternProperties" in schema:
+        keys |= {key for key in instance if _matches_any(schema, key)}
+    for name, subschema in (schema.get("dependentSchemas") or {}).items():
+        if name in instance:
+            keys |= _evaluated_keys(validator, instance, subschema, depth + 1)
+    for keyword in ("allOf", "oneOf", "anyOf"):
+        for subschema in schema.get(keyword) or []:
+            if next(validator.descend(instance, subschema), None) is None:
+                keys |= _evaluated_keys(validator, instance, subschema, depth + 1)
+    if "if" in schema:
+        if validator.evolve(schema=schema["if"]).is_valid(instance):
+            keys |= _evaluated_keys(validator, instance, schema["if"], depth + 1)
+            keys |= _evaluated_keys(validator, instance, schema.get("then"), depth + 1)
+        else:
+            keys |= _evaluated_keys(validator, instance, schema.get("else"), depth + 1)
+    return keys
+
+
+@functools.cache
+def _linear(cls: type[Validator]) -> type[Validator]:
+    """``cls`` with every keyword that runs a regular expression on RE2 (one class per draft)."""
+    replaced: dict[str, Any] = {
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+    }
+    if "unevaluatedProperties" in cls.VALIDATORS:
+        replaced["unevaluatedProperties"] = _unevaluated_properties
+    return validators.extend(cls, replaced)
 
 
 def _cut(text: str, limit: int = 200) -> str:

@@ -9,14 +9,19 @@ bodies without a Content-Length).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 
-from airflow_provider_runcomfy.client import RunComfyClient
+from airflow_provider_runcomfy.client import Outcome, OutcomeKind, RunComfyClient
 from airflow_provider_runcomfy.client.download import (
     OutputContentTypeError,
     OutputDownloader,
@@ -28,6 +33,7 @@ from airflow_provider_runcomfy.client.download import (
     check_output_url,
 )
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
+from airflow_provider_runcomfy.operators.runcomfy import FluxKontextProEditOperator
 
 FLUX = "blackforestlabs/flux-1-kontext/pro/edit"
 
@@ -53,6 +59,13 @@ class Sinks:
     def kept(self) -> bytes:
         (kept,) = [s for s in self.opened if s not in self.discarded]
         return kept.getvalue()
+
+
+class StateStore(dict):  # type: ignore[type-arg]
+    """What ``context["task_state_store"]`` is to the store: ``get`` and ``set`` of JSON values."""
+
+    def set(self, key: str, value: Any) -> None:
+        self[key] = value
 
 
 @pytest.fixture
@@ -93,15 +106,59 @@ def test_an_output_is_streamed_with_its_size_sha256_and_type(emu, output_url):
     assert download.source_url == url
 
 
-def test_output_fetches_never_carry_the_api_token(emu, output_url):
-    url = output_url()
-    with OutputDownloader(api_base_url=emu.base_url) as downloader:
-        downloader.download(url, Sinks().open)
+def test_an_operator_keeping_its_outputs_never_sends_the_token_to_the_output_host(
+    emu: RunComfyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's own path after a job (connection with a token, ``output_dir``): no token on the fetch.
 
-    assert "authorization" in emu.journal.last("submit").headers  # the journal does record it
-    (fetch,) = emu.journal.of("file")
-    assert "authorization" not in fetch.headers
-    assert emu.token not in str(fetch.headers)
+    The operator's hook holds the token; what keeps it off the output host is that the copy is
+    fetched by the downloader's own transport, not the API client. The emulator records every
+    request's headers, so a copy fetched through the hook's client would show its token here.
+    """
+    conn = {"conn_type": "runcomfy", "host": emu.base_url, "password": emu.token}
+    monkeypatch.setenv("AIRFLOW_CONN_RUNCOMFY_DEFAULT", json.dumps(conn))
+    emu.add_rule(num_outputs=2, output_kind="images")
+    with RunComfyClient(emu.token, base_url=emu.base_url) as client:
+        request_id = client.submit(FLUX, {"prompt": "p", "image_url": emu.sample_url()}).request_id
+        result = client.wait_for_result(request_id, poll_interval=0.05)
+    outcome = Outcome(
+        kind=OutcomeKind.SUCCEEDED,
+        request_id=request_id,
+        model_id=FLUX,
+        outputs=tuple(result.output_urls),
+        message="succeeded",
+    )
+    operator = FluxKontextProEditOperator(
+        task_id="edit", prompt="p", image_url=emu.sample_url(), output_dir=str(tmp_path)
+    )
+    ti = SimpleNamespace(dag_id="d", run_id="r", task_id="edit", map_index=-1)
+    context = {"ti": ti, "task": operator, "task_state_store": StateStore()}
+
+    returned = operator.execute_complete(context, outcome.to_event())  # type: ignore[arg-type]
+
+    assert len(returned["stored"]) == 2
+    assert all(Path(copy["uri"].removeprefix("file://")).is_file() for copy in returned["stored"])
+    assert "authorization" in emu.journal.last("submit").headers  # the journal does record the token
+    fetches = emu.journal.of("file")
+    assert len(fetches) == 2
+    for fetch in fetches:
+        assert "authorization" not in fetch.headers
+        assert emu.token not in json.dumps(fetch.headers)
+
+
+def test_the_downloader_takes_no_credentials_of_any_kind() -> None:
+    """Nothing can hand it the token: no headers, auth, cookies or client among its arguments."""
+    taken = set(inspect.signature(OutputDownloader).parameters)
+    assert taken == {
+        "max_bytes",
+        "connect_timeout",
+        "read_timeout",
+        "attempts",
+        "max_seconds",
+        "api_base_url",
+        "transport",
+        "resolver",
+    }
 
 
 def test_a_file_announced_over_the_cap_fails_before_anything_is_written(emu, output_url):
@@ -325,7 +382,13 @@ def test_a_redirect_to_another_https_host_is_followed_without_credentials():
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         if request.url.host == "cdn.example.net":
-            return httpx.Response(302, headers={"Location": "https://bucket.example.org/0.png?sig=1"})
+            return httpx.Response(
+                302,
+                headers={
+                    "Location": "https://bucket.example.org/0.png?sig=1",
+                    "Set-Cookie": "session=SECRET",
+                },
+            )
         return httpx.Response(200, headers={"Content-Type": "image/png"}, content=PNG)
 
     with mock(handler) as downloader:
@@ -333,7 +396,8 @@ def test_a_redirect_to_another_https_host_is_followed_without_credentials():
 
     assert download.bytes == len(PNG)
     assert [r.url.host for r in seen] == ["cdn.example.net", "bucket.example.org"]
-    assert all("authorization" not in r.headers for r in seen)
+    # A cookie the first host set never reaches the next: there is no cookie jar to carry it.
+    assert [r.headers.get("cookie") for r in seen] == [None, None]
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, "200", True, None])

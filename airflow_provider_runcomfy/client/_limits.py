@@ -14,11 +14,17 @@ import zlib
 from collections.abc import Iterator
 from urllib.parse import quote, quote_plus
 
+from airflow_provider_runcomfy.client.redact import redact_text
+
 #: The most bytes one piece of inflated data may have: what a decoder holds at a time.
 PIECE = 64 * 1024
 
 #: The longest text from the other side (an error message, a job's ``error``) kept in a message.
 MAX_TEXT = 1000
+
+#: Characters scanned past ``limit`` before a text is cut: a URL straddling the cut is still
+#: recognised, and a redaction that shortens the text does not pull unscanned text in.
+_SCAN_MARGIN = 4096
 
 #: The encodings a body may come in: gzip and deflate are inflated with a bound, identity is as is.
 #: Others (br, zstd, compress) are refused rather than handed to a decoder with no bound.
@@ -38,11 +44,18 @@ class BodyEncodingError(Exception):
 
 
 def truncate(text: object, limit: int = MAX_TEXT) -> str:
-    """``text`` as a string of at most about ``limit`` characters, saying how much was cut."""
+    """``text`` as a string of at most about ``limit`` characters, saying how much was cut.
+
+    Its credentials go first (``redact.redact_text``): a text cut here came from the other
+    side, and a pre-signed URL quoted in it is as secret as the token. Only a bounded prefix
+    is scanned, so a megabyte of error text costs what its first few kilobytes cost.
+    """
     value = text if isinstance(text, str) else str(text)
-    if len(value) <= limit:
-        return value
-    return f"{value[:limit]}... ({len(value) - limit} more characters)"
+    # What is kept comes from the scanned window; whatever lies past it is never shown.
+    scanned = redact_text(value[: limit + _SCAN_MARGIN])
+    if len(value) <= limit or (len(value) <= limit + _SCAN_MARGIN and len(scanned) <= limit):
+        return scanned  # (``***`` may make a one-letter value a little longer: "about")
+    return f"{scanned[:limit]}... ({len(value) - limit} more characters)"
 
 
 def scrub(text: str, secret: str | None) -> str:

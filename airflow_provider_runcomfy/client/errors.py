@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from airflow_provider_runcomfy.client.redact import redact_text, redact_value
+
 #: kind -> class, filled by ``RunComfyError.__init_subclass__``.
 _KINDS: dict[str, type[RunComfyError]] = {}
 
@@ -26,7 +28,8 @@ def error_class_for_kind(kind: object) -> type[RunComfyError]:
 class RunComfyError(Exception):
     """Base of every error raised by this provider's client.
 
-    :param message: what happened and what to do about it; never contains the token.
+    :param message: what happened and what to do about it; never contains the token, and
+        credentials quoted in it (a pre-signed URL's signature) are redacted on the way in.
     :param error_code: RunComfy's numeric ``error_code`` when the API sent one.
     :param status_code: the HTTP status when there was a response.
     :param request_id: the RunComfy request concerned, when known.
@@ -56,6 +59,9 @@ class RunComfyError(Exception):
         request_id: str | None = None,
         retry_after: float | None = None,
     ) -> None:
+        # Every error text is redacted here, where it is built: a RunComfy text can quote a
+        # pre-signed URL, and a message goes on to logs, events, XCom, the ledger and the UI.
+        message = redact_text(message)
         super().__init__(message)
         self.message = message
         self.error_code = error_code
@@ -102,7 +108,7 @@ class InputRejectedError(RunComfyError):
 
     def __init__(self, message: str, *, detail: object = None, **kwargs: object) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.detail = detail
+        self.detail = redact_value(detail)
 
 
 class RateLimitedError(RunComfyError):

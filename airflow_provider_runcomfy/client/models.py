@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from airflow_provider_runcomfy.client._limits import MAX_TEXT, truncate
 from airflow_provider_runcomfy.client._validation import REQUEST_ID_PATTERN
+from airflow_provider_runcomfy.client.redact import redact_value
 
 #: Keys of a model's ``output`` object that hold output URLs, in the order they are listed.
 OUTPUT_URL_KEYS = ("image", "images", "video", "videos")
@@ -106,7 +107,7 @@ class RequestResult(_Response):
             and len(repr_bounded(value, _MAX_ERROR_CHARS + 1)) > _MAX_ERROR_CHARS
         ):
             return truncate(describe_error(value) or "", _MAX_ERROR_CHARS)
-        return value
+        return redact_value(value)  # kept as data: its texts lose their credentials too
 
     @field_validator("cost", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ Dependency-free on purpose: the batch's ledger code and the client both import i
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "is_credential_param",
     "redact_text",
     "redact_url",
+    "redact_value",
 ]
 
 #: What a credential's value becomes: the same marker Airflow's secrets masker writes.
@@ -106,3 +108,24 @@ def redact_url(url: str) -> str:
     the rest of it (host, path, harmless parameters) stays as it was for the reader.
     """
     return redact_text(url)
+
+
+#: Nesting below which ``redact_value`` stops copying and describes the rest as redacted.
+_MAX_DEPTH = 32
+
+
+def redact_value(value: Any, _depth: int = 0) -> Any:
+    """``value`` (a JSON-like answer: dicts, lists, texts) with every text in it redacted.
+
+    For what is kept as data rather than text (a job's ``error`` object, a 422 ``detail``):
+    keys are redacted too, since a remote answer may key anything by a URL.
+    """
+    if isinstance(value, str):
+        return redact_text(value)
+    if _depth > _MAX_DEPTH:
+        return REDACTED if isinstance(value, dict | list | tuple) else value
+    if isinstance(value, dict):
+        return {redact_value(k, _depth + 1): redact_value(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact_value(item, _depth + 1) for item in value)
+    return value

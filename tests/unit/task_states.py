@@ -1,7 +1,10 @@
 """The triggerer's task-state channel, stood in for: what a trigger's ``on_kill`` asks before cancelling.
 
-Airflow's supervisor comms are the one thing no emulator can stand in for; both triggers'
-on_kill tests use this.
+It lets a test choose the state quickly; both triggers' on_kill tests use it. It answers
+under the key Airflow's execution API uses (``<task_id>_<map_index>`` for a mapped task
+instance), but a stand-in cannot prove that key: ``test_trigger.py``'s
+``test_on_kill_reads_a_mapped_tasks_state_through_airflows_real_task_state_api`` asks Airflow's
+own request handler, API route and database, and fails if the guard looks under another key.
 """
 
 from __future__ import annotations

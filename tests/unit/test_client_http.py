@@ -31,6 +31,7 @@ def client(runcomfy_emulator: RunComfyEmulator) -> Iterator[RunComfyClient]:
 
 
 def test_submit_status_result_round_trip(client: RunComfyClient, runcomfy_emulator: RunComfyEmulator) -> None:
+    runcomfy_emulator.add_rule(hold=True)  # queued until released below: no bet on the clock
     submitted = client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator))
     assert submitted.status_url and submitted.status_url.endswith(
         f"/v1/requests/{submitted.request_id}/status"
@@ -40,6 +41,7 @@ def test_submit_status_result_round_trip(client: RunComfyClient, runcomfy_emulat
     assert status.status is RequestState.IN_QUEUE
     assert status.queue_position is not None
 
+    assert runcomfy_emulator.release() == [submitted.request_id]
     result = client.wait_for_result(submitted.request_id, poll_interval=0.1, deadline=time.time() + 10)
     assert result.status is RequestState.SUCCEEDED
     (url,) = result.output_urls
@@ -89,8 +91,9 @@ async def test_the_async_wait_asks_for_the_cost_too(runcomfy_emulator: RunComfyE
 def test_cancel_while_queued_and_after_it_started(
     client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
 ) -> None:
-    runcomfy_emulator.set_config(queue_seconds=30)
-    queued = client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator)).request_id
+    rule = runcomfy_emulator.add_rule(prompt_contains="held", hold=True)
+    queued = client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator, "held")).request_id
+    assert rule.hold and runcomfy_emulator.job(queued).phase == "in_queue"
     assert client.cancel(queued).cancelled
     assert client.get_result(queued).status is RequestState.CANCELLED
 
@@ -122,12 +125,13 @@ def test_wait_reports_a_failed_job_with_its_reason(
 
 
 def test_wait_gives_up_at_the_deadline(client: RunComfyClient, runcomfy_emulator: RunComfyEmulator) -> None:
-    runcomfy_emulator.set_config(queue_seconds=30)
+    runcomfy_emulator.add_rule(hold=True)  # never finishes: only the deadline can end the wait
     request_id = client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator)).request_id
-    started = time.monotonic()
     with pytest.raises(errors.JobTimeoutError, match="did not finish before the deadline"):
         client.wait_for_result(request_id, poll_interval=0.2, deadline=time.time() + 1)
-    assert time.monotonic() - started < 3
+    polls = runcomfy_emulator.journal.count("status")
+    assert 1 <= polls <= 1 / 0.2 + 1  # polled at its interval until the deadline, then stopped
+    assert runcomfy_emulator.job(request_id).phase == "in_queue"
 
 
 @pytest.mark.parametrize("failed_word", ["completed", "failed"])

@@ -70,6 +70,7 @@ def test_sync_calls_through_the_hook(
     runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     set_connection(monkeypatch, host=runcomfy_emulator.base_url, password=runcomfy_emulator.token)
+    runcomfy_emulator.add_rule(hold=True)  # queued until released: no bet on the emulator's clock
     hook = RunComfyHook()
     payload = {"prompt": "p", "image_url": runcomfy_emulator.sample_url()}
     request_id = hook.submit(FLUX_KONTEXT_PRO_EDIT, payload).request_id
@@ -83,14 +84,16 @@ async def test_async_twins_read_the_connection_with_the_async_api(
     runcomfy_emulator: RunComfyEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     set_connection(monkeypatch, host=runcomfy_emulator.base_url, password=runcomfy_emulator.token)
+    runcomfy_emulator.add_rule(hold=True)  # queued until released: no bet on the emulator's clock
     hook = RunComfyHook()
     payload = {"prompt": "p", "image_url": runcomfy_emulator.sample_url()}
     request_id = (await hook.asubmit(FLUX_KONTEXT_PRO_EDIT, payload)).request_id
     assert (await hook.aget_status(request_id)).status is RequestState.IN_QUEUE
-    deadline = time.monotonic() + 10
-    while (await hook.aget_result(request_id)).status is not RequestState.SUCCEEDED:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    assert runcomfy_emulator.release(request_id) == [request_id]
+    deadline = time.monotonic() + 30  # generous: the job runs 0.5 s once released
+    while (state := (await hook.aget_result(request_id)).status) is not RequestState.SUCCEEDED:
+        assert time.monotonic() < deadline, f"the released job is still {state.value} after 30 s"
+        await asyncio.sleep(0.1)  # poll interval of a condition wait, not a synchronisation
     assert (await hook.acancel(request_id)).outcome == "not_cancellable"
 
 

@@ -1,13 +1,22 @@
 """RunComfyRequestTrigger driven directly in an event loop, against the emulator over real HTTP.
 
-Only the triggerer's task-state channel (Airflow's supervisor comms) is faked,
-in the on_kill tests: it is the one thing no emulator can stand in for.
+The on_kill tests here stand in for the triggerer's task-state channel (``task_states.py``)
+to steer the state; the key under which Airflow answers is proven against Airflow's own
+task-state API and a real metadata database in ``test_on_kill_reads_a_mapped_tasks_state_
+through_airflows_real_task_state_api``, and in a real deployment by
+``tests/system/test_runcomfy_cancel.py::test_mark_mapped_deferred_task_failed_cancels_only_its_job``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,8 +43,8 @@ def submit(client: RunComfyClient, emu: RunComfyEmulator, prompt: str = "p") -> 
 
 @pytest.fixture
 def queued_job(client: RunComfyClient, runcomfy_emulator: RunComfyEmulator) -> str:
-    """A job that waits in RunComfy's queue for 30 s: cancelled there, it costs nothing."""
-    runcomfy_emulator.set_config(queue_seconds=30)
+    """A job held in RunComfy's queue until the test ends: cancelled there, it costs nothing."""
+    runcomfy_emulator.add_rule(hold=True)
     return submit(client, runcomfy_emulator)
 
 
@@ -84,21 +93,28 @@ async def test_cancelled_event(client: RunComfyClient, queued_job: str) -> None:
     assert event["status"] == "cancelled"
 
 
-async def test_timeout_event_at_the_wall_clock_deadline(queued_job: str) -> None:
-    started = time.monotonic()
-    event = await only_event(
-        RunComfyRequestTrigger(queued_job, poll_interval=0.2, deadline=time.time() + 0.6)
-    )
-    assert event["status"] == "timeout"
-    assert time.monotonic() - started < 2.0
+#: A bound that only a hang reaches: these tests wait on the event, never on the clock.
+HANG = 120
 
 
-async def test_a_deadline_already_past_after_a_restart_is_not_reset(queued_job: str) -> None:
-    _, kwargs = RunComfyRequestTrigger(queued_job, poll_interval=5, deadline=time.time() - 1).serialize()
-    started = time.monotonic()
-    event = await only_event(RunComfyRequestTrigger(**kwargs))  # what a restarted triggerer builds
+async def test_timeout_event_at_the_wall_clock_deadline(
+    queued_job: str, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    trigger = RunComfyRequestTrigger(queued_job, poll_interval=0.2, deadline=time.time() + 0.6)
+    event = await asyncio.wait_for(only_event(trigger), HANG)
     assert event["status"] == "timeout"
-    assert time.monotonic() - started < 1.0  # one poll, no wait for poll_interval
+    assert runcomfy_emulator.job(queued_job).phase == "in_queue"  # held: only the deadline ended it
+    assert 1 <= runcomfy_emulator.journal.count("status") <= 0.6 / 0.2 + 1  # stopped at the deadline
+
+
+async def test_a_deadline_already_past_after_a_restart_is_not_reset(
+    queued_job: str, runcomfy_emulator: RunComfyEmulator
+) -> None:
+    _, kwargs = RunComfyRequestTrigger(queued_job, poll_interval=3600, deadline=time.time() - 1).serialize()
+    # A trigger that waited for its poll_interval (an hour) would hit HANG and fail loudly.
+    event = await asyncio.wait_for(only_event(RunComfyRequestTrigger(**kwargs)), HANG)
+    assert event["status"] == "timeout"
+    assert runcomfy_emulator.journal.count("status") <= 1  # one poll at most, no wait
 
 
 async def test_transient_5xx_and_429_are_tolerated(
@@ -217,3 +233,115 @@ async def test_cancel_on_kill_false_never_cancels(
     trigger.cancel_on_kill = False
     await trigger.on_kill()
     assert runcomfy_emulator.journal.count("cancel") == 0
+
+
+# -- the guard against Airflow's real task-state API -----------------------------------------------
+
+MAPPED_DAG = """
+import pendulum
+from airflow.sdk import DAG, task
+
+with DAG("guard_mapped", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False):
+
+    @task
+    def edit(n: int) -> int:
+        return n
+
+    edit.expand(n=[0, 1, 2])
+"""
+
+#: Run in the throwaway AIRFLOW_HOME once ``airflow dags test guard_mapped`` has made the mapped task
+#: instances: the user marks map index 1 failed while its siblings stay deferred; then each trigger's
+#: ``on_kill`` asks Airflow's own request handler, execution API route and database, wired as the
+#: triggerer's supervisor wires them (``TriggerRunnerSupervisor``'s in-process API client).
+GUARD_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+
+    from sqlalchemy import select
+
+    from airflow.executors.workloads.task import TaskInstanceDTO
+    from airflow.jobs.triggerer_job_runner import in_process_api_server
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.sdk.api.client import Client
+    from airflow.sdk.execution_time import task_runner
+    from airflow.sdk.execution_time.comms import GetTaskStates
+    from airflow.sdk.execution_time.request_handlers import handle_get_task_states
+    from airflow.utils.session import create_session
+
+    from airflow_provider_runcomfy.triggers._guard import task_state
+    from airflow_provider_runcomfy.triggers.runcomfy import RunComfyRequestTrigger
+
+    request_ids = json.loads(sys.argv[1])
+    with create_session() as session:
+        tis = session.scalars(select(TaskInstance).where(TaskInstance.dag_id == "guard_mapped")).all()
+        for ti in tis:
+            ti.state = "failed" if ti.map_index == 1 else "deferred"
+        session.flush()
+        dtos = {ti.map_index: TaskInstanceDTO.model_validate(ti, from_attributes=True) for ti in tis}
+
+    client = Client(base_url=None, token="", dry_run=True, transport=in_process_api_server().transport)
+    client.base_url = "http://in-process.invalid./"
+
+
+    class TriggererSupervisor:
+        async def asend(self, msg):
+            assert isinstance(msg, GetTaskStates), msg
+            response, _ = handle_get_task_states(client, msg)
+            return response
+
+
+    task_runner.SUPERVISOR_COMMS = TriggererSupervisor()
+
+
+    async def main():
+        read = {}
+        for map_index, request_id in enumerate(request_ids):
+            trigger = RunComfyRequestTrigger(request_id, poll_interval=1)
+            trigger.task_instance = dtos[map_index]
+            read[map_index] = await task_state(trigger)
+            await trigger.on_kill()
+        print("STATES " + json.dumps(read))
+
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.integration
+def test_on_kill_reads_a_mapped_tasks_state_through_airflows_real_task_state_api(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, tmp_path: Path
+) -> None:
+    """A user marks one mapped deferred task failed: its job is cancelled, its siblings' are not.
+
+    Airflow answers GetTaskStates keyed ``<task_id>_<map_index>`` for mapped task instances;
+    a guard that looked under another key would read no state and never cancel.
+    """
+    runcomfy_emulator.add_rule(hold=True)  # every job stays queued: cancellable, until the test ends
+    request_ids = [submit(client, runcomfy_emulator, f"map {i}") for i in range(3)]
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "guard_mapped.py").write_text(MAPPED_DAG)
+    (tmp_path / "guard.py").write_text(GUARD_SCRIPT)
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "home"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        **runcomfy_emulator.airflow_conn_env(),
+    }
+    for argv in (
+        ["-m", "airflow", "db", "migrate"],
+        ["-m", "airflow", "dags", "test", "guard_mapped"],
+        [str(tmp_path / "guard.py"), json.dumps(request_ids)],
+    ):
+        done = subprocess.run(
+            [sys.executable, *argv], env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    line = next(line for line in done.stdout.splitlines() if line.startswith("STATES "))
+    assert json.loads(line.removeprefix("STATES ")) == {"0": "deferred", "1": "failed", "2": "deferred"}
+    assert [entry.request_id for entry in runcomfy_emulator.journal.of("cancel")] == [request_ids[1]]
+    assert [runcomfy_emulator.job(rid).phase for rid in request_ids] == ["in_queue", "cancelled", "in_queue"]

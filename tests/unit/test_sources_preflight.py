@@ -34,7 +34,9 @@ from airflow_provider_runcomfy.sources import (
 
 FLUX = "blackforestlabs/flux-1-kontext/pro/edit"
 NANO = "google/nano-banana/edit"
-#: The API on loopback (the emulator): the URL rules then let pre-flight reach loopback hosts.
+#: An API on loopback (the emulator): the URL rules then let pre-flight reach loopback hosts
+#: over https; plain http only to the API's own host and port, so tests of a server on
+#: loopback give that server's base URL as the API's.
 API = "http://127.0.0.1:8188"
 PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\x00" * 64
 
@@ -144,7 +146,7 @@ def flux(url: str) -> dict[str, str]:
 
 def test_a_reachable_picture_is_checked_and_sent_as_given(runcomfy_emulator: RunComfyEmulator) -> None:
     url = runcomfy_emulator.sample_url("portrait")
-    prepared = prepare_input(FLUX, flux(url), mask=lambda _: None, api_base_url=API)
+    prepared = prepare_input(FLUX, flux(url), mask=lambda _: None, api_base_url=runcomfy_emulator.base_url)
     assert prepared.payload_to_send == prepared.payload_to_record == flux(url)
     (report,) = prepared.inputs
     assert report.how == "checked"
@@ -156,7 +158,12 @@ def test_a_dead_link_fails_naming_the_field_the_url_and_the_status(
 ) -> None:
     url = f"{runcomfy_emulator.base_url}/samples/nosuchpicture.png?X-Amz-Signature=SECRET"
     with pytest.raises(InputCheckError) as caught:
-        prepare_input(NANO, {"prompt": "p", "image_urls": [url]}, mask=lambda _: None, api_base_url=API)
+        prepare_input(
+            NANO,
+            {"prompt": "p", "image_urls": [url]},
+            mask=lambda _: None,
+            api_base_url=runcomfy_emulator.base_url,
+        )
     message = str(caught.value)
     assert f"image_urls[0] {runcomfy_emulator.base_url}/samples/nosuchpicture.png" in message
     assert "HTTP 404" in message and "nothing was submitted" in message
@@ -172,7 +179,11 @@ def test_a_host_too_slow_for_the_pre_flight_is_a_warning_and_the_input_goes_ahea
     url = runcomfy_emulator.sample_url("street")
     with caplog.at_level(logging.WARNING):
         prepared = prepare_input(
-            FLUX, flux(url), preflight_timeout=0.3, mask=lambda _: None, api_base_url=API
+            FLUX,
+            flux(url),
+            preflight_timeout=0.3,
+            mask=lambda _: None,
+            api_base_url=runcomfy_emulator.base_url,
         )
     assert prepared.payload_to_send == flux(url)
     assert prepared.inputs[0].how == "not checked"
@@ -187,18 +198,20 @@ def test_a_refused_connection_is_a_warning_with_warn_and_an_error_with_strict(
 ) -> None:
     url = f"http://127.0.0.1:{closed_port()}/in.png"
     with caplog.at_level(logging.WARNING):
-        prepared = prepare_input(FLUX, flux(url), mask=lambda _: None, api_base_url=API)
+        prepared = prepare_input(FLUX, flux(url), mask=lambda _: None, api_base_url=url.rsplit("/", 1)[0])
     assert prepared.payload_to_send == flux(url)
     assert "ConnectError" in caplog.text
     with pytest.raises(
         InputUnreachableError, match=r"image_url http://127.0.0.1:\d+/in.png: the worker could not check it"
     ):
-        prepare_input(FLUX, flux(url), preflight="strict", mask=lambda _: None, api_base_url=API)
+        prepare_input(
+            FLUX, flux(url), preflight="strict", mask=lambda _: None, api_base_url=url.rsplit("/", 1)[0]
+        )
 
 
 def test_pre_flight_off_sends_no_request_at_all(site: Site) -> None:
     prepared = prepare_input(
-        FLUX, flux(f"{site.url}/missing.png"), preflight="off", mask=lambda _: None, api_base_url=API
+        FLUX, flux(f"{site.url}/missing.png"), preflight="off", mask=lambda _: None, api_base_url=site.url
     )
     assert prepared.inputs[0].how == "sent as is"
     assert site.requests == []
@@ -211,13 +224,13 @@ def test_a_web_page_where_a_picture_should_be_fails(site: Site) -> None:
     with pytest.raises(
         InputCheckError, match=r"image_url .*/in.png: it answered HEAD 200 with Content-Type 'text/html'"
     ):
-        prepare_input(FLUX, flux(f"{site.url}/in.png"), mask=lambda _: None, api_base_url=API)
+        prepare_input(FLUX, flux(f"{site.url}/in.png"), mask=lambda _: None, api_base_url=site.url)
 
 
 def test_a_file_over_the_size_guide_fails(site: Site) -> None:
     site.routes["/huge.png"] = Route(headers={"Content-Type": "image/png", "Content-Length": "60000000"})
     with (
-        Preflight(api_base_url=API) as preflight,
+        Preflight(api_base_url=site.url) as preflight,
         pytest.raises(InputCheckError, match="it is 60.0 MB, over RunComfy's guide of 52.4 MB"),
     ):
         preflight.check("image_url", f"{site.url}/huge.png", "image")
@@ -228,7 +241,7 @@ def test_an_untyped_answer_is_judged_by_its_first_bytes(site: Site) -> None:
     site.routes["/notes"] = Route(
         headers={"Content-Type": "application/octet-stream"}, body=b"hello world, not a picture"
     )
-    with Preflight(api_base_url=API) as preflight:
+    with Preflight(api_base_url=site.url) as preflight:
         result = preflight.check("image_url", f"{site.url}/in", "image")
         assert (result.method, result.media_type) == ("GET", "image/png")
         with pytest.raises(InputCheckError, match="are not a PNG, JPEG or WebP image"):
@@ -246,7 +259,7 @@ def test_a_host_that_refuses_head_gets_a_ranged_get(site: Site) -> None:
         headers={"Content-Type": "image/png", "Content-Range": "bytes 0-15/1234567"},
         body=PNG_HEAD[:16],
     )
-    with Preflight(api_base_url=API) as preflight:
+    with Preflight(api_base_url=site.url) as preflight:
         result = preflight.check("image_url", f"{site.url}/in.png", "image")
     assert (result.method, result.status, result.size) == ("GET", 206, 1234567)
     assert site.requests == [("HEAD", "/in.png", None), ("GET", "/in.png", "bytes=0-15")]
@@ -255,7 +268,7 @@ def test_a_host_that_refuses_head_gets_a_ranged_get(site: Site) -> None:
 def test_a_forbidden_url_fails_after_both_requests(site: Site) -> None:
     site.routes["/private.png"] = Route(status=403, body=b"<Error>AccessDenied</Error>")
     with (
-        Preflight(api_base_url=API) as preflight,
+        Preflight(api_base_url=site.url) as preflight,
         pytest.raises(InputCheckError, match="GET answered HTTP 403"),
     ):
         preflight.check("image_url", f"{site.url}/private.png", "image")
@@ -263,7 +276,7 @@ def test_a_forbidden_url_fails_after_both_requests(site: Site) -> None:
 
 def test_a_server_error_is_not_the_inputs_fault(site: Site) -> None:
     site.routes["/in.png"] = Route(status=503)
-    with Preflight(api_base_url=API) as preflight:
+    with Preflight(api_base_url=site.url) as preflight:
         assert preflight.check("image_url", f"{site.url}/in.png", "image").warning == "HEAD answered HTTP 503"
 
 
@@ -272,7 +285,7 @@ def test_a_batch_checks_its_urls_concurrently_and_bounded(site: Site) -> None:
         site.routes[f"/{n}.png"] = Route(headers={"Content-Type": "image/png"}, seconds=0.1)
     payloads = [flux(f"{site.url}/{n}.png") for n in range(12)] + [flux(f"{site.url}/gone.png")]
 
-    with InputPreparer(max_concurrency=4, mask=lambda _: None, api_base_url=API) as preparer:
+    with InputPreparer(max_concurrency=4, mask=lambda _: None, api_base_url=site.url) as preparer:
         results = preparer.prepare_many(FLUX, payloads)
 
     assert [type(r).__name__ for r in results] == ["Prepared"] * 12 + ["InputCheckError"]

@@ -95,7 +95,9 @@ def test_inputs_on_a_port_that_refuses_cost_one_connection_attempt(counting: Cou
     port = closed_port()
     payloads = [flux(f"http://127.0.0.1:{port}/{n}.png") for n in range(ITEMS)]
 
-    with InputPreparer(max_concurrency=8, check_only=True, mask=lambda _: None, api_base_url=API) as preparer:
+    with InputPreparer(
+        max_concurrency=8, check_only=True, mask=lambda _: None, api_base_url=f"http://127.0.0.1:{port}"
+    ) as preparer:
         results = preparer.prepare_many(FLUX, payloads)
 
     assert [r.inputs[0].how for r in results if not isinstance(r, Exception)] == ["not checked"] * ITEMS
@@ -107,7 +109,11 @@ def test_with_strict_every_input_on_the_dead_host_fails_after_one_attempt(counti
     payloads = [flux(f"http://127.0.0.1:{port}/{n}.png") for n in range(ITEMS)]
 
     with InputPreparer(
-        preflight="strict", max_concurrency=8, check_only=True, mask=lambda _: None, api_base_url=API
+        preflight="strict",
+        max_concurrency=8,
+        check_only=True,
+        mask=lambda _: None,
+        api_base_url=f"http://127.0.0.1:{port}",
     ) as preparer:
         results = preparer.prepare_many(FLUX, payloads)
 
@@ -122,7 +128,11 @@ def test_a_port_that_never_answers_costs_one_timeout_not_one_per_input(
     payloads = [flux(f"http://127.0.0.1:{black_hole}/{n}.png") for n in range(ITEMS)]
 
     with InputPreparer(
-        max_concurrency=8, check_only=True, preflight_timeout=0.5, mask=lambda _: None, api_base_url=API
+        max_concurrency=8,
+        check_only=True,
+        preflight_timeout=0.5,
+        mask=lambda _: None,
+        api_base_url=f"http://127.0.0.1:{black_hole}",
     ) as preparer:
         results = preparer.prepare_many(FLUX, payloads)
 
@@ -134,7 +144,8 @@ def test_a_port_that_never_answers_costs_one_timeout_not_one_per_input(
 def test_a_dead_host_is_tried_again_once_its_failure_ttl_has_passed(counting: Counting) -> None:
     port = closed_port()
     now = [0.0]
-    with Preflight(api_base_url=API, host_failure_ttl=30, clock=lambda: now[0]) as preflight:
+    api = f"http://127.0.0.1:{port}"
+    with Preflight(api_base_url=api, host_failure_ttl=30, clock=lambda: now[0]) as preflight:
         for n in range(5):
             assert preflight.check("image_url", f"http://127.0.0.1:{port}/{n}.png", "image").warning
         assert counting.connects[port] == 1
@@ -153,26 +164,28 @@ def test_a_host_that_answers_is_not_held_to_one_check_at_a_time(site: Site) -> N
         site.routes[f"/{n}.png"] = Route(headers={"Content-Type": "image/png"}, seconds=0.1)
     payloads = [flux(f"{site.url}/{n}.png") for n in range(12)]
 
-    with InputPreparer(max_concurrency=4, check_only=True, mask=lambda _: None, api_base_url=API) as preparer:
+    with InputPreparer(
+        max_concurrency=4, check_only=True, mask=lambda _: None, api_base_url=site.url
+    ) as preparer:
         results = preparer.prepare_many(FLUX, payloads)
 
     assert [r.inputs[0].how for r in results if not isinstance(r, Exception)] == ["checked"] * 12
-    assert site.most_in_flight == 4
+    # One at a time would show at most 2 (the next request can arrive as the last one's answer
+    # is being counted out); 4 at a time shows 4 (or 5, for the same reason).
+    assert site.most_in_flight >= 3
 
 
-def test_a_failure_after_a_redirect_is_not_held_against_the_first_host(
-    site: Site, counting: Counting
-) -> None:
-    port = closed_port()
-    site.routes["/moved.png"] = Route(status=302, headers={"Location": f"http://127.0.0.1:{port}/x.png"})
+def test_a_failure_after_a_redirect_is_not_held_against_the_first_host(site: Site) -> None:
+    site.routes["/moved.png"] = Route(status=302, headers={"Location": f"https://{NOWHERE}/x.png"})
     site.routes["/in.png"] = Route(headers={"Content-Type": "image/png"})
 
-    with Preflight(api_base_url=API) as preflight:
+    with Preflight(api_base_url=site.url) as preflight:
         moved = preflight.check("image_url", f"{site.url}/moved.png", "image")
         fine = preflight.check("image_url", f"{site.url}/in.png", "image")
 
-    assert moved.warning and "ConnectError" in moved.warning
-    assert (fine.status, fine.warning) == (200, None)
+    assert moved.warning  # the redirect's target could not be reached...
+    assert (fine.status, fine.warning) == (200, None)  # ...which says nothing about the first host
+    assert [path for _, path, _ in site.requests] == ["/moved.png", "/in.png"]
 
 
 def test_host_keys_tell_scheme_host_and_port_apart() -> None:

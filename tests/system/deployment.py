@@ -42,6 +42,7 @@ import httpx
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deployment_base import (
+    AIRFLOW_DEFAULT_INTERVALS,
     COMPONENTS,
     FAST_ORPHAN_RESET,
     LOOPBACK,
@@ -55,6 +56,7 @@ from deployment_tasks import TaskProcesses, Workload
 from services import SERVICES, PostgresCluster, RedisServer, check_python_packages
 
 __all__ = [
+    "AIRFLOW_DEFAULT_INTERVALS",
     "COMPONENTS",
     "FAST_ORPHAN_RESET",
     "LOOPBACK",

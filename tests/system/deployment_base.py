@@ -28,6 +28,21 @@ FAST_ORPHAN_RESET = {
     "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
 }
 
+#: Airflow's own defaults for the intervals ``deployment_config.py`` shortens for speed: a
+#: deployment given these (``env_extra``) waits and heartbeats like ``airflow standalone`` and
+#: most production ones. The defer/resume race (issue 20) hides behind the short intervals, so
+#: the scenarios and the benchmark about it run on these.
+AIRFLOW_DEFAULT_INTERVALS = {
+    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "1",
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "5",
+    "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "5",
+    "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "15",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "10",
+    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "5",
+    "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "5",
+    "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "30",
+}
+
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 TERMINAL_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -51,10 +52,12 @@ async def waiting_in_background(request_id: str) -> asyncio.Future[dict[str, Any
     """A trigger on the job, run in the background; returns once it holds a place on a shared client."""
     holding = sum(info.users for info in shared_clients())
     wait = asyncio.ensure_future(run_to_event(RunComfyRequestTrigger(request_id, poll_interval=0.1)))
-    for _ in range(100):  # at most 5 s, on a busy machine
-        if sum(info.users for info in shared_clients()) > holding or wait.done():
-            break
-        await asyncio.sleep(0.05)
+    deadline = time.monotonic() + 60  # generous: a place is taken within milliseconds
+    while sum(info.users for info in shared_clients()) <= holding and not wait.done():
+        if time.monotonic() > deadline:
+            wait.cancel()
+            pytest.fail("the trigger took no place on a shared client within 60 s")
+        await asyncio.sleep(0.05)  # poll interval of a condition wait, not a synchronisation
     return wait
 
 
@@ -106,16 +109,22 @@ async def test_many_triggers_in_one_loop_share_one_client_and_a_few_connections(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     set_connection(monkeypatch, runcomfy_emulator, max_in_flight=8)
+    runcomfy_emulator.add_rule(hold=True)
     request_ids = submit_many(client, runcomfy_emulator, 40)
     connections = count_tcp_connections(monkeypatch)
 
-    events = await asyncio.gather(
+    waits = asyncio.gather(
         *(run_to_event(RunComfyRequestTrigger(rid, poll_interval=0.1)) for rid in request_ids)
     )
+    deadline = time.monotonic() + 120
+    while runcomfy_emulator.journal.count("status") < 3 * 40:  # each trigger polled several times...
+        assert not waits.done() and time.monotonic() < deadline, "the triggers stopped polling"
+        await asyncio.sleep(0.05)  # poll interval of a condition wait, not a synchronisation
+    runcomfy_emulator.release()
+    events = await asyncio.wait_for(waits, 120)
 
     assert [event["status"] for event in events] == ["succeeded"] * 40
     assert len(clients_built) == 1
-    assert runcomfy_emulator.journal.count("status") >= 3 * 40  # each trigger polled several times...
     assert 1 <= connections.calls <= 8  # ...over a few connections (the bound), not one per trigger
 
 
@@ -123,7 +132,7 @@ async def test_the_shared_client_is_closed_when_the_last_trigger_ends(
     client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
 ) -> None:
     first, second = submit_many(client, runcomfy_emulator, 2)
-    runcomfy_emulator.add_rule(run_seconds=2.0)
+    runcomfy_emulator.add_rule(hold=True)  # runs only once the test releases it
     (slow,) = submit_many(client, runcomfy_emulator, 1)
 
     slow_wait = await waiting_in_background(slow)
@@ -134,6 +143,7 @@ async def test_the_shared_client_is_closed_when_the_last_trigger_ends(
     assert info.users == 1  # the two quick ones left; the slow one keeps the client open
     assert info.base_url == runcomfy_emulator.base_url
 
+    assert runcomfy_emulator.release(slow) == [slow]
     assert (await slow_wait)["status"] == "succeeded"
     assert shared_clients() == []
     assert info.client._http.is_closed
@@ -142,7 +152,7 @@ async def test_the_shared_client_is_closed_when_the_last_trigger_ends(
 async def test_a_cancelled_trigger_gives_its_place_back(
     client: RunComfyClient, runcomfy_emulator: RunComfyEmulator
 ) -> None:
-    runcomfy_emulator.set_config(queue_seconds=30)
+    runcomfy_emulator.add_rule(hold=True)  # queued until the test ends: never finishes under it
     (request_id,) = submit_many(client, runcomfy_emulator, 1)
     wait = await waiting_in_background(request_id)
     assert shared_clients()[0].users == 1
@@ -159,7 +169,7 @@ async def test_a_changed_connection_gets_a_new_client_while_running_waits_finish
     clients_built: list[AsyncRunComfyClient],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runcomfy_emulator.add_rule(run_seconds=1.5)
+    runcomfy_emulator.add_rule(hold=True)  # both waits run until the test releases their jobs
     old_job, new_job = submit_many(client, runcomfy_emulator, 2)
     old_wait = await waiting_in_background(old_job)
 
@@ -173,6 +183,7 @@ async def test_a_changed_connection_gets_a_new_client_while_running_waits_finish
         "localhost",
     ]
 
+    assert runcomfy_emulator.release() == [old_job, new_job]
     assert [(await old_wait)["status"], (await new_wait)["status"]] == ["succeeded", "succeeded"]
     assert len(clients_built) == 2
     assert shared_clients() == []
@@ -185,12 +196,18 @@ async def test_the_connection_is_read_once_per_trigger_run_not_per_poll(
     reads = Counter()
     counted = reads.wrap_async(RunComfyHook.aget_connection)  # a classmethod, bound to the class
     monkeypatch.setattr(RunComfyHook, "aget_connection", classmethod(lambda cls, conn_id: counted(conn_id)))
+    runcomfy_emulator.add_rule(hold=True)
     (request_id,) = submit_many(client, runcomfy_emulator, 1)
 
-    event = await run_to_event(RunComfyRequestTrigger(request_id, poll_interval=0.05))
+    wait = asyncio.ensure_future(run_to_event(RunComfyRequestTrigger(request_id, poll_interval=0.05)))
+    deadline = time.monotonic() + 60
+    while runcomfy_emulator.journal.count("status", request_id=request_id) < 5:  # five polls of a held job
+        assert not wait.done() and time.monotonic() < deadline, "the trigger stopped polling"
+        await asyncio.sleep(0.05)  # poll interval of a condition wait, not a synchronisation
+    runcomfy_emulator.release(request_id)
+    event = await asyncio.wait_for(wait, 120)
 
     assert event["status"] == "succeeded"
-    assert runcomfy_emulator.journal.count("status", request_id=request_id) >= 5
     assert reads.calls == 1
 
 
@@ -237,7 +254,7 @@ async def test_a_request_that_finds_no_place_in_time_never_leaves(
 async def test_a_trigger_on_kill_borrows_the_same_client(
     client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, clients_built: list[AsyncRunComfyClient]
 ) -> None:
-    runcomfy_emulator.set_config(queue_seconds=30)
+    runcomfy_emulator.add_rule(hold=True)  # queued until the test ends: never finishes under it
     waiting, killed = submit_many(client, runcomfy_emulator, 2)
     wait = await waiting_in_background(waiting)
 

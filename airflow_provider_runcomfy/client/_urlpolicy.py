@@ -2,14 +2,17 @@
 
 The rules, for every URL and every redirect:
 
-- ``https://`` only; ``http://`` only to a loopback host, and only while the API base URL
-  is itself on loopback (the emulator, whose files are served over plain http);
+- ``https://`` only; ``http://`` only to the API's own loopback host and port, while the API
+  base URL is on loopback (the emulator, whose files are served over plain http);
+- a URL that does not parse is refused with ``URLMalformed`` (never a bare ``ValueError``);
 - no credentials in the URL (httpx would send them as an ``Authorization`` header);
 - never from ``https://`` to ``http://`` on a redirect;
 - for ``https://``, the host is resolved and every address must be public: loopback,
   private, link-local, reserved, multicast and unspecified addresses are refused (an output
-  URL must not make a worker call its own admin endpoints or a cloud metadata service),
-  unless the API base URL is on loopback (tests against the emulator);
+  URL must not make a worker call its own admin endpoints or a cloud metadata service). An
+  IPv6 address that embeds an IPv4 one (IPv4-mapped and -compatible, 6to4, NAT64, Teredo) is
+  judged by the IPv4 address it leads to. A loopback API base URL (the emulator, an egress
+  sidecar) exempts only its own host and port: ``https://169.254.169.254/`` stays refused;
 - the connection then goes to an address that was checked (the URL's host stays in the
   ``Host`` header and TLS's SNI and certificate check), so a DNS answer that changes
   between the check and the connection (DNS rebinding) cannot move it elsewhere.
@@ -29,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
@@ -37,10 +40,12 @@ from airflow_provider_runcomfy.client._limits import truncate
 from airflow_provider_runcomfy.client._media import shown_url
 from airflow_provider_runcomfy.client._validation import is_loopback_host
 from airflow_provider_runcomfy.client.errors import (
+    MalformedURLError,
     OutputDownloadError,
     OutputTransferError,
     OutputURLRejectedError,
 )
+from airflow_provider_runcomfy.client.redact import redact_url
 
 #: Resolves ``(host, port)`` to IP address strings (``socket.getaddrinfo`` by default).
 Resolver = Callable[[str, int], Sequence[str]]
@@ -59,6 +64,10 @@ class URLRefused(Exception):
     def __init__(self, problem: str) -> None:
         super().__init__(problem)
         self.problem = problem
+
+
+class URLMalformed(URLRefused):
+    """The URL does not parse (an unclosed ``[``, a port that is not a number...)."""
 
 
 class HostUnresolvable(Exception):
@@ -158,12 +167,67 @@ class CachingResolver:
         return answer
 
 
-def is_public_address(address: str) -> bool:
-    """Whether ``address`` is a public unicast address (not loopback, private, link-local...)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+#: NAT64's well-known prefix (RFC 6052): the IPv4 address is the last 32 bits.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: NAT64's local-use prefix (RFC 8215): where the IPv4 address sits depends on a prefix length
+#: only the local network knows, so it cannot be judged -- and it is local by definition.
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+#: IPv4-compatible addresses (``::a.b.c.d``, deprecated but still parsed by some stacks).
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address leads to: IPv4-mapped and -compatible, 6to4, NAT64, Teredo.
+
+    Teredo gives two (its server and the client, whose obfuscated bits are undone here).
+    """
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        return list(ip.teredo)
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    return []
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+
+
+def is_public_address(address: str) -> bool:
+    """Whether ``address`` is a public unicast address (not loopback, private, link-local...).
+
+    An IPv6 address that embeds an IPv4 address is judged by that address (every one, for
+    Teredo): ``2002:7f00:1::`` is 127.0.0.1 reached through 6to4. Something that is not an
+    address at all is not public.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return False
+        embedded = embedded_ipv4(ip)
+        if embedded:
+            return all(_is_public(v4) for v4 in embedded)
+    return _is_public(ip)
+
+
+def _origin(host: str, port: int | None, scheme: str) -> tuple[str, int]:
+    """``(host, port)`` as compared for the API's own origin: case, brackets and a final dot aside."""
+    return host.strip("[]").lower().rstrip("."), port or (443 if scheme == "https" else 80)
+
+
+def _split(url: str) -> tuple[str, str | None, int | None, SplitResult]:
+    """Scheme, host and port of ``url``, or ``URLMalformed`` (never a bare ``ValueError``)."""
+    try:
+        parts = urlsplit(str(url))
+        return parts.scheme.lower(), parts.hostname, parts.port, parts
+    except ValueError as error:
+        raise URLMalformed(f"it is not a well-formed URL ({truncate(error, 80)})") from None
 
 
 @dataclass(frozen=True)
@@ -179,33 +243,44 @@ class UrlPolicy:
 
     @property
     def local(self) -> bool:
-        """Whether the API is on loopback (the emulator): plain http to loopback is then allowed."""
-        return bool(self.api_base_url) and is_loopback_host(urlsplit(str(self.api_base_url)).hostname)
+        """Whether the API is on loopback (the emulator): its own host and port are then trusted."""
+        return self.own_origin is not None
+
+    @property
+    def own_origin(self) -> tuple[str, int] | None:
+        """``(host, port)`` of a loopback API base URL, the one origin exempt from the checks; else None."""
+        if not self.api_base_url:
+            return None
+        try:
+            scheme, host, port, _ = _split(str(self.api_base_url))
+        except URLMalformed:
+            return None
+        if not is_loopback_host(host):
+            return None
+        return _origin(host or "", port, scheme)
 
     def check(self, url: str, previous: str | None = None) -> list[str]:
         """The addresses ``url`` may be fetched from (empty: connect by name), or ``URLRefused``.
 
         :param previous: the URL that redirected here, if any.
+        :raises URLMalformed: ``url`` (or ``previous``) does not parse; a ``URLRefused``.
         """
-        parts = urlsplit(str(url))
-        try:
-            host, port = parts.hostname, parts.port
-        except ValueError:
-            raise URLRefused("its port is not a number") from None
-        if parts.scheme not in ("https", "http") or not host:
+        scheme, host, port, parts = _split(url)
+        if scheme not in ("https", "http") or not host:
             raise URLRefused("only https:// URLs are fetched")
         if parts.username or parts.password:
             raise URLRefused("it carries credentials, which would be sent as an Authorization header")
-        if previous is not None and urlsplit(previous).scheme == "https" and parts.scheme == "http":
+        if previous is not None and _split(previous)[0] == "https" and scheme == "http":
             raise URLRefused("a redirect from https:// to plain http:// is never followed")
-        if parts.scheme == "http":
-            if not (self.local and is_loopback_host(host)):
+        own = self.own_origin is not None and _origin(host, port, scheme) == self.own_origin
+        if scheme == "http":
+            if not own:
                 raise URLRefused(
-                    "plain http:// is fetched only from a loopback host while the API itself is on "
-                    "loopback (the emulator); RunComfy's URLs are https://"
+                    "plain http:// is fetched only from the API's own loopback host and port (the "
+                    "emulator); RunComfy's URLs are https://"
                 )
             return []
-        if self.local:
+        if own:
             return []
         addresses = self.resolver(host, port or 443)
         if not addresses:
@@ -213,10 +288,20 @@ class UrlPolicy:
         private = [address for address in addresses if not is_public_address(address)]
         if private:
             raise URLRefused(
-                f"its host resolves to a non-public address ({private[0]}: loopback, private or "
-                "link-local), which is never fetched"
+                f"its host resolves to a non-public address ({_described(private[0])}: loopback, "
+                "private or link-local), which is never fetched"
             )
         return list(addresses)
+
+
+def _described(address: str) -> str:
+    """An address as refused, with the IPv4 address it leads to when it embeds one."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return truncate(address, 80)
+    embedded = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else []
+    return f"{address}, which leads to {' and '.join(map(str, embedded))}" if embedded else address
 
 
 class PinnedTransport(httpx.BaseTransport):
@@ -280,14 +365,22 @@ def checked(policy: UrlPolicy, url: str, previous: str | None, what: str) -> lis
     """``policy.check``, its refusals as the user's errors (``OutputURLRejectedError``...)."""
     try:
         return policy.check(url, previous)
+    except URLMalformed as malformed:
+        raise MalformedURLError(f"Refusing to fetch {what} {_shown(url)}: {malformed.problem}.") from None
     except URLRefused as refused:
-        raise OutputURLRejectedError(
-            f"Refusing to fetch {what} {shown_url(url)}: {refused.problem}."
-        ) from None
+        raise OutputURLRejectedError(f"Refusing to fetch {what} {_shown(url)}: {refused.problem}.") from None
     except HostUnresolvable as error:
         raise OutputTransferError(
-            f"The host of {what} {shown_url(url)} could not be resolved ({truncate(error, 200)})."
+            f"The host of {what} {_shown(url)} could not be resolved ({truncate(error, 200)})."
         ) from None
+
+
+def _shown(url: str) -> str:
+    """``shown_url``, or for a URL that does not parse, its redacted start."""
+    try:
+        return shown_url(url)
+    except ValueError:
+        return truncate(redact_url(str(url)), 120)
 
 
 class Opener:
@@ -344,12 +437,17 @@ class Opener:
         for _ in range(MAX_REDIRECTS + 1):
             check_time()
             addresses = checked(self.policy, current, previous, what)
-            request = httpx.Request(
-                method,
-                current,
-                headers=sent,
-                extensions={"timeout": self._timeout, ADDRESSES: addresses},
-            )
+            try:
+                request = httpx.Request(
+                    method,
+                    current,
+                    headers=sent,
+                    extensions={"timeout": self._timeout, ADDRESSES: addresses},
+                )
+            except httpx.InvalidURL:  # parsed by urlsplit, yet not by httpx: still the policy's error
+                raise MalformedURLError(
+                    f"Refusing to fetch {what} {_shown(current)}: it is not a well-formed URL."
+                ) from None
             response = self._transport(current).handle_request(request)
             response.request = request
             location = response.headers.get("location")
@@ -361,11 +459,10 @@ class Opener:
                 return
             response.close()
             try:
+                _split(location)  # judged as sent: httpx would re-encode what does not parse
                 previous, current = current, str(httpx.URL(current).join(location))
-            except httpx.InvalidURL:
-                raise OutputURLRejectedError(
-                    f"{what} {shown_url(url)} redirected to an invalid URL."
-                ) from None
+            except (URLMalformed, httpx.InvalidURL):
+                raise MalformedURLError(f"{what} {_shown(url)} redirected to a malformed URL.") from None
         raise OutputDownloadError(
             f"{what.capitalize()} {shown_url(url)} redirected more than {MAX_REDIRECTS} times; "
             "it was not fetched."

@@ -183,6 +183,10 @@ class OutputURLRejectedError(OutputDownloadError):
     """The URL (or a redirect) breaks the URL policy (``check_fetch_url``): scheme, credentials, address."""
 
 
+class MalformedURLError(OutputURLRejectedError):
+    """The URL (or a redirect's) does not parse: refused by the URL policy before any connection."""
+
+
 class OutputTooLargeError(OutputDownloadError):
     """The output file is larger than ``max_output_bytes``."""
 

@@ -72,10 +72,12 @@ def discard() -> Iterator[io.BytesIO]:
         "https://100.64.0.1/o.png",
     ],
 )
-def test_https_to_a_non_public_address_is_refused_unless_the_api_is_on_loopback(url: str) -> None:
+def test_https_to_a_non_public_address_is_refused_even_while_the_api_is_on_loopback(url: str) -> None:
     with pytest.raises(OutputURLRejectedError, match="non-public address"):
         check_fetch_url(url, api_base_url=RUNCOMFY)
-    assert check_fetch_url(url, api_base_url="http://127.0.0.1:8188") == url  # the emulator's tests
+    # An API on loopback (the emulator, an egress sidecar) exempts its own host and port, nothing else.
+    with pytest.raises(OutputURLRejectedError, match="non-public address"):
+        check_fetch_url(url, api_base_url="http://127.0.0.1:8188")
 
 
 def test_a_name_is_judged_by_every_address_it_resolves_to() -> None:
@@ -101,13 +103,20 @@ def test_names_that_merely_look_like_loopback_are_not_loopback(host: str) -> Non
         check_output_url(f"http://{host}:8188/files/x/0.png", api_base_url="http://127.0.0.1:8188")
 
 
-def test_plain_http_to_loopback_only_while_the_api_is_on_loopback() -> None:
+def test_plain_http_only_to_the_loopback_apis_own_host_and_port() -> None:
     url = "http://127.0.0.1:8188/files/x/0.png"
-    assert check_output_url(url, api_base_url="http://localhost:8188") == url
+    assert check_output_url(url, api_base_url="http://127.0.0.1:8188") == url
+    assert check_output_url("http://LOCALHOST.:8188/x.png", api_base_url="http://localhost:8188/")
     with pytest.raises(OutputURLRejectedError, match="plain http"):
         check_output_url(url, api_base_url=RUNCOMFY)
-    with pytest.raises(OutputURLRejectedError, match="plain http"):
-        check_output_url("http://cdn.example.net/0.png", api_base_url="http://127.0.0.1:8188")
+    for elsewhere in (
+        "http://cdn.example.net/0.png",
+        "http://127.0.0.1:8189/0.png",  # another service on the same machine
+        "http://127.0.0.1/0.png",
+        "http://localhost:8188/0.png",  # another name: not the exact host the API was given
+    ):
+        with pytest.raises(OutputURLRejectedError, match="plain http"):
+            check_output_url(elsewhere, api_base_url="http://127.0.0.1:8188")
 
 
 # -- redirects are checked like the first URL --------------------------------------------------------

@@ -17,6 +17,8 @@ Scenarios (every wait is bounded):
 3. ``timeout=5`` on 60 s jobs: the task fails naming the timeout and the job is cancelled
    (queued) or said not cancellable (running), deferred and blocking.
 4. A blocking task marked failed: ``on_kill`` cancels its job.
+5. One task of a mapped (``.expand()``) deferrable operator marked failed: its queued job is
+   cancelled, its sibling's is not (the guard reads the state of *that* map index).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from scenario_helpers import (
     BLOCKING_TIMEOUT,
     CANCELLED,
     DEFERRED,
+    FANOUT_2,
     NOT_CANCELLABLE,
     TIMEOUT,
     cancels_of,
@@ -209,3 +212,47 @@ def test_mark_blocking_task_failed_cancels_its_job(
     assert ti["state"] == "failed" and ti["try_number"] == 1  # a user's "failed" is not retried
     assert len(submits_tagged(emulator, tag)) == 1
     assert len(cancels_of(emulator, [request_id])) == 1
+
+
+def test_mark_mapped_deferred_task_failed_cancels_only_its_job(
+    airflow: AirflowDeployment, emulator, record_timing
+) -> None:
+    """5. A user marks map index 1 of a mapped deferred task failed: its job is cancelled, map 0's is not.
+
+    Both jobs are held in RunComfy's queue by an emulator rule until the test releases them, so
+    both are cancellable throughout: only the guard's reading of each task's own state (Airflow
+    answers ``edit_1``, not ``edit``) decides which is cancelled. Map 0 then finishes normally.
+    """
+    tag = "s9-mapped-kill"
+    emulator.add_rule(prompt_contains=tag, hold=True)
+    run_id = airflow.trigger_dag(FANOUT_2, conf={"prompt": f"{tag}: make it blue"})
+    request_ids = {}
+    for map_index in (0, 1):
+        airflow.wait_for_trigger(FANOUT_2, run_id, "edit", map_index=map_index, timeout=90)
+        request_ids[map_index] = airflow.xcom(FANOUT_2, run_id, "edit", key="request_id", map_index=map_index)
+    assert [emulator.job(request_ids[i]).phase for i in (0, 1)] == ["in_queue", "in_queue"]
+
+    t0 = time.monotonic()
+    marked = airflow.set_task_state(FANOUT_2, run_id, "edit", "failed", map_index=1)
+    assert [(ti["map_index"], ti["state"]) for ti in marked] == [(1, "failed")]
+    wait_until(
+        lambda: any(e.status_code == 202 for e in cancels_of(emulator, [request_ids[1]])),
+        60,
+        "the cancel of map index 1's job to reach RunComfy",
+    )
+    record_timing("mark mapped deferred task failed -> cancel received", time.monotonic() - t0)
+    wait_for_log(airflow, FANOUT_2, run_id, f"{request_ids[1]} {CANCELLED}", map_index=1)
+    assert emulator.job(request_ids[1]).phase == "cancelled"
+
+    # The sibling is untouched: still deferred, its job still queued, no cancel sent for it.
+    assert airflow.task_instance(FANOUT_2, run_id, "edit", map_index=0)["state"] == "deferred"
+    assert emulator.job(request_ids[0]).phase == "in_queue"
+    assert cancels_of(emulator, [request_ids[0]]) == []
+
+    assert emulator.release(request_ids[0]) == [request_ids[0]]
+    airflow.wait_for_task_state(FANOUT_2, run_id, "edit", "success", map_index=0, timeout=120)
+    assert airflow.wait_for_run(FANOUT_2, run_id, timeout=60) == "failed"  # one mapped task failed
+    assert airflow.xcom(FANOUT_2, run_id, "edit", map_index=0)["request_id"] == request_ids[0]
+    assert cancels_of(emulator, [request_ids[0]]) == []  # never, over the sibling's whole life
+    assert len(cancels_of(emulator, [request_ids[1]])) == 1
+    assert len(submits_tagged(emulator, tag)) == 2

@@ -58,13 +58,14 @@ def test_triggerer_killed_and_restarted(airflow: AirflowDeployment, emulator, re
     health-check threshold); the triggers the survivor already ran stay where they are.
     """
     tag, count = "s4-triggerer-restart", 10
-    emulator.add_rule(prompt_contains=tag, queue_seconds=0, run_seconds=35)
+    # Held in RunComfy's queue until the takeover is done: every wait resumes mid-job, on any machine.
+    emulator.add_rule(prompt_contains=tag, hold=True, run_seconds=1)
     run_id = airflow.trigger_dag(FANOUT_10, conf={"prompt": f"{tag}: make it blue"})
     old = {
         i: airflow.wait_for_trigger(FANOUT_10, run_id, "edit", map_index=i, timeout=90) for i in range(count)
     }
     jobs = jobs_tagged(emulator, tag)
-    assert len(jobs) == count and {job.phase for job in jobs} == {"in_progress"}
+    assert len(jobs) == count and {job.phase for job in jobs} == {"in_queue"}
     victim = airflow.triggerer_of(old[0]["triggerer_id"])
     dead_job = airflow.triggerer_jobs[victim]
     orphans = [i for i, trigger in old.items() if trigger["triggerer_id"] == dead_job]
@@ -87,7 +88,8 @@ def test_triggerer_killed_and_restarted(airflow: AirflowDeployment, emulator, re
             request_id = airflow.xcom(FANOUT_10, run_id, "edit", key="request_id", map_index=i)
             phases[request_id] = emulator.job(request_id).phase
         record_timing(f"triggerer SIGKILL -> {len(orphans)} triggers running again", time.monotonic() - t0)
-        assert set(phases.values()) == {"in_progress"}, phases  # each wait resumed mid-job
+        assert set(phases.values()) == {"in_queue"}, phases  # each wait resumed mid-job
+        assert len(emulator.release()) == count
         assert airflow.wait_for_run(FANOUT_10, run_id, timeout=120) == "success"
         record_timing(f"triggerer SIGKILL -> {count} tasks success", time.monotonic() - t0)
     finally:
@@ -114,8 +116,8 @@ def test_scheduler_killed_and_restarted(airflow: AirflowDeployment, emulator, re
     it (by its Celery task id), and it finishes in its first try.
     """
     tag = "s5-scheduler"
-    emulator.add_rule(prompt_contains=f"{tag}-deferred", queue_seconds=0, run_seconds=20)
-    emulator.add_rule(prompt_contains=f"{tag}-blocking", queue_seconds=0, run_seconds=20)
+    # Both jobs held in RunComfy's queue until the new scheduler is up: still waited for, on any machine.
+    emulator.add_rule(prompt_contains=tag, hold=True, run_seconds=1)
     deferred = airflow.trigger_dag(DEFERRED, conf={"prompt": f"{tag}-deferred: make it blue"})
     airflow.wait_for_trigger(DEFERRED, deferred, "edit", timeout=60)
     blocking = airflow.trigger_dag(BLOCKING, conf={"prompt": f"{tag}-blocking: make it blue"})
@@ -132,6 +134,7 @@ def test_scheduler_killed_and_restarted(airflow: AirflowDeployment, emulator, re
     airflow.start_component("scheduler")
     airflow.wait_healthy(["scheduler"], timeout=60, heartbeat_after=started)
     record_timing("scheduler SIGKILL -> new scheduler healthy", time.monotonic() - t0)
+    assert sorted(emulator.release()) == sorted(request_ids.values())
     for dag_id, run_id in ((DEFERRED, deferred), (BLOCKING, blocking)):
         assert airflow.wait_for_run(dag_id, run_id, timeout=120) == "success", dag_id
         record_timing(f"scheduler SIGKILL -> {dag_id} success", time.monotonic() - t0)
@@ -158,13 +161,14 @@ def test_trigger_moved_to_another_triggerer_is_not_cancelled(
     """3. A hung triggerer's triggers move to a second triggerer; the old one's on_kill cancels nothing.
 
     Airflow 3.3.2 calls ``on_kill`` when a triggerer finds that triggers it runs are now
-    assigned to another triggerer.  The trigger reads the task's state (mapped tasks here, so
-    the per-map-index lookup is exercised), sees it still deferred and leaves the job alone.
-    The jobs stay queued through the whole move, so a wrong cancel would succeed (and show in
-    the journal).
+    assigned to another triggerer.  The trigger reads the task's state (mapped tasks here),
+    sees it still deferred and leaves the job alone.  The jobs are held in the queue through
+    the whole move, so a wrong cancel would succeed (and show in the journal).  That the
+    per-map-index lookup finds the right task (and so does cancel when it should) is proven by
+    ``test_runcomfy_cancel.py::test_mark_mapped_deferred_task_failed_cancels_only_its_job``.
     """
     tag, count = "s6-moved", 2
-    emulator.add_rule(prompt_contains=tag, queue_seconds=40, run_seconds=1)
+    emulator.add_rule(prompt_contains=tag, hold=True, run_seconds=1)
     run_id = airflow.trigger_dag(FANOUT_2, conf={"prompt": f"{tag}: make it blue"})
     first = [
         airflow.wait_for_trigger(FANOUT_2, run_id, "edit", map_index=i, timeout=60) for i in range(count)
@@ -207,6 +211,7 @@ def test_trigger_moved_to_another_triggerer_is_not_cancelled(
         assert phases == ["in_queue"] * count, "the jobs left the queue: the test proves nothing"
         assert cancels_of(emulator, request_ids) == []
 
+        assert sorted(emulator.release()) == sorted(request_ids)
         assert airflow.wait_for_run(FANOUT_2, run_id, timeout=90) == "success"
         record_timing("triggers moved -> tasks success", time.monotonic() - t0)
     finally:
@@ -218,7 +223,7 @@ def test_trigger_moved_to_another_triggerer_is_not_cancelled(
 def test_worker_death_retry_reattaches(airflow: AirflowDeployment, emulator, record_timing) -> None:
     """4. SIGKILL the task process after it submitted: the retry re-attaches, one submit in all."""
     tag = "s9-worker-death"
-    emulator.add_rule(prompt_contains=tag, queue_seconds=0, run_seconds=15)
+    emulator.add_rule(prompt_contains=tag, hold=True, run_seconds=1)  # still waited for when killed
     run_id = airflow.trigger_dag(BLOCKING, conf={"prompt": f"{tag}: make it blue"})
     airflow.wait_for_task_state(BLOCKING, run_id, "edit", "running", timeout=60)
 
@@ -233,6 +238,7 @@ def test_worker_death_retry_reattaches(airflow: AirflowDeployment, emulator, rec
     assert state_store(airflow, BLOCKING, run_id, "runcomfy_request")["request_id"] == request_id
     t0 = time.monotonic()
     airflow.kill_task(BLOCKING, run_id, "edit")  # SIGKILL: no on_kill, no cleanup
+    assert emulator.release(request_id) == [request_id]
 
     assert airflow.wait_for_run(BLOCKING, run_id, timeout=120) == "success"
     record_timing("task process SIGKILL -> retry succeeded", time.monotonic() - t0)

@@ -27,6 +27,8 @@ This module knows nothing of Airflow.
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -101,6 +103,13 @@ DOWNLOAD_ATTEMPTS = 3
 
 #: How much is read and written at a time: memory stays flat whatever the file's size.
 CHUNK_SIZE = 1024 * 1024
+
+#: Files announced at least this large are hashed and written on a second thread while the
+#: next bytes arrive (``_write_behind``); smaller ones are not worth a thread.
+WRITE_BEHIND_BYTES = 8 * 1024 * 1024
+
+#: ``CHUNK_SIZE`` batches waiting for that thread at most: the memory a copy may hold.
+WRITE_BEHIND_BATCHES = 4
 
 #: The longest one output download may take, retries included (a 200 MB video at 250 KB/s).
 DEFAULT_MAX_SECONDS = 900.0
@@ -233,13 +242,12 @@ class OutputDownloader(Closing):
                 announced = _content_length(response)
                 if announced is not None and announced > self.max_bytes:
                     raise self._too_large(url, f"the server announced {announced} bytes")
-                digest = hashlib.sha256()
-                size = 0
                 with open_sink() as sink:
-                    for piece in self._body(url, response, deadline):
-                        size += len(piece)
-                        digest.update(piece)
-                        sink.write(piece)
+                    pieces = self._body(url, response, deadline)
+                    if announced is not None and announced >= WRITE_BEHIND_BYTES:
+                        size, digest = _write_behind(pieces, sink)
+                    else:
+                        size, digest = _write(pieces, sink)
                     if announced is not None and _identity(response) and size != announced:
                         raise OutputTransferError(
                             f"The download of {shown_url(url)} ended after {size} of {announced} bytes."
@@ -258,10 +266,21 @@ class OutputDownloader(Closing):
     def _body(self, url: str, response: httpx.Response, deadline: float) -> Iterator[bytes]:
         """The body's bytes, inflated a bounded piece at a time, counted against the cap and the deadline."""
         try:
-            decoder = BoundedDecoder(response.headers.get("content-encoding"), self.max_bytes)
             # A response built in memory (a test's MockTransport) was read when it was made;
-            # its stream still holds the raw bytes.
-            chunks = response.stream if response.is_stream_consumed else response.iter_raw(CHUNK_SIZE)
+            # its stream still holds the raw bytes. Otherwise the pieces come as the connection
+            # reads them (64 KiB): re-cutting them to a fixed size would copy every byte twice more.
+            chunks = response.stream if response.is_stream_consumed else response.iter_raw()
+            if _identity(response):
+                # The common case (pictures are not compressed again): counted here, no decoder.
+                size = 0
+                for chunk in chunks:  # type: ignore[union-attr]
+                    _check_deadline(url, deadline, self.max_seconds)
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise BodyTooLargeError(self.max_bytes)
+                    yield chunk
+                return
+            decoder = BoundedDecoder(response.headers.get("content-encoding"), self.max_bytes)
             for chunk in chunks:  # type: ignore[union-attr]
                 _check_deadline(url, deadline, self.max_seconds)
                 yield from decoder.feed(chunk)
@@ -328,6 +347,67 @@ def fetch(
 def head(url: str, *, api_base_url: str | None, timeout: float = 10.0, **kwargs: Any) -> Fetched:
     """``fetch`` with ``HEAD``: the status and headers of ``url`` (``Content-Type``, ``Content-Length``)."""
     return fetch(url, api_base_url=api_base_url, timeout=timeout, method="HEAD", max_bytes=1, **kwargs)
+
+
+def _write(pieces: Iterator[bytes], sink: Sink) -> tuple[int, Any]:
+    """Hash and write each piece as it arrives: ``(bytes written, their sha256)``."""
+    digest = hashlib.sha256()
+    size = 0
+    for piece in pieces:
+        size += len(piece)
+        digest.update(piece)
+        sink.write(piece)
+    return size, digest
+
+
+def _write_behind(pieces: Iterator[bytes], sink: Sink) -> tuple[int, Any]:
+    """``_write``, with the hashing and writing on a second thread while this one receives.
+
+    Receiving (the socket, the HTTP parser) and hashing and writing (``hashlib`` and file
+    writes let go of the GIL for large buffers) then overlap, so a big file arrives in about
+    the time the slower side takes rather than their sum. Pieces are handed over about
+    ``CHUNK_SIZE`` at a time, at most ``WRITE_BEHIND_BATCHES`` waiting: memory stays a few MB
+    whatever the file's size. A failure on either side ends both; the caller's sink then sees
+    the exception (and discards what was written).
+    """
+    digest = hashlib.sha256()
+    handoff: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=WRITE_BEHIND_BATCHES)
+    failures: list[BaseException] = []
+
+    def drain() -> None:
+        try:
+            while (batch := handoff.get()) is not None:
+                for piece in batch:
+                    digest.update(piece)
+                    sink.write(piece)
+        except BaseException as error:  # reported to the receiving side, which raises it
+            failures.append(error)
+            while handoff.get() is not None:  # the receiving side must never block on a full queue
+                pass
+
+    writer = threading.Thread(target=drain, name="runcomfy-write-behind", daemon=True)
+    writer.start()
+    size = 0
+    batch: list[bytes] = []
+    batched = 0
+    try:
+        for piece in pieces:
+            if failures:
+                break
+            size += len(piece)
+            batch.append(piece)
+            batched += len(piece)
+            if batched >= CHUNK_SIZE:
+                handoff.put(batch)
+                batch, batched = [], 0
+        if batch and not failures:
+            handoff.put(batch)
+    finally:
+        handoff.put(None)
+        writer.join()
+    if failures:
+        raise failures[0]
+    return size, digest
 
 
 def _check_deadline(url: str, deadline: float, max_seconds: float) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import io
 import json
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 
 from airflow_provider_runcomfy.client import Outcome, OutcomeKind, RunComfyClient
 from airflow_provider_runcomfy.client.download import (
+    WRITE_BEHIND_BYTES,
     OutputContentTypeError,
     OutputDownloader,
     OutputTooLargeError,
@@ -221,6 +223,76 @@ def test_a_download_cut_off_midway_is_retried_in_a_fresh_sink(emu, output_url):
     assert [e.fault for e in emu.journal.of("file")][-2:] == ["truncate", None]
 
 
+def test_a_big_file_is_hashed_and_written_off_the_receiving_thread(emu, output_url):
+    emu.add_rule(output_bytes=WRITE_BEHIND_BYTES + 3_000_000)
+    url = output_url()
+    expected = httpx.get(url).content
+    writers: set[str] = set()
+
+    class ThreadNotingSink(io.BytesIO):
+        def write(self, data: Any, /) -> int:
+            writers.add(threading.current_thread().name)
+            return super().write(data)
+
+    kept = ThreadNotingSink()
+
+    @contextmanager
+    def open_sink() -> Iterator[ThreadNotingSink]:
+        yield kept
+
+    with OutputDownloader(api_base_url=emu.base_url) as downloader:
+        download = downloader.download(url, open_sink)
+
+    assert kept.getvalue() == expected
+    assert download.sha256 == hashlib.sha256(expected).hexdigest()
+    assert writers == {"runcomfy-write-behind"}
+
+
+def test_a_big_download_cut_off_midway_is_retried_in_a_fresh_sink(emu, output_url):
+    emu.add_rule(output_bytes=WRITE_BEHIND_BYTES + 3_000_000)
+    url = output_url()
+    expected = httpx.get(url).content
+    emu.add_fault("file", "truncate", after_bytes=len(expected) // 2)
+    sinks = Sinks()
+
+    with OutputDownloader(api_base_url=emu.base_url, attempts=3) as downloader:
+        download = downloader.download(url, sinks.open)
+
+    assert len(sinks.opened) == 2 and len(sinks.discarded) == 1
+    assert 0 < len(sinks.discarded[0].getvalue()) < len(expected)
+    assert sinks.kept == expected
+    assert download.sha256 == hashlib.sha256(expected).hexdigest()
+
+
+def test_a_sink_that_fails_while_a_big_file_arrives_ends_the_download_and_is_discarded(emu, output_url):
+    emu.add_rule(output_bytes=WRITE_BEHIND_BYTES + 3_000_000)
+    url = output_url()
+    discarded: list[BaseException] = []
+
+    class FullDisk:
+        written = 0
+
+        def write(self, data: bytes, /) -> None:
+            if self.written > 2_000_000:
+                raise OSError(28, "No space left on device")
+            self.written += len(data)
+
+    @contextmanager
+    def open_sink() -> Iterator[FullDisk]:
+        try:
+            yield FullDisk()
+        except BaseException as error:
+            discarded.append(error)
+            raise
+
+    with OutputDownloader(api_base_url=emu.base_url) as downloader:
+        with pytest.raises(OSError, match="No space left"):
+            downloader.download(url, open_sink)
+
+    assert len(discarded) == 1 and isinstance(discarded[0], OSError)
+    assert not [t for t in threading.enumerate() if t.name == "runcomfy-write-behind"]
+
+
 def test_a_download_cut_off_on_the_last_attempt_fails_as_retryable(emu, output_url):
     url = output_url()
     emu.add_fault("file", "truncate", after_bytes=100)
@@ -357,7 +429,7 @@ def test_urls_that_are_not_https_or_carry_credentials_are_refused_before_any_req
     assert "secret" not in caught.value.message
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8188/files/a/0.png", "http://localhost/x.png"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8188/files/a/0.png", "http://127.0.0.1:8188/x.png"])
 def test_plain_http_is_fine_on_loopback_while_the_api_is_there_too(url):
     assert check_output_url(url, api_base_url="http://127.0.0.1:8188") == url
     with pytest.raises(OutputURLRejectedError, match="loopback"):

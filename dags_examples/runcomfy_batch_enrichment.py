@@ -41,11 +41,10 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, Param, task
-from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_runcomfy.compat import AirflowFailException
 from airflow_provider_runcomfy.models import NANO_BANANA_EDIT
-from airflow_provider_runcomfy.operators.batch import RunComfyBatchOperator
-from airflow_provider_runcomfy.operators.runcomfy import NanoBananaEditOperator
+from airflow_provider_runcomfy.operators.runcomfy import NanoBananaEditOperator, RunComfyBatchOperator
 
 #: The default inputs, shipped with this example.
 IMAGE_LIST = Path(__file__).parent / "data" / "batch_images.txt"

@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 DAG_ID = "runcomfy_ui"
-USERS = {"admin": "admin", "outsider": "viewer"}
+USERS = {"admin": "admin", "outsider": "viewer", "attacker": "viewer"}
 
 
 class TokenAuth(httpx.Auth):
@@ -80,7 +80,69 @@ class LoginDeployment(AirflowDeployment):
     def api(self) -> httpx.Client:
         client = super().api
         client.auth = self.auth
+        # A machine shared with other test runs can keep the API server busy for more than 30 s.
+        client.timeout = httpx.Timeout(120.0)
         return client
+
+
+#: The FAB auth manager (``apache-airflow-providers-fab``): real per-DAG permissions.
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+#: Run in the deployment's environment after ``db migrate``: FAB roles and users, in one process.
+#: ``attacker`` may read runs, task instances and XComs of one DAG only -- FAB's own model: the
+#: sub-entity permissions are global, the ``DAG:<dag_id>`` permission scopes them.
+FAB_USERS_SCRIPT = """
+import json, sys
+from airflow.providers.fab.auth_manager.cli_commands.utils import get_application_builder
+
+users = json.loads(sys.argv[1])
+with get_application_builder() as appbuilder:
+    sm = appbuilder.sm
+    for name, spec in users.items():
+        role = sm.find_role(spec["role"])
+        if role is None:
+            role = sm.add_role(spec["role"])
+            for resource in spec["resources"]:
+                sm.add_permission_to_role(role, sm.create_permission("can_read", resource))
+        if sm.find_user(username=name) is None:
+            assert sm.add_user(name, name, "test", f"{name}@example.com", role, spec["password"]), name
+"""
+
+
+class FabDeployment(LoginDeployment):
+    """A deployment whose auth manager is FAB, with users made before anything asks for a token.
+
+    :param fab_users: ``{user: {"role": ..., "resources": [...], "password": ...}}``; a role that
+        exists already (``Admin``) is used as it is.
+    """
+
+    fab_users: dict[str, dict[str, Any]] = {}
+
+    def _migrate(self) -> None:
+        import json
+        import subprocess
+
+        super()._migrate()  # type: ignore[misc]
+        result = subprocess.run(
+            [sys.executable, "-c", FAB_USERS_SCRIPT, json.dumps(self.fab_users)],
+            env=self._env,  # type: ignore[attr-defined]
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"creating the FAB users failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+            )
+
+
+def fab_installed() -> bool:
+    try:
+        importlib.metadata.version("apache-airflow-providers-fab")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def plugin_entry_point_installed() -> bool:

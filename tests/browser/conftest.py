@@ -30,9 +30,9 @@ from browser_site import (
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def site(runcomfy_emulator_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    """The deployment, started once per module, with one finished run of ``runcomfy_ui``."""
+    """The deployment, started once for all the browser tests, with one finished run of ``runcomfy_ui``."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: run scripts/system-packages (it installs the distro's Chromium)")
     work = tmp_path_factory.mktemp("browser-site")
@@ -70,9 +70,9 @@ def site(runcomfy_emulator_server: Any, tmp_path_factory: pytest.TempPathFactory
         deployment.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(site: Site) -> Iterator[Any]:
-    """Chromium through Playwright (sync API), closed after the module."""
+    """Chromium through Playwright (sync API), closed after the session."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -13,12 +13,18 @@ from typing import Any
 
 from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
 
-#: (user, DAG) pairs refused.
-REFUSED = {("outsider", "runcomfy_ui")}
+#: (user, DAG) pairs refused: ``outsider`` may not read the UI's DAG; ``attacker`` may read
+#: only ``runcomfy_attacker`` (``test_cross_dag``).
+REFUSED = {
+    ("outsider", "runcomfy_ui"),
+    ("attacker", "runcomfy_ui"),
+    ("attacker", "runcomfy_review"),
+    ("attacker", "runcomfy_batch20"),
+}
 
 
 class DagScopedAuthManager(SimpleAuthManager):
-    """SimpleAuthManager, except that ``outsider`` may not see the DAG ``runcomfy_ui``."""
+    """SimpleAuthManager, except for the (user, DAG) pairs in ``REFUSED``."""
 
     def is_authorized_dag(
         self, *, method: Any, user: Any, access_entity: Any = None, details: Any = None

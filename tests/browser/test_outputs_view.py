@@ -106,7 +106,12 @@ def test_the_run_gallery_shows_every_item_and_filters_the_failed_ones(page: Any,
     # 8 tiles: the edit, 3 mapped instances, 4 batch lines; failed items have no output picture.
     pictures = loaded_pictures(frame, 14)
     page.shot("run-gallery")
-    shown = {src.split("/runcomfy/picture/")[1].split("/", 2)[2]: width for src, width in pictures}
+    # Tiles show thumbnails made by the API server (``?size=thumb``), the picture opens on a click.
+    assert all("size=thumb" in src for src, _ in pictures), pictures
+    shown = {
+        src.split("/runcomfy/picture/")[1].split("/", 2)[2].replace("size=thumb", "").rstrip("?&"): width
+        for src, width in pictures
+    }
     succeeded = ["edit/-1/{}/0", "enrich/0/{}/0", "enrich/1/{}/0"] + [
         f"batch/-1/{{}}/0?item={i}" for i in range(3)
     ]
@@ -121,7 +126,7 @@ def test_the_run_gallery_shows_every_item_and_filters_the_failed_ones(page: Any,
     tiles = frame.locator(".tile").all_inner_texts()
     page.shot("run-gallery-failed")
     assert any("enrich [2]" in tile for tile in tiles)
-    assert any("batch · line 3" in tile and "host not found" in tile for tile in tiles)
+    assert any("batch · #3" in tile and "host not found" in tile for tile in tiles)
 
 
 def test_a_batch_task_shows_its_manifest_as_tiles_and_serves_the_manifest(page: Any, site: Site) -> None:

@@ -6,6 +6,8 @@ puts on ``sys.path`` for the DAG processor and the task runner alike.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
 from airflow.sdk import DAG, Param
 
@@ -23,6 +25,10 @@ def ui_dag(dag_id: str, **more_params: Param) -> DAG:
     }
     return DAG(
         dag_id,
+        # A task whose job finished but which Airflow failed anyway (the defer/resume race,
+        # docs/waiting.md) re-attaches on its retry without paying again; tasks that must
+        # fail for the tests say retries=0.
+        default_args={"retries": 1, "retry_delay": timedelta(seconds=2)},
         schedule=None,
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,

@@ -33,7 +33,8 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, ObjectStoragePath, Param, task
-from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_runcomfy.compat import AirflowFailException
 
 #: Manifest lines over this size are skipped: a report must not choke on one odd file.
 MAX_LINE_CHARS = 1_000_000

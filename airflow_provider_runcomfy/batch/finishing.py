@@ -14,9 +14,8 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException
-
 from airflow_provider_runcomfy.client.errors import JobTimeoutError
+from airflow_provider_runcomfy.compat import AirflowFailException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

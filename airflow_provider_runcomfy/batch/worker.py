@@ -10,9 +10,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException
-
 from airflow_provider_runcomfy.client.errors import RunComfyError
+from airflow_provider_runcomfy.compat import AirflowFailException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -12,9 +12,8 @@ from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
-
 from airflow_provider_runcomfy.client import RunComfyError
+from airflow_provider_runcomfy.compat import BaseHook
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection

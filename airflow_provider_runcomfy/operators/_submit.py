@@ -1,7 +1,8 @@
 """Submit once per intent: the record in ``task_state_store`` that lets a retry re-attach, never pay twice.
 
 RunComfy has no idempotency key, so what this task instance has sent is kept in
-``context["task_state_store"]`` (Airflow 3.3; kept across retries and clears, unlike XCom):
+``context["task_state_store"]`` (Airflow 3.3; kept across retries and clears, unlike XCom), or
+below 3.3 in an Airflow Variable of the task instance (``compat.VariableStateStore``, same rules):
 
 1. an **intent** (model, input fingerprint, time) *before* the paid POST;
 2. the **request id** right after it (retried; if it cannot be written the job is
@@ -21,8 +22,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow.sdk.exceptions import AirflowFailException
-
 from airflow_provider_runcomfy.client import (
     RequestNotFoundError,
     RunComfyError,
@@ -31,6 +30,7 @@ from airflow_provider_runcomfy.client import (
 )
 from airflow_provider_runcomfy.client._validation import input_fingerprint
 from airflow_provider_runcomfy.client.outcome import Finality, Outcome, describe_cancel, finality
+from airflow_provider_runcomfy.compat import AirflowFailException, task_state_store
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -103,8 +103,8 @@ class SubmitOnceMixin:
 
     def find_earlier_job(self, context: Context, payload: dict[str, Any]) -> EarlierJob:
         """The job an earlier try of this task instance submitted for the same inputs, if any."""
-        store = context.get("task_state_store")
-        if store is None or not self.reattach:
+        store = task_state_store(context) if self.reattach else None
+        if store is None:
             return EarlierJob()
         record = store.get(STATE_KEY)
         if not isinstance(record, dict):
@@ -126,7 +126,7 @@ class SubmitOnceMixin:
         is what is sent: storage paths signed or inlined (``sources``). A
         pre-signed URL is a credential and differs on every try, so it is never recorded.
         """
-        store = context.get("task_state_store") if self.reattach else None
+        store = task_state_store(context) if self.reattach else None
         # The connection is read (and the token checked) first: a missing connection must fail
         # here, not leave an intent behind that makes the next try stop and ask.
         self.hook.get_conn()

@@ -11,8 +11,6 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from airflow.sdk.exceptions import AirflowFailException
-
 from airflow_provider_runcomfy.client import (
     AuthenticationError,
     InputRejectedError,
@@ -26,6 +24,7 @@ from airflow_provider_runcomfy.client import (
 )
 from airflow_provider_runcomfy.client._wait import deadline_after
 from airflow_provider_runcomfy.client.outcome import Outcome, OutcomeKind, describe_cancel, describe_status
+from airflow_provider_runcomfy.compat import AirflowFailException
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 
 if TYPE_CHECKING:

@@ -21,7 +21,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_runcomfy.arguments import (
     PreflightMode,
@@ -34,6 +33,7 @@ from airflow_provider_runcomfy.arguments import (
 from airflow_provider_runcomfy.batch.finishing import BatchFinishing, BatchLineage
 from airflow_provider_runcomfy.batch.worker import ON_KILL_SECONDS, BatchWorkerIO
 from airflow_provider_runcomfy.client.errors import RunComfyError
+from airflow_provider_runcomfy.compat import AirflowFailException
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 from airflow_provider_runcomfy.operators.links import RunComfyManifestLink, RunComfyOutputLink
 

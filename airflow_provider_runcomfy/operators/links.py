@@ -41,9 +41,9 @@ def outputs_tab_url(ti_key: TaskInstanceKey) -> str:
 
 
 def _base_url() -> str:
-    from airflow.sdk import conf
+    from airflow_provider_runcomfy.compat import airflow_conf
 
-    return (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    return (airflow_conf().get("api", "base_url", fallback="") or "").rstrip("/")
 
 
 class RunComfyOutputLink(BaseOperatorLink):
@@ -52,7 +52,10 @@ class RunComfyOutputLink(BaseOperatorLink):
     name = "RunComfy output"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        return outputs_tab_url(ti_key)
+        from airflow_provider_runcomfy.compat import HAS_PLUGIN_TABS
+
+        # Airflow 3.0 shows no plugin tabs: the link opens the page the API server serves on its own.
+        return outputs_tab_url(ti_key) if HAS_PLUGIN_TABS else view_url("outputs", ti_key)
 
 
 class RunComfyManifestLink(BaseOperatorLink):

@@ -143,7 +143,7 @@ _ATTACHED: set[str] = set()
 
 def airflow_serves(scheme: str) -> bool:
     """Whether ``ObjectStoragePath`` serves ``scheme`` as it is: a local path, or an Airflow provider's filesystem."""
-    from airflow.sdk.io import has_fs
+    from airflow_provider_runcomfy.compat import has_fs
 
     return scheme in ("file", "local") or has_fs(scheme)
 

@@ -7,7 +7,6 @@ import time
 from datetime import timedelta
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_runcomfy.client import (
     JobCancelledError,
@@ -20,6 +19,7 @@ from airflow_provider_runcomfy.client import (
     RunComfyError,
     ServerError,
 )
+from airflow_provider_runcomfy.compat import AirflowFailException, TaskDeferred
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT
 from airflow_provider_runcomfy.operators.runcomfy import FluxKontextProEditOperator, RunComfyModelOperator

@@ -13,11 +13,11 @@ import json
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from pytest_mock import MockerFixture
 
 from airflow_provider_runcomfy.client import RunComfyClient
 from airflow_provider_runcomfy.client._validation import input_fingerprint
+from airflow_provider_runcomfy.compat import AirflowFailException, TaskDeferred
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT, validate_input
 from airflow_provider_runcomfy.operators._submit import RECORD_ATTEMPTS, STATE_KEY
@@ -222,7 +222,10 @@ def test_reattach_false_records_nothing_and_always_submits(emu: RunComfyEmulator
 
 def test_a_missing_connection_fails_before_any_intent_is_recorded(emu: RunComfyEmulator) -> None:
     """Nothing was sent, so nothing may make the next try (after the connection is added) stop and ask."""
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    try:
+        from airflow.sdk.exceptions import AirflowNotFoundException
+    except ImportError:  # Airflow 3.0, 3.1
+        from airflow.exceptions import AirflowNotFoundException  # type: ignore[no-redef]
 
     store = MemoryStateStore()
     with pytest.raises(AirflowNotFoundException):

@@ -60,7 +60,9 @@ class StoreRefusingRequestIds:
 
 
 def refuse_request_id_writes(context: Any) -> None:
-    context["task_state_store"] = StoreRefusingRequestIds(context["task_state_store"])
+    from airflow_provider_runcomfy.compat import task_state_store  # a Variable below Airflow 3.3
+
+    context["task_state_store"] = StoreRefusingRequestIds(task_state_store(context))
 
 
 it_store_fails = flux_dag(

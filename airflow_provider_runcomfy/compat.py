@@ -1,0 +1,204 @@
+"""Every difference between the Airflow 3 releases the provider supports (3.0 to 3.3), in one place.
+
+The rest of the provider imports Airflow's authoring names from here when their home
+moved between releases, and asks here what a release can do. Where a release lacks
+something the provider's promises rest on, this module supplies the stand-in:
+
+* ``task_state_store`` (3.3, kept across retries and clears) holds the record that lets
+  a retry re-attach to its paid job. Below 3.3, :class:`VariableStateStore` keeps the
+  same record in an Airflow Variable per task instance: the one durable store every
+  worker reaches through the Task SDK on every executor, with or without ``output_dir``.
+
+See ``docs/compatibility.md`` for the feature-by-version table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import airflow
+
+if TYPE_CHECKING:
+    from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+else:
+    try:  # 3.2+
+        from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+    except ImportError:  # 3.0, 3.1
+        from airflow.exceptions import AirflowFailException, TaskDeferred
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseHook
+else:
+    try:  # 3.1+
+        from airflow.sdk import BaseHook
+    except ImportError:  # 3.0
+        from airflow.hooks.base import BaseHook
+
+__all__ = [
+    "AIRFLOW_VERSION",
+    "HAS_DECLARATIVE_CONNECTION_FORM",
+    "HAS_PLUGIN_TABS",
+    "HAS_TASK_STATE_STORE",
+    "HAS_TRIGGER_ON_KILL",
+    "AirflowFailException",
+    "BaseHook",
+    "StateStore",
+    "TaskDeferred",
+    "VariableStateStore",
+    "airflow_conf",
+    "has_fs",
+    "task_state_store",
+]
+
+
+def _release(version: str) -> tuple[int, int]:
+    """``(major, minor)`` of a version string such as ``3.1.8`` or ``3.3.0rc1``."""
+    major, minor = [*version.split("."), "0"][:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+#: The running Airflow's ``(major, minor)``.
+AIRFLOW_VERSION = _release(airflow.__version__)
+#: ``context["task_state_store"]`` (AIP-103): a per-task-instance store kept across retries and clears.
+HAS_TASK_STATE_STORE = AIRFLOW_VERSION >= (3, 3)
+#: ``async BaseTrigger.on_kill()``: a deferred task marked failed/success or cleared can cancel its job.
+HAS_TRIGGER_ON_KILL = AIRFLOW_VERSION >= (3, 3)
+#: Plugin ``external_views`` shown as task-instance and DAG-run tabs in the UI.
+HAS_PLUGIN_TABS = AIRFLOW_VERSION >= (3, 1)
+#: ``conn-fields`` / ``ui-field-behaviour`` read from the provider info (the labelled connection form).
+HAS_DECLARATIVE_CONNECTION_FORM = AIRFLOW_VERSION >= (3, 2)
+
+
+def airflow_conf() -> Any:
+    """Airflow's configuration: ``airflow.sdk.conf`` from 3.2, ``airflow.configuration.conf`` before."""
+    try:
+        from airflow.sdk import conf
+    except ImportError:  # 3.0, 3.1
+        from airflow.configuration import conf as core_conf
+
+        return core_conf
+    return conf
+
+
+def has_fs(scheme: str) -> bool:
+    """Whether an Airflow provider registers a filesystem for ``scheme`` (``has_fs`` moved in 3.1)."""
+    try:
+        from airflow.sdk.io import has_fs as sdk_has_fs
+    except ImportError:  # 3.0: in the core package, which 3.3 no longer has
+        return bool(importlib.import_module("airflow.io").has_fs(scheme))
+    return bool(sdk_has_fs(scheme))
+
+
+class StateStore(Protocol):
+    """What the provider uses of ``task_state_store``: JSON values by key, for one task instance."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def set(self, key: str, value: Any) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+def task_state_store(context: Mapping[str, Any]) -> StateStore | None:
+    """The task instance's durable store: Airflow's own on 3.3, an Airflow Variable below.
+
+    None where there is none to have: on 3.3 a context without the store (a bare
+    ``execute`` call in a test), below 3.3 a context without a task instance.
+    """
+    store = context.get("task_state_store")
+    if store is not None or HAS_TASK_STATE_STORE:
+        return store
+    ti = context.get("ti")
+    if ti is None:
+        return None
+    return VariableStateStore(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1))
+
+
+class StateStoreWriteError(RuntimeError):
+    """A write to the Variable-backed store did not reach the metadata DB."""
+
+
+class VariableStateStore:
+    """``task_state_store`` for Airflow 3.0-3.2: one Airflow Variable per task instance and key.
+
+    Why a Variable: it lives in the metadata DB (so it survives retries, clears, worker
+    loss and a moved worker), every worker reaches it through the Task SDK's API on every
+    executor, and it needs no ``output_dir``. The Variable's name is a digest of the task
+    instance and the key (names are limited to 250 characters; dag, run and task ids may
+    each be that long); its value repeats the identity in clear, so that a user can see
+    whose record it is, and a read checks it.
+
+    The Task SDK's ``Variable.set``/``delete`` log a refused write instead of raising, so
+    each write is read back: a record that did not reach the DB raises, as the 3.3 store
+    would, and the caller's rules for a failed write apply.
+
+    Records are kept after success, as on 3.3, so that a cleared task reuses its paid
+    outputs; ``docs/compatibility.md`` says how to prune them.
+    """
+
+    #: Prefix of the Variables this store writes (to find or prune them).
+    PREFIX = "runcomfy_state_"
+
+    def __init__(self, dag_id: str, run_id: str, task_id: str, map_index: int | None) -> None:
+        self.identity: dict[str, Any] = {
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "task_id": task_id,
+            "map_index": -1 if map_index is None else int(map_index),
+        }
+
+    def variable_name(self, key: str) -> str:
+        """The Variable that holds ``key`` for this task instance."""
+        who = json.dumps([self.identity, key], sort_keys=True)
+        return self.PREFIX + hashlib.sha256(who.encode()).hexdigest()[:40]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        from airflow.sdk import Variable
+
+        name = self.variable_name(key)
+        raw = Variable.get(name, default=None)
+        if raw is None:
+            return default
+        try:
+            stored = json.loads(raw)
+        except (TypeError, ValueError):
+            stored = None
+        if not isinstance(stored, dict) or stored.get("task_instance") != self.identity:
+            # Never read as "nothing was paid for": that would submit and pay again.
+            raise AirflowFailException(
+                f"The Airflow Variable {name}, where this task instance keeps its RunComfy re-attach "
+                "record, does not hold a record of this task instance (it was edited or damaged). "
+                "Nothing was submitted. Check the RunComfy dashboard (Requests) for a job of this "
+                "task, then delete the Variable and run the task again."
+            )
+        return stored.get("value", default)
+
+    def set(self, key: str, value: Any) -> None:
+        from airflow.sdk import Variable
+
+        name = self.variable_name(key)
+        stored = {"task_instance": self.identity, "key": key, "value": value}
+        text = json.dumps(stored, sort_keys=True)
+        ti = self.identity
+        where = f"{ti['dag_id']} / {ti['run_id']} / {ti['task_id']}" + (
+            f"[{ti['map_index']}]" if ti["map_index"] >= 0 else ""
+        )
+        Variable.set(
+            name,
+            text,
+            description=f"RunComfy provider: '{key}' of task instance {where} (kept across retries; Airflow < 3.3).",
+        )
+        if Variable.get(name, default=None) != text:
+            raise StateStoreWriteError(f"Airflow Variable {name} could not be written")
+
+    def delete(self, key: str) -> None:
+        from airflow.sdk import Variable
+
+        name = self.variable_name(key)
+        Variable.delete(name)
+        if Variable.get(name, default=None) is not None:
+            raise StateStoreWriteError(f"Airflow Variable {name} could not be deleted")

@@ -118,3 +118,45 @@ def test_every_declared_runtime_dependency_is_imported() -> None:
     imported = set(imported_distributions())
     unused = _names(_project()["dependencies"]) - imported
     assert not unused, f"declared in [project.dependencies] but never imported: {sorted(unused)}"
+
+
+#: The environment each supported Airflow is tested in: locks resolved as of each release
+#: (``scripts/compat``), and the main venv's constraints (``scripts/bootstrap``, the newest).
+LOCKS = [*sorted((REPO / "requirements").glob("airflow-3.*.txt")), REPO / "requirements" / "constraints.txt"]
+
+
+def _pins(lock: Path) -> dict[str, str]:
+    pins = {}
+    for line in lock.read_text().splitlines():
+        requirement = line.split("#", 1)[0].split(";", 1)[0].strip()
+        if "==" in requirement:
+            name, version = requirement.split("==", 1)
+            pins[_normalise(name.split("[")[0])] = version.strip()
+    return pins
+
+
+def test_every_tested_airflow_satisfies_every_declared_dependency() -> None:
+    """A lower bound raised past what an older Airflow ships (SQLAlchemy 2.0 on 3.0) fails here first."""
+    from packaging.requirements import Requirement
+
+    unmet = []
+    for lock in LOCKS:
+        pins = _pins(lock)
+        for declared in _project()["dependencies"]:
+            requirement = Requirement(declared)
+            pinned = pins.get(_normalise(requirement.name))
+            assert pinned, f"{lock.name} pins no {requirement.name}"
+            if not requirement.specifier.contains(pinned, prereleases=True):
+                unmet.append(f"{lock.name}: {requirement.name}=={pinned} does not satisfy {declared}")
+    assert not unmet, unmet
+
+
+def test_the_airflow_lower_bound_is_the_oldest_release_tested() -> None:
+    from packaging.requirements import Requirement
+
+    (airflow_requirement,) = (
+        Requirement(d) for d in _project()["dependencies"] if Requirement(d).name == "apache-airflow"
+    )
+    tested = sorted(tuple(int(p) for p in _pins(lock)["apache-airflow"].split(".")[:2]) for lock in LOCKS)
+    assert len(LOCKS) == 4 and tested == [(3, 0), (3, 1), (3, 2), (3, 3)]
+    assert str(airflow_requirement.specifier) == ">=3.0"

@@ -381,7 +381,7 @@ class HostGate:
 
     def enter(self, host: HostKey | None) -> tuple[str | None, threading.Event | None]:
         """``(the host's recent failure, None)``, or ``(None, a probe)`` when this check is the host's first."""
-        if host is None:
+        if host is None or self.failure_ttl <= 0:  # nothing is kept: nothing to wait for either
             return None, None
         until = time.monotonic() + self.wait
         while True:

@@ -27,6 +27,8 @@ from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_runcomfy.client.redact import redact_text
+
 #: ``externalQuery.source`` of RunComfy requests.
 LINEAGE_SOURCE = "runcomfy"
 #: The most input datasets a batch reports (its first distinct input pictures): an event stays small
@@ -50,14 +52,17 @@ def dataset_name(location: str) -> tuple[str, str] | None:
     location = location.strip()
     if not location or location.startswith("data:"):
         return None
-    parts = urlsplit(location)
+    try:
+        parts = urlsplit(location)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a malformed URL (an unclosed "[", a port that is not a number) is no dataset
+        return None
     scheme = parts.scheme.lower()
     if scheme in ("file", "local"):
         return "file", parts.path
     if not scheme or len(scheme) == 1:  # a plain path (or a Windows drive): absolute ones only
         return ("file", location) if location.startswith("/") or len(scheme) == 1 else None
     host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
     return f"{scheme}://{host}{port}", (parts.path or "/") if scheme in (
         "http",
         "https",
@@ -183,8 +188,14 @@ def _facet_classes() -> tuple[Any, Any]:
 
 
 def batch_run_facet(**fields: Any) -> Any:
-    """The ``runcomfyBatch`` run facet: model, counts by status, cost, why it stopped, the manifest."""
-    return _facet_classes()[1](**fields)
+    """The ``runcomfyBatch`` run facet: model, counts by status, cost, why it stopped, the manifest.
+
+    Its texts leave the deployment (to the lineage backend): why a batch stopped can quote
+    RunComfy's error, and with it a pre-signed URL, so they are redacted here as well.
+    """
+    texts = ("stopped", "stop_reason", "manifest")
+    cleaned = {k: redact_text(v) if k in texts and isinstance(v, str) else v for k, v in fields.items()}
+    return _facet_classes()[1](**cleaned)
 
 
 def location(uri: Any) -> str | None:

@@ -123,7 +123,7 @@ def wait_for_log(
     while not logged():
         if time.monotonic() >= deadline:
             pytest.fail(f"{text!r} not in the log of {dag_id}/{run_id} after {timeout:.0f}s:\n{found['log']}")
-        time.sleep(0.5)
+        time.sleep(0.5)  # poll interval of a condition wait with a deadline, not a synchronisation
     return found["log"]
 
 

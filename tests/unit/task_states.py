@@ -37,7 +37,7 @@ class TaskStates:
 
     async def asend(self, msg: Any) -> TaskStatesResult:
         self.asked.append(msg)
-        await asyncio.sleep(self.delay)
+        await asyncio.sleep(self.delay)  # a slow answer, as a fresh triggerer gives: a fault, not a wait
         key = msg.task_ids[0] if msg.map_index is None else f"{msg.task_ids[0]}_{msg.map_index}"
         return TaskStatesResult(task_states={msg.run_ids[0]: {key: self.state}})
 
@@ -53,6 +53,8 @@ async def kill_while_airflow_recancels(on_kill: Coroutine[Any, Any, None]) -> No
     """Run ``on_kill`` while cancelling it every 0.1 s, as Airflow 3.3.2's triggerer does until it ends."""
     killing = asyncio.ensure_future(on_kill)
     for _ in range(10):
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # Airflow's cadence of re-cancelling, not a synchronisation
         killing.cancel()
-    await asyncio.wait({killing}, timeout=10)
+    # Generous (the guard itself gives up after ON_KILL_SECONDS, 25 s); a hang fails loudly.
+    await asyncio.wait({killing}, timeout=60)
+    assert killing.done(), "on_kill did not return within 60 s"

@@ -75,32 +75,50 @@ def run_topology(args: argparse.Namespace, topology: str) -> RaceReport:
             env["RUNCOMFY_RESUME_GUARD"] = "off"
         deployment = AirflowDeployment(DAGS, env, parallelism=args.parallelism, topology=topology)
         with deployment:
-            dag_id = f"runcomfy_defer_race_{args.batch}"
-            deployment.wait_for_dag(dag_id, timeout=180)
+            deployment.wait_for_dag(f"runcomfy_defer_race_{args.batch}", timeout=180)
             give_up = time.monotonic() + args.max_minutes * 60
-            run = 0
-            while total.tasks < args.tasks and time.monotonic() < give_up:
-                tag = f"bench-{topology}-{args.guard}-{run}"
-                plan_jobs(emulator, tag, args.batch, args.low, args.high, seed=args.seed + run)
-                run_id = deployment.trigger_dag(dag_id, conf={"tag": tag})
-                state = wait_for_run(deployment, dag_id, run_id, give_up)
-                report = read_race(deployment, emulator, dag_id, run_id, tag)
-                total.add(report)
+            try:
+                run_until(args, deployment, emulator, topology, total, give_up)
+            except KeyboardInterrupt:  # Ctrl-C: report what ran so far
                 print(
-                    f"[{topology}, guard {args.guard}] run {run}: {state}, {report.tasks} tasks, "
-                    f"{report.succeeded} succeeded, {len(report.failed_while_paid)} failed while paid, "
-                    f"{report.exposed} exposed",
-                    flush=True,
+                    f"[{topology}, guard {args.guard}] interrupted; reporting the finished runs", flush=True
                 )
-                run += 1
             total.mismatch_lines = mismatch_lines(deployment)
             total.other_mismatch_lines = mismatch_lines(deployment, MISMATCH) - total.mismatch_lines
     return total
 
 
+def run_until(
+    args: argparse.Namespace,
+    deployment: AirflowDeployment,
+    emulator: RunComfyEmulator,
+    topology: str,
+    total: RaceReport,
+    give_up: float,
+) -> None:
+    """DAG runs one after the other until ``args.tasks`` tasks ran or ``give_up`` passed."""
+    dag_id = f"runcomfy_defer_race_{args.batch}"
+    run = 0
+    while total.tasks < args.tasks and time.monotonic() < give_up:
+        tag = f"bench-{topology}-{args.guard}-{run}"
+        plan_jobs(emulator, tag, args.batch, args.low, args.high, seed=args.seed + run)
+        run_id = deployment.trigger_dag(dag_id, conf={"tag": tag})
+        state = wait_for_run(deployment, dag_id, run_id, give_up)
+        report = read_race(deployment, emulator, dag_id, run_id, tag)
+        total.add(report)
+        print(
+            f"[{topology}, guard {args.guard}] run {run}: {state}, {report.tasks} tasks, "
+            f"{report.succeeded} succeeded, {len(report.failed_while_paid)} failed while paid, "
+            f"{report.exposed} exposed",
+            flush=True,
+        )
+        run += 1
+
+
 def describe(topology: str, args: argparse.Namespace, report: RaceReport) -> str:
     lag = report.resume_seconds
     exposure = report.exposure_seconds
+    window = report.window_seconds
     return "\n".join(
         [
             f"## {topology}, guard {args.guard}, parallelism {args.parallelism}, jobs {args.low:g}-{args.high:g} s",
@@ -114,6 +132,12 @@ def describe(topology: str, args: argparse.Namespace, report: RaceReport) -> str
                 f", by up to {max(exposure):.1f} s (mean {statistics.mean(exposure):.1f} s)"
                 if exposure
                 else ""
+            ),
+            "race window, submit -> scheduler took the defer exit: "
+            + (
+                f"mean {statistics.mean(window):.1f} s, p95 {percentile(window, 0.95):.1f} s, max {max(window):.1f} s"
+                if window
+                else "n/a"
             ),
             "resume latency, job end -> task end: "
             + (

@@ -62,6 +62,9 @@ class RaceReport:
     #: Seconds from a job's end to the scheduler taking its task's defer exit, for exposed tasks.
     exposure_seconds: list[float] = field(default_factory=list)
     submits: int = 0
+    #: Seconds from a job's submit (just before its task deferred) to the scheduler taking the
+    #: defer exit: how long the race window stays open; the guard must outlast it.
+    window_seconds: list[float] = field(default_factory=list)
     #: Seconds from a job's end to its task's end (the resume), for tasks that succeeded.
     resume_seconds: list[float] = field(default_factory=list)
 
@@ -74,6 +77,7 @@ class RaceReport:
         self.exposure_seconds += other.exposure_seconds
         self.submits += other.submits
         self.resume_seconds += other.resume_seconds
+        self.window_seconds += other.window_seconds
 
 
 def defer_exits(deployment: Any) -> dict[str, float]:
@@ -122,6 +126,8 @@ def read_race(deployment: Any, emulator: Any, dag_id: str, run_id: str, tag: str
         elif paid:
             report.failed_while_paid.append(f"{dag_id}/{run_id}/edit[{index}]: {ti['state']}")
         taken = exits.get(ti["id"])
+        if paid and taken is not None:
+            report.window_seconds.append(taken - paid[0].created_at)
         if paid and taken is not None and paid[0].finished_at < taken:
             report.exposed += 1
             report.exposure_seconds.append(taken - paid[0].finished_at)

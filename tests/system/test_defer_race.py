@@ -26,6 +26,8 @@ from deployment_race import mismatch_lines, plan_jobs, read_race
 pytestmark = pytest.mark.system
 
 DAG_ID, COUNT = "runcomfy_defer_race_12", 12
+#: What a RunComfy trigger logs when it holds an outcome back (``triggers/_base.py``).
+HELD = "handing the outcome to Airflow in"
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +60,11 @@ def test_no_paid_job_ends_as_a_failed_task_on_default_intervals(
     # The window was hit: without the provider's hold these tasks' triggers would have fired
     # before the scheduler took their defer exit (bench/defer_race.py --guard off shows the failures).
     assert report.exposed >= 1, report
+    # ... and the hold is what the real triggerer did for them (the trigger's line in the task log).
+    held = [
+        index
+        for index in range(COUNT)
+        if HELD in stock_airflow.task_log(DAG_ID, run_id, "edit", map_index=index)
+    ]
+    record_timing("tasks whose outcome the trigger held back", len(held), unit="")
+    assert held, "no trigger held its event: is the guard active in the triggerer?"

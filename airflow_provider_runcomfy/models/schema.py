@@ -141,6 +141,9 @@ def _describe(error: ValidationError) -> list[str]:
 
 def _problem(kind: Any, value: Any, instance: Any, schema: Mapping[str, Any], error: ValidationError) -> str:
     """What is wrong with one value, in the words of ``models.base``."""
+    if kind in ("minLength", "maxLength") and isinstance(instance, str):
+        return wrong_length(len(instance), value, lower=kind == "minLength")
+    instance = _clip(instance)  # a 6 MiB data: URI is shown by its start, not repr()'d whole
     if kind == "enum":
         return not_one_of(instance, value)
     if kind == "const":
@@ -156,8 +159,6 @@ def _problem(kind: Any, value: Any, instance: Any, schema: Mapping[str, Any], er
         return f"must be less than {value} (got {short(instance)})"
     if kind == "multipleOf":
         return f"must be a multiple of {value} (got {short(instance)})"
-    if kind in ("minLength", "maxLength") and isinstance(instance, str):
-        return wrong_length(len(instance), value, lower=kind == "minLength")
     if kind in ("minItems", "maxItems") and isinstance(instance, list):
         low, high = schema.get("minItems"), schema.get("maxItems")
         return wrong_count(len(instance), value, lower=kind == "minItems", low=low, high=high)
@@ -181,9 +182,24 @@ def _join(path: str, name: object) -> str:
 
 
 def _search(pattern: str, text: str) -> bool | None:
-    """Whether RE2 finds ``pattern`` in ``text``; None when RE2 cannot run the pattern (skipped)."""
+    """Whether RE2 finds ``pattern`` in ``text``; None when RE2 cannot run the pattern (skipped).
+
+    The text goes as UTF-8 bytes: for a ``str`` the binding maps every match offset back to
+    characters, a pass that costs more than the search itself on a data URI of megabytes.
+    """
     compiled = _compiled(pattern)
-    return None if isinstance(compiled, str) else compiled.search(text) is not None
+    if isinstance(compiled, str):
+        return None
+    return compiled.search(text.encode("utf-8", "surrogatepass")) is not None
+
+
+def _clip(value: Any) -> Any:
+    """A long text cut before it is shown (``short`` would ``repr`` it whole first)."""
+    return value[:_SHOWN_CHARS] + "..." if isinstance(value, str) and len(value) > _SHOWN_CHARS else value
+
+
+#: Characters of an input kept before it is shown in a problem (``short`` cuts further).
+_SHOWN_CHARS = 200
 
 
 #: Memory RE2 may use for one compiled pattern: a pattern needing more is not run (skipped).
@@ -247,7 +263,7 @@ def _published_patterns(node: Any, path: str, depth: int) -> Iterator[tuple[str,
 
 def _pattern(validator: Any, pattern: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
     if validator.is_type(instance, "string") and _search(pattern, instance) is False:
-        yield ValidationError(f"{short(instance)} does not match {pattern!r}")
+        yield ValidationError(f"{short(_clip(instance))} does not match {pattern!r}")
 
 
 def _pattern_properties(

@@ -85,7 +85,10 @@ class AirflowRest(TopologyConfig):
         wanted = set(states)
 
         def done() -> str | None:
-            state = self.dag_run(dag_id, run_id)["state"]
+            try:
+                state = self.dag_run(dag_id, run_id)["state"]
+            except httpx.TimeoutException:  # an API server slow on a loaded machine: ask again
+                return None
             return state if state in wanted else None
 
         return wait_until(

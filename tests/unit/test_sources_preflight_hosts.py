@@ -229,6 +229,28 @@ def test_run_ahead_hands_out_the_first_result_while_later_items_are_still_being_
     assert [r for n, r in rest if n == 999] == [9990]
 
 
+def test_a_batch_takes_its_first_checked_item_while_later_ones_wait_and_the_dead_host_costs_one_lookup(
+    counting: Counting,
+) -> None:
+    """The batch's use: 500 inputs on a host that does not resolve, streamed through ``run_ahead``."""
+    drawn: list[int] = []
+
+    def payloads() -> Iterator[dict[str, str]]:
+        for n in range(500):
+            drawn.append(n)
+            yield flux(f"https://{NOWHERE}/{n}.png")
+
+    with InputPreparer(check_only=True, mask=lambda _: None) as preparer:  # RunComfy's own API
+        results = run_ahead(lambda payload: preparer.prepare(FLUX, payload), payloads(), workers=8, ahead=64)
+        _, first = next(results)
+        assert not isinstance(first, Exception) and first.inputs[0].how == "not checked"
+        assert len(drawn) <= 65  # the first item is out while the rest of the file is unread
+        rest = [prepared for _, prepared in results]
+
+    assert len(rest) == 499 and all(not isinstance(r, Exception) for r in rest)
+    assert counting.lookups[NOWHERE] == 1
+
+
 def test_run_ahead_stops_reading_and_working_when_closed_early() -> None:
     drawn: list[int] = []
     worked: list[int] = []

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.batch import ledger as L
 from airflow_provider_runcomfy.batch.items import BatchItem
+from airflow_provider_runcomfy.batch.lean import clip, slim_outcome
+from airflow_provider_runcomfy.batch.owner import INTENT_GRACE, Owner
 from airflow_provider_runcomfy.batch.submitting import BatchSpend, Prepared, RefillResult, SubmitSteps
 from airflow_provider_runcomfy.client.errors import InvalidInputError, RunComfyError
 
@@ -59,6 +61,7 @@ class BatchRun(SubmitSteps):
         resubmit_unknown: bool,
         log: Any,
         api_base_url: str | None = None,
+        owner: Owner | None = None,
     ) -> None:
         self.model_id = model_id
         self.items = list(items)
@@ -70,6 +73,7 @@ class BatchRun(SubmitSteps):
         self.resubmit_unknown = resubmit_unknown
         self.log = log
         self.api_base_url = api_base_url
+        self.owner = owner
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -97,9 +101,9 @@ class BatchRun(SubmitSteps):
         return len(self.records(L.READY))
 
     def spend(self) -> BatchSpend:
-        costs = [_cost(r) for r in self.ledger if r.key in self.by_key]
+        """Spend over EVERY record of the task instance: every try, and items no longer in the inputs."""
         return BatchSpend(
-            spent_usd=round(sum(c for c in costs if c is not None), 6),
+            spent_usd=round(sum(r.spent_usd() for r in self.ledger), 6),
             in_flight=len(self.records(L.SUBMITTED)),
             submitted=sum(1 for r in self.ledger if r.key in self.by_key and r.request_id),
             ready=self.ready_count(),
@@ -141,9 +145,16 @@ class BatchRun(SubmitSteps):
                         validate(self.model_id, prepared)
                     except InvalidInputError as invalid:
                         error = invalid
+                    except (ValueError, TypeError) as bad:  # one malformed item is one invalid item
+                        error = InvalidInputError(f"Item {item.index}: {bad}")
                 if error is not None:
                     events.append(
-                        {"key": item.key, "index": item.index, "state": L.INVALID, "error": error.message}
+                        {
+                            "key": item.key,
+                            "index": item.index,
+                            "state": L.INVALID,
+                            "error": clip(error.message),
+                        }
                     )
                 else:
                     events.append({"key": item.key, "index": item.index, "state": L.READY})
@@ -159,22 +170,33 @@ class BatchRun(SubmitSteps):
         if self.ledger.meta.get("try_id") == try_id:
             return
         events: list[dict[str, Any]] = []
+        now = time.time()
         for item, record in self.records(L.FAILED, L.CANCELLED, L.INTENT, L.UNKNOWN):
             outcome = record.outcome or {}
             if record.state == L.FAILED and outcome.get("status") == "succeeded":
                 # The job succeeded but its outputs could not be kept: try the copy again, not the job.
-                events.append({"key": item.key, "state": L.FINISHED, "error": None, "copy_failures": 0})
+                events.append(
+                    {
+                        "key": item.key,
+                        "state": L.FINISHED,
+                        "error": None,
+                        "copy_failures": 0,
+                        "expect": {"state": [L.FAILED], "request_id": record.request_id},
+                    }
+                )
             elif record.state in (L.FAILED, L.CANCELLED):
-                events.append(_reset(item))
+                events.append(_reset(item, record))
+            elif record.state == L.INTENT and _fresh_foreign(record, self.owner, now):
+                continue  # another execution may be sending it right now: ``settle`` decides later
             elif self.resubmit_unknown:
                 self.log.warning(
                     "Item %d: an earlier try's submit has no known outcome; submitting it again "
                     "(on_unknown_submit='resubmit'): RunComfy may bill it twice.",
                     item.index,
                 )
-                events.append(_reset(item))
+                events.append(_reset(item, record))
             elif record.state == L.INTENT:
-                events.append({"key": item.key, "state": L.UNKNOWN, "error": _unknown_message(item, record)})
+                events.append(_to_unknown(item, record))
         events.append(
             {
                 "meta": {
@@ -188,6 +210,29 @@ class BatchRun(SubmitSteps):
             }
         )
         self.ledger.append(events)
+
+    # -- another execution's intents ------------------------------------------------------------
+
+    def limbo(self) -> list[L.ItemRecord]:
+        """Intents another execution wrote within ``INTENT_GRACE``: maybe on the wire, never sent from here."""
+        now = time.time()
+        return [r for _, r in self.records(L.INTENT) if _fresh_foreign(r, self.owner, now)]
+
+    def settle(self) -> None:
+        """Intents of another execution older than ``INTENT_GRACE`` become ``unknown`` (never paid again)."""
+        now = time.time()
+        events = [
+            _to_unknown(item, record)
+            for item, record in self.records(L.INTENT)
+            if record.owner != (self.owner.id if self.owner else None)
+            and not _fresh_foreign(record, self.owner, now)
+        ]
+        self.ledger.append(events)
+
+    def limbo_ends_at(self) -> float | None:
+        """When the last of those intents is settled (a wake time for the wait)."""
+        waiting = self.limbo()
+        return max(float(r.intent_at or 0) for r in waiting) + INTENT_GRACE if waiting else None
 
     # -- outcomes -------------------------------------------------------------------------------
 
@@ -203,16 +248,19 @@ class BatchRun(SubmitSteps):
             ):
                 continue
             status = outcome.get("status")
-            slim = {
-                k: v for k, v in outcome.items() if k not in ("key", "model_id") and v not in (None, "", [])
+            slim = slim_outcome(outcome)
+            slim.pop("key", None)
+            event: dict[str, Any] = {
+                "key": record.key,
+                "outcome": slim,
+                "expect": {"state": [L.SUBMITTED], "request_id": record.request_id},
             }
-            event: dict[str, Any] = {"key": record.key, "outcome": slim}
             if status == "succeeded":
                 event["state"] = L.FINISHED if outcome.get("outputs") else L.SUCCEEDED
             elif status == "cancelled":
-                event.update(state=L.CANCELLED, error=outcome.get("message") or "cancelled")
+                event.update(state=L.CANCELLED, error=clip(outcome.get("message") or "cancelled"))
             else:  # failed, or error (expired: 404001)
-                event.update(state=L.FAILED, error=outcome.get("message") or status)
+                event.update(state=L.FAILED, error=clip(outcome.get("message") or status))
             events.append(event)
         self.ledger.append(events)
 
@@ -226,7 +274,12 @@ class BatchRun(SubmitSteps):
         results = await cancel_all(client, [str(r.request_id) for r in records], self.log, why)
         self.ledger.append(
             [
-                {"key": r.key, "state": L.CANCELLED, "error": f"cancelled because {why}"}
+                {
+                    "key": r.key,
+                    "state": L.CANCELLED,
+                    "error": f"cancelled because {why}",
+                    "expect": {"state": [L.SUBMITTED], "request_id": r.request_id},
+                }
                 for r in records
                 if results.get(str(r.request_id))
             ]
@@ -239,6 +292,40 @@ class BatchRun(SubmitSteps):
                 sum(result is True for result in results.values()),
                 sum(result is False for result in results.values()),
             )
+
+    def vanished_in_flight(self) -> list[L.ItemRecord]:
+        """Jobs in flight of items no longer in the inputs (the inputs file changed between tries)."""
+        return [
+            r for r in self.ledger if r.state == L.SUBMITTED and r.request_id and r.key not in self.by_key
+        ]
+
+    async def cancel_vanished(self, client: AsyncRunComfyClient) -> None:
+        """Cancel those jobs and say so: queued ones are not billed, running ones are (and still counted)."""
+        from airflow_provider_runcomfy.batch.window import cancel_all
+
+        records = self.vanished_in_flight()
+        why = "its item is no longer in the inputs"
+        results = await cancel_all(client, [str(r.request_id) for r in records], self.log, why)
+        self.ledger.append(
+            [
+                {
+                    "key": r.key,
+                    "state": L.CANCELLED,
+                    "error": f"cancelled because {why}",
+                    "expect": {"state": [L.SUBMITTED], "request_id": r.request_id},
+                }
+                for r in records
+                if results.get(str(r.request_id))
+            ]
+        )
+        self.log.warning(
+            "%d job(s) in flight belong to items no longer in the inputs: %d cancelled (not billed), %d already "
+            "running or finished (billed; counted in max_cost_usd): %s",
+            len(records),
+            sum(result is True for result in results.values()),
+            sum(result is not True for result in results.values()),
+            ", ".join(str(r.request_id) for r in records[:20]),
+        )
 
     # -- copying --------------------------------------------------------------------------------
 
@@ -265,25 +352,36 @@ class BatchRun(SubmitSteps):
                 for item, record in todo
             ]
             for item, record, future in futures:
+                expect = {"state": [L.FINISHED], "request_id": record.request_id}
                 try:
                     stored = future.result()
-                except RunComfyError as error:
+                except (RunComfyError, ValueError) as error:
+                    # A malformed output URL (``ValueError`` from URL parsing, whatever its class) fails
+                    # this item, not the batch.
+                    message = (
+                        error.message
+                        if isinstance(error, RunComfyError)
+                        else f"malformed output URL: {error}"
+                    )
                     failures = record.copy_failures + 1
-                    final = not error.retryable or failures >= MAX_COPY_FAILURES
+                    final = not getattr(error, "retryable", False) or failures >= MAX_COPY_FAILURES
                     self.log.warning(
                         "Item %d: keeping the outputs of %s failed: %s",
                         item.index,
                         record.request_id,
-                        error.message,
+                        clip(message),
                     )
                     events.append(
                         {
                             "key": item.key,
                             "copy_failures": failures,
+                            "expect": expect,
                             **(
                                 {
                                     "state": L.FAILED,
-                                    "error": f"the job succeeded but its outputs could not be kept: {error.message}",
+                                    "error": clip(
+                                        f"the job succeeded but its outputs could not be kept: {message}"
+                                    ),
                                 }
                                 if final
                                 else {}
@@ -292,7 +390,7 @@ class BatchRun(SubmitSteps):
                     )
                     continue
                 kept += len(stored)
-                events.append({"key": item.key, "state": L.SUCCEEDED, "stored": stored})
+                events.append({"key": item.key, "state": L.SUCCEEDED, "stored": stored, "expect": expect})
                 if len(events) >= 100:  # recorded as they come, so a crash re-copies little
                     self.ledger.append(events)
                     events = []
@@ -309,7 +407,8 @@ class BatchRun(SubmitSteps):
         return max(1, window)
 
 
-def _reset(item: BatchItem) -> dict[str, Any]:
+def _reset(item: BatchItem, record: L.ItemRecord) -> dict[str, Any]:
+    """Back to ready for a new try; what the earlier attempt cost stays counted (``paid_usd``)."""
     return {
         "key": item.key,
         "state": L.READY,
@@ -319,7 +418,26 @@ def _reset(item: BatchItem) -> dict[str, Any]:
         "stored": [],
         "error": None,
         "copy_failures": 0,
+        "owner": None,
+        "intent_at": None,
+        "paid_usd": record.spent_usd(),
+        "expect": {"state": [record.state], "request_id": record.request_id},
     }
+
+
+def _to_unknown(item: BatchItem, record: L.ItemRecord) -> dict[str, Any]:
+    return {
+        "key": item.key,
+        "state": L.UNKNOWN,
+        "error": _unknown_message(item, record),
+        "expect": {"state": [L.INTENT], "owner": record.owner},
+    }
+
+
+def _fresh_foreign(record: L.ItemRecord, owner: Owner | None, now: float) -> bool:
+    """An intent another (maybe still running) execution wrote less than ``INTENT_GRACE`` ago."""
+    mine = owner.id if owner is not None else None
+    return record.owner not in (None, mine) and now - float(record.intent_at or 0) < INTENT_GRACE
 
 
 def _unknown_message(item: BatchItem, record: L.ItemRecord) -> str:
@@ -329,11 +447,6 @@ def _unknown_message(item: BatchItem, record: L.ItemRecord) -> str:
         "submitted again. Look for the job in RunComfy's dashboard; to pay for it again, clear the task with "
         "on_unknown_submit='resubmit'."
     )
-
-
-def _cost(record: L.ItemRecord) -> float | None:
-    cost = (record.outcome or {}).get("cost_usd")
-    return float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
 
 
 def _seconds_between(start: Any, end: Any) -> float | None:

@@ -107,7 +107,7 @@ def prepare_items(
     """
     from airflow_provider_runcomfy.sources import InputPreparer
 
-    payloads = [item.input for item in items if isinstance(item.input, Mapping)]
+    dicts = [item for item in items if isinstance(item.input, Mapping)]
     with InputPreparer(
         preflight="off" if for_submit else preflight,
         sign_expiry=sign_expiry,
@@ -115,7 +115,12 @@ def prepare_items(
         check_only=not for_submit,
         logger=log,
     ) as preparer:
-        prepared = iter(preparer.prepare_many(model_id, payloads))
+        try:
+            prepared = iter(list(preparer.prepare_many(model_id, [item.input for item in dicts])))
+        except (ValueError, TypeError):
+            # One malformed input (``https://[::1/x.png``: a ValueError from URL parsing, or a typed
+            # error that is one) must not sink the others: each item again on its own, its error its own.
+            prepared = iter([_prepare_one(preparer, model_id, item) for item in dicts])
     results: list[Prepared] = []
     for item in items:
         if not isinstance(item.input, Mapping):
@@ -124,6 +129,19 @@ def prepare_items(
         one = next(prepared)
         results.append(one if isinstance(one, RunComfyError) else one.payload_to_send)
     return results
+
+
+def _prepare_one(preparer: Any, model_id: str, item: BatchItem) -> Any:
+    """One item's preparation; any error it raises is that item's reason to be invalid."""
+    from airflow_provider_runcomfy.batch.lean import clip
+
+    try:
+        (one,) = preparer.prepare_many(model_id, [item.input])
+    except RunComfyError as error:
+        return error
+    except (ValueError, TypeError) as error:
+        return InvalidInputError(clip(f"Item {item.index}: an input URL is malformed ({error})."))
+    return one
 
 
 def _not_a_dict(item: BatchItem) -> RunComfyError:

@@ -2,31 +2,45 @@
 
 A batch task instance keeps one ledger under its own folder of ``output_dir``::
 
-    {task folder}/_ledger/checkpoint.jsonl      every item's last known record
-    {task folder}/_ledger/seg-<seq>-<rand>.jsonl events written since the checkpoint
+    {task folder}/_ledger/checkpoint.jsonl       every item's last known record
+    {task folder}/_ledger/seg-<seq>-<rand>.jsonl  events written since the checkpoint
+    {task folder}/_ledger/head.json              the last sequence number written, and the checkpoint's
+    {task folder}/_ledger/owner.json             the execution allowed to submit (``batch.owner``)
 
-Every write is a new object written whole (part file, then renamed): object stores
-have no append, and a reader never sees half an event. Events are applied in
-``seq`` order onto the checkpoint; ``compact()`` folds them into a new checkpoint
-and deletes them. So the ledger survives the death of the worker, of the
-triggerer, retries and clears, and the metadata DB holds none of it.
+**Durable before paying.** Every write is a new object written whole (a part file,
+then renamed); on a local disk the file and then its folder are fsynced before the
+write returns, so the ``intent`` that allows a submit survives a host crash, not
+only a process crash. Object-store puts are durable when they return. A store that
+does not outlive the process (``memory://``) is refused before anything is paid.
 
-**The order that keeps money safe.** An item's ``intent`` is written before its
-paid submit and its ``request_id`` right after the answer (``Ledger.append`` returns
-once the object is stored). A later try that finds an intent without a request id
-cannot know whether RunComfy created the job -- RunComfy has no idempotency key and
-no way to list requests -- so that item is ``unknown`` and is not submitted again
-unless the operator says ``on_unknown_submit="resubmit"``. The window is the submit
-itself: a worker killed while a POST is on the wire.
+**Damage is seen, never read as "nothing happened".** Each file ends with an ``end``
+record holding its count of lines and the sha256 of everything before it; the head
+says which sequence numbers must exist. An empty file, one cut at a line boundary or
+mid-line, a corrupt one, a missing segment, checkpoint or head raise
+``LedgerDamagedError`` naming the file and what is wrong. ``batch.reconcile`` is the
+explicit way back.
 
-**Keys.** An item is known by its input fingerprint (model and input, sha256) and
-its occurrence among identical inputs, not by its position: reordering the inputs
-of a cleared task reuses every finished item, and a changed input is a new item.
+**Events are compare-and-set.** An event may carry ``expect`` (the state, request id or
+owner the record must have); one whose expectation does not hold is ignored, in memory
+and on every later read alike. That is what keeps two executions that briefly overlap
+(a worker Airflow believes lost, and the new try) from undoing each other's records.
+
+**The order that keeps money safe.** An item's ``intent`` is written before its paid
+submit and its ``request_id`` right after the answer. A later try that finds an intent
+without a request id cannot know whether RunComfy created the job -- RunComfy has no
+idempotency key and no way to list requests -- so that item is ``unknown`` and is not
+submitted again unless the operator says ``on_unknown_submit="resubmit"``.
+
+**Keys.** An item is known by its input fingerprint (model and input, sha256) and its
+occurrence among identical inputs, not by its position.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -39,14 +53,16 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
 
-#: Bumped if the record shape ever changes incompatibly.
-LEDGER_VERSION = 1
+#: Bumped when the record shape changes incompatibly (2: end records, head, compare-and-set events).
+LEDGER_VERSION = 2
 LEDGER_DIR = "_ledger"
 CHECKPOINT = "checkpoint.jsonl"
+HEAD = "head.json"
+OWNER = "owner.json"
+#: Where ``batch.reconcile`` moves the files it could not trust (kept for a person to look at).
+DAMAGED_DIR = "damaged"
 
-#: Item states as the ledger records them. ``ready``: checked, not submitted;
-#: ``intent``: about to be submitted (no answer yet); ``submitted``: a job exists;
-#: ``finished``: RunComfy gave its outcome, outputs not yet kept; the rest are final for a try.
+#: Item states as the ledger records them; ``batch.states`` says which change may follow which.
 READY = "ready"
 INVALID = "invalid"
 INTENT = "intent"
@@ -60,6 +76,9 @@ UNKNOWN = "unknown"
 #: Segments after which the worker folds the events into a new checkpoint.
 COMPACT_AFTER_SEGMENTS = 64
 
+#: Schemes whose files do not outlive the process: a ledger there would forget what was paid.
+NOT_DURABLE_PROTOCOLS = frozenset({"memory"})
+
 
 @dataclass
 class ItemRecord:
@@ -70,12 +89,15 @@ class ItemRecord:
     :param state: one of the states above.
     :param request_id: the RunComfy request, once submitted.
     :param submitted_at: ``time.time()`` of the submit's answer.
-    :param outcome: the ``Outcome.to_event()`` of the job, once known.
+    :param outcome: the job's outcome, kept lean (``batch.lean.slim_outcome``), once known.
     :param stored: the kept copies (``StoredOutput.as_dict()``), once made.
-    :param error: why the item is not a success (invalid, failed, unknown...), when it is not.
+    :param error: why the item is not a success (invalid, failed, unknown...), cut short.
     :param attempt: how many times the item was submitted (one per try at most).
     :param try_number: the task try that wrote the state.
     :param copy_failures: failed attempts at keeping the outputs.
+    :param owner: the execution that wrote the item's last intent (``batch.owner``).
+    :param intent_at: ``time.time()`` of that intent.
+    :param paid_usd: what earlier attempts of the item cost (kept when a new try resets it).
     """
 
     key: str
@@ -89,6 +111,9 @@ class ItemRecord:
     attempt: int = 0
     try_number: int | None = None
     copy_failures: int = 0
+    owner: str | None = None
+    intent_at: float | None = None
+    paid_usd: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -103,6 +128,9 @@ class ItemRecord:
             "attempt": self.attempt,
             "try_number": self.try_number,
             "copy_failures": self.copy_failures,
+            "owner": self.owner,
+            "intent_at": self.intent_at,
+            "paid_usd": self.paid_usd,
         }
         return {k: v for k, v in data.items() if v not in (None, [], 0) or k in ("key", "index", "state")}
 
@@ -120,11 +148,55 @@ class ItemRecord:
             attempt=int(data.get("attempt") or 0),
             try_number=data.get("try_number"),
             copy_failures=int(data.get("copy_failures") or 0),
+            owner=data.get("owner"),
+            intent_at=data.get("intent_at"),
+            paid_usd=float(data.get("paid_usd") or 0.0),
         )
+
+    def spent_usd(self) -> float:
+        """What this item cost in every try: earlier attempts plus the current one's charge."""
+        cost = (self.outcome or {}).get("cost_usd")
+        now = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else 0.0
+        return self.paid_usd + now
 
 
 class LedgerReadError(RuntimeError):
     """The ledger exists but cannot be read: never treated as "no ledger" (that would pay again)."""
+
+
+class LedgerDamagedError(LedgerReadError):
+    """A ledger file is empty, cut, corrupt or missing: the task stops before any submit.
+
+    :param path: the damaged (or missing) file.
+    :param what: what is wrong with it, in words.
+    """
+
+    def __init__(self, ledger_dir: str, path: str, what: str) -> None:
+        self.path = path
+        self.what = what
+        super().__init__(
+            f"The batch ledger {ledger_dir} is damaged: {path} {what}. Nothing was submitted: a damaged "
+            "ledger is never read as 'nothing happened', since that could pay for jobs again. To resume, "
+            "clear the task with on_damaged_ledger='reconcile': the ledger is rebuilt from the records still "
+            "readable, manifest.jsonl and the kept outputs; an item it cannot account for is reported "
+            "'unknown' and not paid for again (see docs/batch.md, 'A damaged ledger')."
+        )
+
+
+class LedgerNotDurableError(LedgerReadError):
+    """The ledger's store does not outlive the process (``memory://``): refused before anything is paid."""
+
+
+def check_durable(folder: ObjectStoragePath) -> None:
+    """Refuse a store whose files vanish with the process: a retry there would pay for everything again."""
+    protocols = folder.fs.protocol
+    names = {protocols} if isinstance(protocols, str) else set(protocols)
+    if names & NOT_DURABLE_PROTOCOLS:
+        raise LedgerNotDurableError(
+            f"output_dir {str(folder)!r} is kept in memory only: the batch's ledger (what was paid for) would "
+            "vanish with this process, and a retry or a second worker would pay for every item again. Give "
+            "an output_dir on a disk or an object store (file://, s3://, gs://...)."
+        )
 
 
 class Ledger:
@@ -141,13 +213,17 @@ class Ledger:
         self.items: dict[str, ItemRecord] = {}
         self.meta: dict[str, Any] = {}
         self._seq = 0
-        self._segments: list[tuple[int, str]] = []  # (seq, path) written since the checkpoint
+        self._segments: list[tuple[int, str]] = []  # (seq, path) read or written since the checkpoint
         self._checkpoint_seq = 0
+        self.ignored = 0  # events whose expectation did not hold (another execution got there first)
 
     # -- reading --------------------------------------------------------------------------------
 
     def load(self) -> Ledger:
-        """Read the checkpoint and apply the events written after it; an absent ledger is empty."""
+        """Read the checkpoint and apply the events written after it; an absent ledger is empty.
+
+        Raises ``LedgerDamagedError`` when a file is empty, cut, corrupt or missing.
+        """
         fs, root = self.dir.fs, self.dir.path
         try:
             names = [str(name) for name in fs.ls(root, detail=False)]
@@ -155,26 +231,73 @@ class Ledger:
             names = []
         except OSError as error:
             raise LedgerReadError(f"Could not list the batch ledger at {self.dir}: {error}") from error
-        checkpoint = next((n for n in names if n.rsplit("/", 1)[-1] == CHECKPOINT), None)
+        by_base = {n.rsplit("/", 1)[-1]: n for n in names}
+        head = self._read_head(fs, by_base.get(HEAD))
+        folded: set[str] = set()
+        checkpoint = by_base.get(CHECKPOINT)
         if checkpoint is not None:
-            self._read_checkpoint(fs, checkpoint)
+            folded = self._read_checkpoint(fs, checkpoint)
         segments = sorted((_seq_of(n), n) for n in names if _is_segment(n))
+        self._check_complete(head, checkpoint, segments, folded)
         for seq, name in segments:
             self._seq = max(self._seq, seq)
-            if seq <= self._checkpoint_seq:
-                continue  # folded into the checkpoint already; a crash left it behind
-            for event in _read_lines(fs, name):
+            if name.rsplit("/", 1)[-1] in folded:
+                remove_quietly(fs, name)  # a crash between the checkpoint and the clean-up left it
+                continue
+            for event in self._read_verified(fs, name):
                 self._apply(event)
             self._segments.append((seq, name))
+        if head is not None:
+            self._seq = max(self._seq, int(head.get("seq") or 0))
         for name in names:
             if name.endswith(".part"):  # a write cut short by a crash: it never counted
                 remove_quietly(fs, name)
         return self
 
-    def _read_checkpoint(self, fs: Any, name: str) -> None:
-        lines = _read_lines(fs, name)
+    def _check_complete(
+        self,
+        head: dict[str, Any] | None,
+        checkpoint: str | None,
+        segments: list[tuple[int, str]],
+        folded: set[str],
+    ) -> None:
+        """Every file the head vouches for is there: a removed file is damage, not an empty ledger."""
+        root = self.dir.path
+        if head is None:
+            # The very first write (segment 1) lands before its head: that alone is a crash, not damage.
+            if checkpoint is None and [seq for seq, _ in segments] in ([], [1]):
+                return
+            raise LedgerDamagedError(
+                str(self.dir), f"{root}/{HEAD}", "is missing while the ledger has records"
+            )
+        if int(head.get("checkpoint_seq") or 0) > self._checkpoint_seq:
+            raise LedgerDamagedError(
+                str(self.dir),
+                f"{root}/{CHECKPOINT}",
+                "is missing (or older than the head says: "
+                f"{self._checkpoint_seq} < {head.get('checkpoint_seq')})",
+            )
+        present = {seq for seq, name in segments if name.rsplit("/", 1)[-1] not in folded}
+        for seq in range(self._checkpoint_seq + 1, int(head.get("seq") or 0) + 1):
+            if seq not in present:
+                raise LedgerDamagedError(
+                    str(self.dir),
+                    f"{root}/seg-{seq:09d}-*.jsonl",
+                    "is missing (the head says it was written)",
+                )
+
+    def _read_head(self, fs: Any, name: str | None) -> dict[str, Any] | None:
+        if name is None:
+            return None
+        head = _read_json_file(fs, name, str(self.dir))
+        if not isinstance(head.get("seq"), int):
+            raise LedgerDamagedError(str(self.dir), name, "is corrupt (no sequence number)")
+        return head
+
+    def _read_checkpoint(self, fs: Any, name: str) -> set[str]:
+        lines = self._read_verified(fs, name)
         if not lines:
-            return
+            raise LedgerDamagedError(str(self.dir), name, "has no header")
         header, records = lines[0], lines[1:]
         if header.get("version") != LEDGER_VERSION:
             raise LedgerReadError(
@@ -193,39 +316,49 @@ class Ledger:
         for data in records:
             record = ItemRecord.from_json(data)
             self.items[record.key] = record
+        return set(header.get("folded") or [])
 
-    def _apply(self, event: dict[str, Any]) -> None:
+    def _read_verified(self, fs: Any, name: str) -> list[dict[str, Any]]:
+        return read_verified(fs, name, str(self.dir))
+
+    def _apply(self, event: dict[str, Any]) -> bool:
+        """Apply one event if its expectation holds; whether it applied."""
         if "meta" in event:
             self.meta.update(event["meta"])
-            return
+            return True
         key = event.get("key")
         if not key:
-            return
+            return False
         record = self.items.get(key)
+        expect = event.get("expect")
+        if expect and not _holds(record, expect):
+            self.ignored += 1
+            return False
         if record is None:
             record = self.items[key] = ItemRecord(key=key, index=int(event.get("index", -1)))
         for name, value in event.items():
-            if name != "key" and hasattr(record, name):
+            if name not in ("key", "expect") and hasattr(record, name):
                 setattr(record, name, value)
+        return True
 
     # -- writing --------------------------------------------------------------------------------
 
-    def append(self, events: Iterable[dict[str, Any]]) -> None:
+    def append(self, events: Iterable[dict[str, Any]]) -> list[bool]:
         """Store ``events`` durably (one new object), then apply them; returns once they are stored.
 
-        An event is a partial ``ItemRecord`` (``key`` plus the fields that changed) or
-        ``{"meta": {...}}``. Raises ``OSError`` (or the store's error) when the write fails.
+        An event is a partial ``ItemRecord`` (``key`` plus the fields that changed, and an optional
+        ``expect``) or ``{"meta": {...}}``. Returns, per event, whether it applied. Raises ``OSError``
+        (or the store's error) when the write fails: nothing that depends on it may happen then.
         """
         batch = list(events)
         if not batch:
-            return
+            return []
         self._seq += 1
         name = f"seg-{self._seq:09d}-{uuid.uuid4().hex[:6]}.jsonl"
-        blob = "".join(json.dumps(event, separators=(",", ":")) + "\n" for event in batch).encode()
-        path = self._write(name, blob)
+        path = self._write(name, _sealed([json.dumps(e, separators=(",", ":")) for e in batch]))
         self._segments.append((self._seq, path))
-        for event in batch:
-            self._apply(event)
+        self._write_head()
+        return [self._apply(event) for event in batch]
 
     def set_meta(self, **values: Any) -> None:
         """Record batch-wide facts (the try and when it started, the batch's deadline...)."""
@@ -235,30 +368,31 @@ class Ledger:
         """Fold the events into a new checkpoint and delete them (when there are many, or ``force``)."""
         if not self._segments or (len(self._segments) < COMPACT_AFTER_SEGMENTS and not force):
             return
+        self._seq += 1  # the checkpoint takes its own number: later segments of any writer follow it
         header = {
             "version": LEDGER_VERSION,
             "model_id": self.model_id,
             "seq": self._seq,
             "meta": self.meta,
+            "folded": [name.rsplit("/", 1)[-1] for _, name in self._segments],
             "written_at": time.time(),
         }
         lines = [json.dumps(header, separators=(",", ":"))]
         lines += [json.dumps(r.to_json(), separators=(",", ":")) for r in self.items.values()]
-        self._write(CHECKPOINT, ("\n".join(lines) + "\n").encode())
+        self._write(CHECKPOINT, _sealed(lines))
         self._checkpoint_seq = self._seq
+        self._write_head()
         fs = self.dir.fs
         for _, name in self._segments:
             remove_quietly(fs, name)
         self._segments.clear()
 
+    def _write_head(self) -> None:
+        head = {"seq": self._seq, "checkpoint_seq": self._checkpoint_seq, "written_at": time.time()}
+        self._write(HEAD, _sealed_json(head))
+
     def _write(self, name: str, blob: bytes) -> str:
-        fs, root = self.dir.fs, self.dir.path
-        fs.makedirs(root, exist_ok=True)
-        target = f"{root}/{name}"
-        with part_file(fs, target) as (part, file):
-            file.write(blob)
-        move_into_place(fs, part, target)
-        return target
+        return write_durably(self.dir, name, blob)
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -267,6 +401,154 @@ class Ledger:
 
     def get(self, key: str) -> ItemRecord | None:
         return self.items.get(key)
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def write_durably(folder: ObjectStoragePath, name: str, blob: bytes) -> str:
+    """Write ``blob`` as ``folder/name`` whole, and make it survive a host crash before returning.
+
+    On a local disk: part file, fsync, rename, fsync of the folder (without the last one a
+    power cut can lose the rename, and with it the intent that allowed a paid submit). On an
+    object store: one put, durable when it returns.
+    """
+    fs, root = folder.fs, folder.path
+    target = f"{root}/{name}"
+    if _is_local(fs):
+        os.makedirs(root, exist_ok=True)
+        part = f"{target}.{uuid.uuid4().hex[:12]}.part"
+        try:
+            with open(part, "wb") as file:
+                file.write(blob)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(part, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+            raise
+        _fsync_dir(root)
+        return target
+    fs.makedirs(root, exist_ok=True)
+    with part_file(fs, target) as (part, file):
+        file.write(blob)
+    move_into_place(fs, part, target)
+    return target
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_local(fs: Any) -> bool:
+    protocols = fs.protocol
+    names = {protocols} if isinstance(protocols, str) else set(protocols)
+    return bool(names & {"file", "local"})
+
+
+def _sealed(lines: list[str]) -> bytes:
+    """Lines plus the ``end`` record that lets a reader see the file whole: count and sha256."""
+    body = "".join(line + "\n" for line in lines).encode()
+    end = {"end": {"lines": len(lines), "sha256": hashlib.sha256(body).hexdigest()}}
+    return body + (json.dumps(end, separators=(",", ":")) + "\n").encode()
+
+
+def _sealed_json(data: dict[str, Any]) -> bytes:
+    body = json.dumps(data, separators=(",", ":"), sort_keys=True)
+    return (json.dumps({"data": data, "sha256": hashlib.sha256(body.encode()).hexdigest()}) + "\n").encode()
+
+
+def _read_bytes(fs: Any, name: str) -> bytes:
+    try:
+        with fs.open(name, "rb") as file:
+            data: bytes = file.read()
+            return data
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise LedgerReadError(f"Could not read the batch ledger file {name}: {error}") from error
+
+
+def read_verified(fs: Any, name: str, ledger_dir: str) -> list[dict[str, Any]]:
+    """The lines of a sealed file, or ``LedgerDamagedError`` saying how it is damaged."""
+    try:
+        blob = _read_bytes(fs, name)
+    except FileNotFoundError:
+        raise LedgerDamagedError(ledger_dir, name, "vanished while it was being read") from None
+    if not blob:
+        raise LedgerDamagedError(ledger_dir, name, "is empty (0 bytes)")
+    if not blob.endswith(b"\n"):
+        raise LedgerDamagedError(ledger_dir, name, "is cut mid-line (its last line has no end)")
+    cut = blob.rstrip(b"\n").rfind(b"\n") + 1
+    body, last = blob[:cut], blob[cut:]
+    try:
+        end = json.loads(last)
+    except ValueError:
+        end = None
+    if not isinstance(end, dict) or not isinstance(end.get("end"), dict):
+        raise LedgerDamagedError(ledger_dir, name, "is cut short (its end record is missing)")
+    if hashlib.sha256(body).hexdigest() != end["end"].get("sha256"):
+        raise LedgerDamagedError(ledger_dir, name, "is corrupt (its checksum does not match)")
+    try:
+        lines = [json.loads(line) for line in body.decode().splitlines()]
+    except ValueError as error:  # pragma: no cover - a matching checksum over invalid JSON
+        raise LedgerDamagedError(ledger_dir, name, f"is corrupt ({error})") from error
+    if len(lines) != end["end"].get("lines"):
+        raise LedgerDamagedError(
+            ledger_dir, name, f"has {len(lines)} lines where its end record says {end['end'].get('lines')}"
+        )
+    return lines
+
+
+def _read_json_file(fs: Any, name: str, ledger_dir: str) -> dict[str, Any]:
+    try:
+        blob = _read_bytes(fs, name)
+    except FileNotFoundError:
+        raise LedgerDamagedError(ledger_dir, name, "vanished while it was being read") from None
+    if not blob:
+        raise LedgerDamagedError(ledger_dir, name, "is empty (0 bytes)")
+    try:
+        sealed = json.loads(blob)
+        data = sealed["data"]
+        body = json.dumps(data, separators=(",", ":"), sort_keys=True)
+        intact = hashlib.sha256(body.encode()).hexdigest() == sealed["sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise LedgerDamagedError(ledger_dir, name, "is cut or corrupt (not its sealed JSON)") from None
+    if not intact or not isinstance(data, dict):
+        raise LedgerDamagedError(ledger_dir, name, "is corrupt (its checksum does not match)")
+    return data
+
+
+def read_sealed_json(fs: Any, name: str, ledger_dir: str) -> dict[str, Any] | None:
+    """A small sealed JSON file (head, owner), None when absent; ``LedgerDamagedError`` when damaged."""
+    try:
+        return _read_json_file(fs, name, ledger_dir)
+    except LedgerDamagedError as error:
+        if error.what.startswith("vanished"):
+            return None
+        raise
+
+
+def sealed_json(data: dict[str, Any]) -> bytes:
+    """``data`` as a small sealed JSON file (``read_sealed_json`` reads it back)."""
+    return _sealed_json(data)
+
+
+def _holds(record: ItemRecord | None, expect: dict[str, Any]) -> bool:
+    """Whether ``record`` is as ``expect`` says: ``state`` (one of a list), ``request_id``, ``owner``."""
+    if record is None:
+        return expect.get("state") is None or None in (expect.get("state") or [])
+    states = expect.get("state")
+    if states is not None and record.state not in states:
+        return False
+    if "request_id" in expect and record.request_id != expect["request_id"]:
+        return False
+    return not ("owner" in expect and record.owner != expect["owner"])
 
 
 def _is_segment(name: str) -> bool:
@@ -280,21 +562,3 @@ def _seq_of(name: str) -> int:
         return int(name.rsplit("/", 1)[-1].split("-")[1])
     except (IndexError, ValueError):
         return 0
-
-
-def _read_lines(fs: Any, name: str) -> list[dict[str, Any]]:
-    try:
-        with fs.open(name, "rb") as file:
-            text = file.read().decode()
-    except FileNotFoundError:
-        return []
-    except OSError as error:
-        raise LedgerReadError(f"Could not read the batch ledger file {name}: {error}") from error
-    try:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except ValueError as error:
-        raise LedgerReadError(
-            f"The batch ledger file {name} is damaged ({error}). It is not treated as empty, since that "
-            "could pay for jobs again: restore it, or move the ledger folder away once you are sure none "
-            "of its jobs is still wanted."
-        ) from error

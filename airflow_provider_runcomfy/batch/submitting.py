@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.batch import ledger as L
 from airflow_provider_runcomfy.batch.items import BatchItem
+from airflow_provider_runcomfy.batch.lean import clip
+from airflow_provider_runcomfy.batch.owner import Owner, OwnershipLost
 from airflow_provider_runcomfy.batch.pacing import SubmitPacer
 from airflow_provider_runcomfy.client.errors import (
     AuthenticationError,
@@ -69,6 +71,7 @@ class SubmitSteps:
     ledger: L.Ledger
     max_in_flight: int
     resubmit_unknown: bool
+    owner: Owner | None
     records: Callable[..., list[tuple[BatchItem, L.ItemRecord]]]
     spend: Callable[[], BatchSpend]
 
@@ -130,6 +133,7 @@ class SubmitSteps:
             if launch:
                 payloads = self._payloads(launch, prepare, validate, pending_events)
                 launch = [item for item in launch if item.key in payloads]
+                me = self.owner.id if self.owner is not None else None
                 intents = [
                     {
                         "key": i.key,
@@ -137,11 +141,20 @@ class SubmitSteps:
                         "state": L.INTENT,
                         "try_number": try_number,
                         "attempt": _attempts(self.ledger.get(i.key)) + 1,
+                        "owner": me,
+                        "intent_at": time.time(),
+                        "expect": {"state": [L.READY]},
                     }
                     for i in launch
                 ]
-                await asyncio.to_thread(self.ledger.append, [*pending_events, *intents])
+                applied = await asyncio.to_thread(self.ledger.append, [*pending_events, *intents])
                 pending_events = []
+                # An intent that did not apply: the item is no longer ready (another execution has it).
+                claimed = set(i["key"] for i, ok in zip(intents, applied[-len(intents) :], strict=True) if ok)
+                launch = [item for item in launch if item.key in claimed]
+                # The owner check comes AFTER the intents are durable: a newer owner writes its record
+                # before it reads the ledger, so whatever this wave sends, the newer one sees intended.
+                await self._still_owner(launch, me)
                 for item in launch:
                     room -= 1
                     active.add(asyncio.create_task(self._submit(client, pacer, item, payloads[item.key])))
@@ -152,6 +165,8 @@ class SubmitSteps:
             done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 item, event, error = task.result()
+                # Only over this execution's own intent (or the unknown a newer owner made of it).
+                event["expect"] = {"state": [L.INTENT, L.UNKNOWN], "owner": me}
                 pending_events.append(event)
                 if event["state"] == L.SUBMITTED:
                     result.submitted += 1
@@ -173,6 +188,27 @@ class SubmitSteps:
             self.ledger.set_meta(stopped=result.stopped, stop_message=result.message)
         return result
 
+    async def _still_owner(self, launch: list[BatchItem], me: str | None) -> None:
+        """Raise ``OwnershipLost`` (after withdrawing ``launch``'s intents) when a newer execution took over."""
+        if self.owner is None:
+            return
+        try:
+            await asyncio.to_thread(self.owner.check)
+        except OwnershipLost:
+            withdrawn = [
+                {
+                    "key": item.key,
+                    "state": L.READY,
+                    "owner": None,
+                    "intent_at": None,
+                    "attempt": _attempts(self.ledger.get(item.key)) - 1,
+                    "expect": {"state": [L.INTENT], "owner": me},
+                }
+                for item in launch
+            ]
+            await asyncio.to_thread(self.ledger.append, withdrawn)
+            raise
+
     def _payloads(
         self,
         launch: list[BatchItem],
@@ -188,7 +224,14 @@ class SubmitSteps:
                     raise prepared
                 payloads[item.key] = validate(self.model_id, prepared)
             except RunComfyError as error:
-                events.append({"key": item.key, "state": L.INVALID, "error": error.message})
+                events.append(
+                    {
+                        "key": item.key,
+                        "state": L.INVALID,
+                        "error": clip(error.message),
+                        "expect": {"state": [L.READY]},
+                    }
+                )
         return payloads
 
     async def _submit(
@@ -211,7 +254,7 @@ class SubmitSteps:
         except InsufficientBalanceError as error:
             return item, {"key": item.key, "state": L.READY}, error
         except (InputRejectedError, InvalidInputError) as error:
-            return item, {"key": item.key, "state": L.INVALID, "error": error.message}, error
+            return item, {"key": item.key, "state": L.INVALID, "error": clip(error.message)}, error
         except FATAL_SUBMIT_ERRORS as error:
             return item, {"key": item.key, "state": L.READY}, error
         except RunComfyError as error:  # a 5xx or an unreadable answer: the job may exist
@@ -233,8 +276,8 @@ class SubmitSteps:
             "dashboard; clear the task with on_unknown_submit='resubmit' to pay for it again."
         )
         if self.resubmit_unknown:
-            return {"key": item.key, "state": L.READY, "error": message}
-        return {"key": item.key, "state": L.UNKNOWN, "error": message}
+            return {"key": item.key, "state": L.READY, "error": clip(message)}
+        return {"key": item.key, "state": L.UNKNOWN, "error": clip(message)}
 
 
 def _attempts(record: L.ItemRecord | None) -> int:

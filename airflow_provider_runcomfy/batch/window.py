@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, InitVar, dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_runcomfy.batch.lean import clip, slim_outcome
 from airflow_provider_runcomfy.batch.progress import Progress
 from airflow_provider_runcomfy.client.errors import RequestNotFoundError, RunComfyError
 from airflow_provider_runcomfy.client.outcome import Finality, Outcome, finality
@@ -196,9 +197,8 @@ class Window:
         return status.queue_position if finality(status) is Finality.WAITING else None
 
     def _finish(self, entry: _Entry, outcome: Outcome) -> None:
-        event = outcome.to_event()
-        event["key"] = entry.key
-        self.outcomes[entry.request_id] = event
+        # Lean: a ``/result`` may carry megabytes of ``output``; the event keeps what the ledger keeps.
+        self.outcomes[entry.request_id] = slim_outcome({**outcome.to_event(), "key": entry.key})
         if self._first_finish is None:
             self._first_finish = time.time()
         if self.progress is not None:
@@ -283,7 +283,7 @@ class Window:
             "status": status,
             "outcomes": list(self.outcomes.values()),
             "still_in_flight": len(self._heap),
-            "message": message,
+            "message": clip(message),
             "error_kind": error.kind if error is not None else None,
             "retryable": bool(error.retryable) if error is not None else None,
             "fired_at": time.time(),

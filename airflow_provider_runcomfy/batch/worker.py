@@ -39,6 +39,7 @@ class BatchWorkerIO:
     max_in_flight: int
     max_output_bytes: int | None
     on_unknown_submit: str
+    on_damaged_ledger: str
     runcomfy_conn_id: str
     poll_interval: float
     deferrable: bool
@@ -54,11 +55,17 @@ class BatchWorkerIO:
         @property
         def hook(self) -> RunComfyHook: ...
 
-    def _open(self, context: Context) -> BatchRun:
-        """This worker part's view of the batch: the inputs read, the ledger loaded from ``output_dir``."""
+    def _open(self, context: Context, owner_id: str | None = None) -> BatchRun:
+        """This worker part's view of the batch: the inputs read, the ledger loaded from ``output_dir``.
+
+        ``owner_id`` None: a new execution, which takes the batch over (``batch.owner``) before it
+        reads the ledger; otherwise the execution resuming after its wait, which stops here if a
+        newer one took over meanwhile.
+        """
+        from airflow_provider_runcomfy.batch import ledger as L
         from airflow_provider_runcomfy.batch.engine import BatchRun
         from airflow_provider_runcomfy.batch.items import load_inputs, make_items
-        from airflow_provider_runcomfy.batch.ledger import Ledger
+        from airflow_provider_runcomfy.batch.owner import Owner, OwnershipLost
         from airflow_provider_runcomfy.client.download import DEFAULT_MAX_OUTPUT_BYTES
         from airflow_provider_runcomfy.outputs.storage import task_directory
 
@@ -78,7 +85,16 @@ class BatchWorkerIO:
             raise AirflowFailException(error.message) from error
         if not items:
             raise AirflowFailException("inputs is empty: there is nothing to run.")
-        ledger = Ledger(folder, self.model_id).load()
+        try:
+            L.check_durable(folder)
+            if owner_id is None:
+                owner = Owner.take(folder / L.LEDGER_DIR, try_number=int(ti.try_number))
+            else:
+                owner = Owner(folder / L.LEDGER_DIR, owner_id)
+                owner.check()
+            ledger = self._load_ledger(folder, items, new_execution=owner_id is None)
+        except (L.LedgerReadError, OwnershipLost) as error:
+            raise AirflowFailException(str(error)) from error
         self._run = BatchRun(
             self.model_id,
             items,
@@ -89,8 +105,24 @@ class BatchWorkerIO:
             resubmit_unknown=self.on_unknown_submit == "resubmit",
             log=self.log,
             api_base_url=self._base_url(),
+            owner=owner,
         )
         return self._run
+
+    def _load_ledger(self, folder: Any, items: Any, *, new_execution: bool) -> Any:
+        """The ledger; a damaged one is rebuilt only when the user asked (``on_damaged_ledger``)."""
+        from airflow_provider_runcomfy.batch import ledger as L
+        from airflow_provider_runcomfy.batch.reconcile import reconcile
+
+        try:
+            return L.Ledger(folder, self.model_id).load()
+        except L.LedgerDamagedError as error:
+            if self.on_damaged_ledger != "reconcile" or not new_execution:
+                raise
+            self.log.warning("%s Reconciling, as on_damaged_ledger='reconcile' asks.", error)
+            report = reconcile(folder, self.model_id, items)
+            self.log.warning("Ledger rebuilt: %s", report.describe())
+            return L.Ledger(folder, self.model_id).load()
 
     async def _refill(self, run: BatchRun, pacer: Any, try_number: int) -> RefillResult:
         from airflow_provider_runcomfy.models import validate_input
@@ -121,6 +153,7 @@ class BatchWorkerIO:
         return {
             "model_id": self.model_id,
             "window": window,
+            "owner": run.owner.id if run.owner is not None else None,
             "runcomfy_conn_id": self.runcomfy_conn_id,
             "poll_interval": self.poll_interval,
             "wake_count": run.wake_count(),
@@ -189,6 +222,12 @@ class BatchWorkerIO:
                 self.hook.cancel(str(record.request_id))
             except RunComfyError as error:
                 self.log.warning("Could not cancel RunComfy request %s: %s", record.request_id, error)
+
+    async def _cancel_vanished(self, run: BatchRun) -> None:
+        """Cancel the queued jobs of items no longer in the inputs (their spend still counts)."""
+        if run.vanished_in_flight():
+            async with self._async_client(submits=False) as client:
+                await run.cancel_vanished(client)
 
     async def _cancel(self, run: BatchRun, why: str) -> None:
         async with self._async_client(submits=False) as client:

@@ -31,6 +31,7 @@ from airflow_provider_runcomfy.arguments import (
     keep_wait_arguments,
 )
 from airflow_provider_runcomfy.batch.finishing import BatchFinishing, BatchLineage
+from airflow_provider_runcomfy.batch.owner import OwnershipLost
 from airflow_provider_runcomfy.batch.worker import ON_KILL_SECONDS, BatchWorkerIO
 from airflow_provider_runcomfy.client.errors import RunComfyError
 from airflow_provider_runcomfy.compat import AirflowFailException
@@ -47,7 +48,10 @@ if TYPE_CHECKING:
 __all__ = ["DEFER_TIMEOUT_MARGIN", "ON_KILL_SECONDS", "OnUnknownSubmit", "RunComfyBatchOperator"]
 
 OnUnknownSubmit = Literal["report", "resubmit"]
+OnDamagedLedger = Literal["fail", "reconcile"]
 
+#: How often a batch waiting on another execution's intents looks at the ledger again.
+LIMBO_RECHECK = 5.0
 #: The triggerer's own defer timeout is a backstop behind the batch's deadline.
 DEFER_TIMEOUT_MARGIN = timedelta(seconds=120)
 
@@ -101,6 +105,11 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
         inputs before anything is submitted (a 404, a web page or a file over 50 MB makes the item
         invalid; a host the worker cannot reach is a warning, with ``"strict"`` an invalid item).
         Files given as paths (``s3://``, local) are checked either way. See ``docs/inputs.md``.
+    :param on_damaged_ledger: ``"fail"`` (default) or ``"reconcile"``: what a new execution does with a
+        ledger file that is empty, cut, corrupt or missing. ``"fail"`` stops before any submit and names
+        the file; ``"reconcile"`` rebuilds the ledger from the readable records, ``manifest.jsonl`` and
+        the kept outputs, and reports every item it cannot account for as ``unknown`` (never paid again
+        unless ``on_unknown_submit="resubmit"``). See ``docs/batch.md``.
     :param sign_expiry: how long the pre-signed URLs of ``s3://``/``gs://`` inputs stay valid
         (seconds or a ``timedelta``); None: ``timeout`` plus 15 minutes (a day without one).
     """
@@ -130,6 +139,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
         on_schema_unavailable: str = "warn",
         preflight: PreflightMode = "warn",
         sign_expiry: int | timedelta | None = None,
+        on_damaged_ledger: OnDamagedLedger = "fail",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -151,6 +161,9 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
         if on_unknown_submit not in ("report", "resubmit"):
             raise ValueError(f"on_unknown_submit must be 'report' or 'resubmit', not {on_unknown_submit!r}.")
         self.on_unknown_submit = on_unknown_submit
+        if on_damaged_ledger not in ("fail", "reconcile"):
+            raise ValueError(f"on_damaged_ledger must be 'fail' or 'reconcile', not {on_damaged_ledger!r}.")
+        self.on_damaged_ledger = on_damaged_ledger
         self.submit_concurrency = max(1, int(submit_concurrency))
         self.max_cost_usd = check_max_cost(max_cost_usd)
         self.on_schema_unavailable = check_on_schema_unavailable(on_schema_unavailable)
@@ -238,6 +251,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             )
         ti = context["ti"]
         run.start_try(int(ti.try_number), f"{getattr(ti, 'id', '')}:{ti.try_number}")
+        asyncio.run(self._cancel_vanished(run))
         self._check_budget(run)
         return self._advance(context, run)
 
@@ -253,8 +267,9 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after a wait: record its outcomes, copy, refill, defer again or finish."""
-        run = self._open(context)
+        run = self._open(context, owner_id=(event or {}).get("owner"))
         self._check(run, report=False)
+        run.settle()
         return self._after_wait(context, run, event or {})
 
     def on_kill(self) -> None:
@@ -324,7 +339,10 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
         while True:
             deadline = self._deadline(run)
             started = time.monotonic()
-            refill = asyncio.run(self._refill(run, pacer, int(context["ti"].try_number)))
+            try:
+                refill = asyncio.run(self._refill(run, pacer, int(context["ti"].try_number)))
+            except OwnershipLost as lost:
+                raise AirflowFailException(str(lost)) from lost
             submitted_in = time.monotonic() - started
             if refill.fatal is not None:
                 self._write_manifest(context, run)
@@ -353,12 +371,16 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             progress.maybe_log(self.log.info, in_flight=len(run.records(L.SUBMITTED)), force=True)
             window = run.in_flight()
             waiting_to_submit = run.ready_count() > 0 and not run.stopped
-            if not window and not run.records(L.FINISHED) and not waiting_to_submit:
+            limbo_ends_at = run.limbo_ends_at()
+            if not window and not run.records(L.FINISHED) and not waiting_to_submit and limbo_ends_at is None:
                 return self._finish(context, run)
             if deadline is not None and time.time() >= deadline:
                 asyncio.run(self._cancel(run, f"the batch's timeout of {self.timeout} s passed"))
                 self._finish(context, run, timed_out=True)
             wake_at = refill.paused_until
+            if limbo_ends_at is not None:
+                # Another execution's intents: look again soon for their request ids (or withdrawal).
+                wake_at = min(wake_at or limbo_ends_at, limbo_ends_at, time.time() + LIMBO_RECHECK)
             if not window and wake_at is None:
                 # Nothing to watch: submits were refused (try again shortly), or copies failed
                 # for a passing reason (try them again a little later).
@@ -378,6 +400,9 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
                     else None,
                 )
             event = asyncio.run(self._wait_here(trigger_kwargs))
+            if run.limbo():  # the blocking mode reads what the other execution wrote meanwhile
+                run.ledger = L.Ledger(run.folder, run.model_id).load()
             run.apply_outcomes(event.get("outcomes") or [])
+            run.settle()
             if event.get("status") != "ready":
                 return self._after_wait(context, run, {**event, "outcomes": []})

@@ -39,6 +39,7 @@ class RunComfyBatchTrigger(FieldsTrigger):
     :param progress: ``{"total", "done", "started_at", "done_at_start"}`` for the progress line.
     :param cancel_on_kill: cancel the batch's queued jobs when a user marks the task failed/success.
     :param lead_seconds: the worker's resume time: jobs expected to end within it count as ended.
+    :param owner: the id of the execution that deferred (``batch.owner``), echoed in the event.
     """
 
     model_id: str
@@ -53,6 +54,7 @@ class RunComfyBatchTrigger(FieldsTrigger):
     progress: dict[str, Any] | None = None
     cancel_on_kill: bool = True
     lead_seconds: float = 0.0
+    owner: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,7 +65,8 @@ class RunComfyBatchTrigger(FieldsTrigger):
         window = Window.from_wait_args(self.serialize()[1], log_line=self.log.info)
         async with RunComfyHook(self.runcomfy_conn_id).ashared_client() as client:
             event = await window.wait(client)
-        yield TriggerEvent(event)
+        # The execution that deferred: on resume it checks it still owns the batch (``batch.owner``).
+        yield TriggerEvent({**event, "owner": self.owner})
 
     async def on_kill(self) -> None:
         """Cancel the batch's jobs when a user marked the deferred task failed or success -- only then.

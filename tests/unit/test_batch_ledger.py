@@ -73,7 +73,7 @@ def test_compact_folds_every_event_into_one_checkpoint(folder: ObjectStoragePath
     ledger.set_meta(try_number=1)
     ledger.compact(force=True)
 
-    assert ledger_files(folder) == [L.CHECKPOINT]
+    assert ledger_files(folder) == [L.CHECKPOINT, L.HEAD]
     again = L.Ledger(folder, MODEL).load()
     assert {k: r.state for k, r in again.items.items()} == {
         "k.0": L.READY,
@@ -94,7 +94,7 @@ def test_compact_waits_for_enough_segments(folder: ObjectStoragePath) -> None:
     assert L.CHECKPOINT not in ledger_files(folder)
     ledger.append([{"key": "last.0", "index": 99}])
     ledger.compact()
-    assert ledger_files(folder) == [L.CHECKPOINT]
+    assert ledger_files(folder) == [L.CHECKPOINT, L.HEAD]
 
 
 def test_events_after_a_checkpoint_apply_on_top_of_it(folder: ObjectStoragePath) -> None:
@@ -144,7 +144,7 @@ def test_segments_already_in_the_checkpoint_are_not_applied_again(folder: Object
     ledger = L.Ledger(folder, MODEL)
     ledger.append([{"key": "a.0", "index": 0, "state": L.SUBMITTED, "request_id": "r1"}])
     directory = Path(folder.path, L.LEDGER_DIR)
-    (old_segment,) = directory.iterdir()
+    (old_segment,) = directory.glob("seg-*")
     kept = old_segment.read_bytes()
     ledger.append([{"key": "a.0", "state": L.SUCCEEDED}])
     ledger.compact(force=True)
@@ -155,7 +155,7 @@ def test_segments_already_in_the_checkpoint_are_not_applied_again(folder: Object
 
 def test_a_damaged_segment_is_an_error_not_an_empty_ledger(folder: ObjectStoragePath) -> None:
     L.Ledger(folder, MODEL).append([{"key": "a.0", "index": 0, "state": L.SUBMITTED, "request_id": "r1"}])
-    (segment,) = Path(folder.path, L.LEDGER_DIR).iterdir()
+    (segment,) = Path(folder.path, L.LEDGER_DIR).glob("seg-*")
     segment.write_text('{"key": "a.0", "sta')
     with pytest.raises(L.LedgerReadError, match="damaged"):
         L.Ledger(folder, MODEL).load()
@@ -172,7 +172,7 @@ def test_a_ledger_of_another_model_is_refused(folder: ObjectStoragePath) -> None
 def test_a_checkpoint_of_another_version_is_refused(folder: ObjectStoragePath) -> None:
     directory = Path(folder.path, L.LEDGER_DIR)
     directory.mkdir()
-    (directory / L.CHECKPOINT).write_text(json.dumps({"version": L.LEDGER_VERSION + 1}) + "\n")
+    (directory / L.CHECKPOINT).write_bytes(L._sealed([json.dumps({"version": L.LEDGER_VERSION + 1})]))
     with pytest.raises(L.LedgerReadError, match="another version"):
         L.Ledger(folder, MODEL).load()
 

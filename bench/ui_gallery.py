@@ -208,10 +208,10 @@ def main() -> None:
             {"conn_type": "runcomfy", "host": inputs, "password": "x"}
         ),
     }
-    deployment = AirflowDeployment(dags, env, parallelism=4)
+    deployment = AirflowDeployment(dags, env, parallelism=4, start_timeout=600, task_heartbeat_timeout=600)
+    deployment.start()
     # A machine shared with other runs can keep the API server busy for more than 30 s.
     deployment.api.timeout = httpx.Timeout(180.0)
-    deployment.start()
     try:
         timeout = args.max_minutes * 60
         runs = {}
@@ -231,7 +231,10 @@ def main() -> None:
 
 def manifests(http: httpx.Client, server: psutil.Process, run_id: str, args: Any, out: Path) -> None:
     base = f"/runcomfy/gallery/ui_bench_manifests/{run_id}"
-    size = sum(f.stat().st_size for f in (out / "ui_bench_manifests").glob("**/manifest.jsonl"))
+    found = sorted((out / "ui_bench_manifests").glob("**/manifest.jsonl"))
+    size = sum(f.stat().st_size for f in found)
+    lines = [sum(1 for _ in f.open("rb")) for f in found]
+    print(f"manifests written: {len(found)}, lines each: {lines}")
     before = tree_cpu(server)
     started = time.monotonic()
     first = http.get(base)
@@ -281,4 +284,5 @@ def pictures(http: httpx.Client, server: psutil.Process, run_id: str, args: Any,
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     main()

@@ -51,7 +51,7 @@ def site(runcomfy_emulator_server: Any, tmp_path_factory: pytest.TempPathFactory
     assert plugin_entry_point_installed(), (
         "re-run `pip install -e .`: the airflow.plugins entry point is missing"
     )
-    deployment = LoginDeployment(HERE / "dags", env, parallelism=4)
+    deployment = LoginDeployment(HERE / "dags", env, parallelism=4, start_timeout=600)
     deployment.auth = TokenAuth(deployment, "admin", passwords["admin"])
     deployment.env_extra["PYTHONPATH"] = os.pathsep.join(
         [str(deployment.home / "pythonpath"), str(HERE), os.environ.get("PYTHONPATH", "")]
@@ -87,7 +87,9 @@ def browser(site: Site) -> Iterator[Any]:
 def page(browser: Any, site: Site, tmp_path: Path) -> Iterator[Any]:
     """A fresh browser page (its own cookies) on the deployment; ``page.shot(name)`` saves a screenshot."""
     context = browser.new_context(base_url=site.base_url, viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(30_000)
+    # Generous: the machine may be shared with other deployments and test runs.
+    context.set_default_timeout(120_000)
+    context.set_default_navigation_timeout(120_000)
     page = context.new_page()
 
     def shot(name: str, target: Any = None) -> Path:

@@ -42,7 +42,7 @@ def fab_site(runcomfy_emulator_server: Any, tmp_path_factory: pytest.TempPathFac
     work = tmp_path_factory.mktemp("fab-site")
     passwords = {user: secrets.token_urlsafe(12) for user in ("admin", "attacker")}
     env = {"AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER, **runcomfy_emulator_server.airflow_conn_env()}
-    deployment = FabDeployment(HERE / "dags", env, parallelism=4)
+    deployment = FabDeployment(HERE / "dags", env, parallelism=4, start_timeout=600)
     deployment.fab_users = {
         "admin": {"role": "Admin", "resources": [], "password": passwords["admin"]},
         "attacker": {
@@ -107,17 +107,20 @@ def victim_copy(site: Site) -> tuple[str, str]:
 def test_every_cross_dag_attempt_gets_403(fab_site: Site, stolen: dict[str, Any]) -> None:
     site = fab_site
     run = quote(stolen["run_id"], safe="")
-    mine = f"/runcomfy/%s/{ATTACKER_DAG}/{run}"
+
+    def mine(view: str) -> str:
+        return f"/runcomfy/{view}/{ATTACKER_DAG}/{run}"
+
     attempts = {
-        "an edit's input naming the victim's copy": mine % "picture" + "/steal_input/-1/input/0",
-        "its thumbnail": mine % "picture" + "/steal_input/-1/input/0?size=thumb",
-        "a batch line's input naming the victim's copy": mine % "picture" + "/steal_lines/-1/input/0?item=0",
-        "a return value's kept copy": mine % "picture" + "/fake_result/-1/output/0",
-        "its thumbnail ": mine % "picture" + "/fake_result/-1/output/0?size=thumb",
-        "a return value's manifest (the Manifest link)": mine % "manifest" + "/fake_result?map_index=-1",
-        "that manifest's lines as a page": mine % "outputs" + "/fake_result?map_index=-1",
-        "one line of that manifest": mine % "outputs" + "/fake_result?map_index=-1&item=0",
-        "a picture of that manifest's line": mine % "picture" + "/fake_result/-1/input/0?item=0",
+        "an edit's input naming the victim's copy": mine("picture") + "/steal_input/-1/input/0",
+        "its thumbnail": mine("picture") + "/steal_input/-1/input/0?size=thumb",
+        "a batch line's input naming the victim's copy": mine("picture") + "/steal_lines/-1/input/0?item=0",
+        "a return value's kept copy": mine("picture") + "/fake_result/-1/output/0",
+        "its thumbnail ": mine("picture") + "/fake_result/-1/output/0?size=thumb",
+        "a return value's manifest (the Manifest link)": mine("manifest") + "/fake_result?map_index=-1",
+        "that manifest's lines as a page": mine("outputs") + "/fake_result?map_index=-1",
+        "one line of that manifest": mine("outputs") + "/fake_result?map_index=-1&item=0",
+        "a picture of that manifest's line": mine("picture") + "/fake_result/-1/input/0?item=0",
     }
     victim_run = quote(site.run_id, safe="")
     victims = {
@@ -129,20 +132,24 @@ def test_every_cross_dag_attempt_gets_403(fab_site: Site, stolen: dict[str, Any]
     admin = {"Authorization": f"Bearer {site.token('admin')}"}
     secret = Path(stolen["copy"]).read_bytes()[:4096]
     lines = Path(stolen["manifest"]).read_bytes()[:200]
-    answers = {}
-    with httpx.Client(base_url=site.base_url, timeout=60) as http:
+    answers, leaks, owner = {}, [], {}
+    with httpx.Client(base_url=site.base_url, timeout=120) as http:
         for name, path in {**attempts, **victims}.items():
             answer = http.get(path, headers=attacker)
             answers[name] = answer.status_code
-            assert secret not in answer.content and lines not in answer.content, name
+            if secret in answer.content or lines in answer.content:
+                leaks.append(name)
         # The victim's files are real and served to whoever may read that DAG.
         for name, path in victims.items():
-            assert http.get(path, headers=admin).status_code == 200, name
+            answer = http.get(path, headers=admin)
+            owner[name] = (answer.status_code, answer.text[:200] if answer.status_code != 200 else "")
         # The attacker's own pages still render (200): they just show nothing of the victim's.
-        gallery = http.get(mine % "gallery", headers=attacker)
-        edit_page = http.get(mine % "outputs" + "/steal_input?map_index=-1", headers=attacker)
-    print(f"[figure] cross-DAG answers: {answers}")
+        gallery = http.get(mine("gallery"), headers=attacker)
+        edit_page = http.get(mine("outputs") + "/steal_input?map_index=-1", headers=attacker)
+    print(f"[figure] cross-DAG answers to the attacker: {answers}; to the owner: {owner}")
+    assert not leaks, leaks
     assert answers == {name: 403 for name in answers}, answers
+    assert all(code == 200 for code, _ in owner.values()), owner
     for page in (gallery, edit_page):
         assert page.status_code == 200 and secret not in page.content and lines not in page.content
     assert "a storage path named as an input is not shown" in edit_page.text

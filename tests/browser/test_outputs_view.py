@@ -38,7 +38,7 @@ def loaded_pictures(frame: Any, count: int) -> list[list[Any]]:
     frame.wait_for_function(
         "count => Array.from(document.images).filter(i => i.complete).length >= count",
         arg=count,
-        timeout=30_000,
+        timeout=180_000,
     )
     return frame.evaluate(PICTURES)
 

@@ -11,8 +11,11 @@ from typing import Any
 from airflow.sdk import task
 from ui_common import KEPT, ui_dag
 
-from airflow_provider_runcomfy.operators.batch import RunComfyBatchOperator
-from airflow_provider_runcomfy.operators.runcomfy import FluxKontextProEditOperator, NanoBananaEditOperator
+from airflow_provider_runcomfy.operators.runcomfy import (
+    FluxKontextProEditOperator,
+    NanoBananaEditOperator,
+    RunComfyBatchOperator,
+)
 
 with ui_dag("runcomfy_ui"):
 

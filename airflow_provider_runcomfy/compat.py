@@ -40,15 +40,14 @@ else:
 
 __all__ = [
     "AIRFLOW_VERSION",
-    "HAS_DECLARATIVE_CONNECTION_FORM",
     "HAS_PLUGIN_TABS",
     "HAS_TASK_STATE_STORE",
-    "HAS_TRIGGER_ON_KILL",
     "AirflowFailException",
     "BaseHook",
     "StateStore",
     "TaskDeferred",
     "VariableStateStore",
+    "aget_connection",
     "airflow_conf",
     "has_fs",
     "task_state_store",
@@ -65,12 +64,8 @@ def _release(version: str) -> tuple[int, int]:
 AIRFLOW_VERSION = _release(airflow.__version__)
 #: ``context["task_state_store"]`` (AIP-103): a per-task-instance store kept across retries and clears.
 HAS_TASK_STATE_STORE = AIRFLOW_VERSION >= (3, 3)
-#: ``async BaseTrigger.on_kill()``: a deferred task marked failed/success or cleared can cancel its job.
-HAS_TRIGGER_ON_KILL = AIRFLOW_VERSION >= (3, 3)
 #: Plugin ``external_views`` shown as task-instance and DAG-run tabs in the UI.
 HAS_PLUGIN_TABS = AIRFLOW_VERSION >= (3, 1)
-#: ``conn-fields`` / ``ui-field-behaviour`` read from the provider info (the labelled connection form).
-HAS_DECLARATIVE_CONNECTION_FORM = AIRFLOW_VERSION >= (3, 2)
 
 
 def airflow_conf() -> Any:
@@ -88,9 +83,23 @@ def has_fs(scheme: str) -> bool:
     """Whether an Airflow provider registers a filesystem for ``scheme`` (``has_fs`` moved in 3.1)."""
     try:
         from airflow.sdk.io import has_fs as sdk_has_fs
-    except ImportError:  # 3.0: in the core package, which 3.3 no longer has
+    except ImportError:  # 3.0: in the core package (airflow.io)
         return bool(importlib.import_module("airflow.io").has_fs(scheme))
     return bool(sdk_has_fs(scheme))
+
+
+async def aget_connection(hook: Any, conn_id: str) -> Any:
+    """The connection, read without blocking the event loop (``BaseHook.aget_connection`` arrived in 3.1).
+
+    On 3.0 the Task SDK's connection lookup is synchronous and, in the triggerer, talks to
+    the supervisor through ``async_to_sync``: it must run under asgiref's ``sync_to_async``
+    (Airflow's own instruction in 3.0's triggerer), not in a plain thread.
+    """
+    if hasattr(hook, "aget_connection"):
+        return await hook.aget_connection(conn_id)
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(hook.get_connection)(conn_id)
 
 
 class StateStore(Protocol):

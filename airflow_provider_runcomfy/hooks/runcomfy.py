@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.client import RunComfyError
-from airflow_provider_runcomfy.compat import BaseHook
+from airflow_provider_runcomfy.compat import BaseHook, aget_connection
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -90,7 +90,7 @@ class RunComfyHook(BaseHook):
         """An asyncio client; reads the connection with the async API (triggers must not block)."""
         from airflow_provider_runcomfy.client import AsyncRunComfyClient
 
-        conn = await self.aget_connection(self.runcomfy_conn_id)
+        conn = await aget_connection(self, self.runcomfy_conn_id)
         return AsyncRunComfyClient(**self.client_kwargs(conn), **kwargs)
 
     @asynccontextmanager
@@ -103,7 +103,7 @@ class RunComfyHook(BaseHook):
         """
         from airflow_provider_runcomfy.client._pool import shared_client
 
-        conn = await self.aget_connection(self.runcomfy_conn_id)
+        conn = await aget_connection(self, self.runcomfy_conn_id)
         kwargs = self.client_kwargs(conn)
         max_in_flight = _number(_extras(conn), "max_in_flight")
         if max_in_flight:

@@ -100,6 +100,10 @@ class BatchRun(SubmitSteps):
     def ready_count(self) -> int:
         return len(self.records(L.READY))
 
+    def unchecked_count(self) -> int:
+        """Items not checked yet (pre-flight overlaps submitting: see ``check``'s ``limit``)."""
+        return sum(1 for item in self.items if self.ledger.get(item.key) is None)
+
     def spend(self) -> BatchSpend:
         """Spend over EVERY record of the task instance: every try, and items no longer in the inputs."""
         return BatchSpend(
@@ -128,14 +132,19 @@ class BatchRun(SubmitSteps):
     # -- checking -------------------------------------------------------------------------------
 
     def check(
-        self, prepare: Callable[[Sequence[BatchItem]], Sequence[Prepared]], validate: Callable[..., Any]
+        self,
+        prepare: Callable[[Sequence[BatchItem]], Sequence[Prepared]],
+        validate: Callable[..., Any],
+        *,
+        limit: int | None = None,
     ) -> int:
-        """Prepare and validate every item the ledger has not seen; record ``ready`` or ``invalid``.
+        """Prepare and validate the items the ledger has not seen (the first ``limit``); record each.
 
         Returns how many items are invalid in all. Nothing is sent to RunComfy's API here
-        (preparation may pre-flight input URLs; that is the inputs seam's business).
+        (preparation may pre-flight input URLs; that is the inputs seam's business). With a
+        ``limit`` the first submits start while later inputs are still to be checked.
         """
-        new = [item for item in self.items if self.ledger.get(item.key) is None]
+        new = [item for item in self.items if self.ledger.get(item.key) is None][:limit]
         if new:
             events = []
             for item, prepared in zip(new, prepare(new), strict=True):
@@ -402,7 +411,7 @@ class BatchRun(SubmitSteps):
     def wake_count(self) -> int:
         """Finished jobs that make waking the worker worth it: a share of the window, or all at the end."""
         window = len(self.records(L.SUBMITTED))
-        if self.ready_count() and not self.stopped:
+        if (self.ready_count() or self.unchecked_count()) and not self.stopped:
             return max(1, min(window, math.ceil(self.max_in_flight * REFILL_FRACTION)))
         return max(1, window)
 

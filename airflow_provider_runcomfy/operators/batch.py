@@ -50,6 +50,9 @@ __all__ = ["DEFER_TIMEOUT_MARGIN", "ON_KILL_SECONDS", "OnUnknownSubmit", "RunCom
 OnUnknownSubmit = Literal["report", "resubmit"]
 OnDamagedLedger = Literal["fail", "reconcile"]
 
+#: Inputs checked (pre-flighted) per worker part at least, when not all are needed before the first
+#: submit: the first submits of a batch of thousands start after this many checks, not all of them.
+CHECK_CHUNK = 256
 #: How often a batch waiting on another execution's intents looks at the ledger again.
 LIMBO_RECHECK = 5.0
 #: The triggerer's own defer timeout is a backstop behind the batch's deadline.
@@ -236,7 +239,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
         run = self._open(context)
         invalid = self._check(run)
         if invalid and (
-            invalid == len(run.items)
+            (invalid == len(run.items) and not run.unchecked_count())
             or (self.max_invalid_items is not None and invalid > self.max_invalid_items)
         ):
             manifest = self._write_manifest(context, run)
@@ -260,6 +263,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
         from airflow_provider_runcomfy.batch.ledger import READY
 
         ready = [item.input for item, _ in run.records(READY)]
+        ready += [item.input for item in run.items if run.ledger.get(item.key) is None]  # not checked yet
         try:
             self.spend_guard.start(ready, spent_usd=run.spend().spent_usd)
         except RunComfyError as error:
@@ -290,8 +294,11 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
     # -- the cycle ------------------------------------------------------------------------------
 
     def _check(self, run: BatchRun, *, report: bool = True) -> int:
+        """Check the next inputs: all of them when ``max_invalid_items`` needs the count before any
+        submit, else a share (``CHECK_CHUNK``) per worker part, so submits start while the rest wait."""
+        limit = None if self.max_invalid_items is not None else max(CHECK_CHUNK, 2 * self.max_in_flight)
         invalid = run.check(
-            lambda items: self.prepare_items(items, for_submit=False), self.spend_guard.validate
+            lambda items: self.prepare_items(items, for_submit=False), self.spend_guard.validate, limit=limit
         )
         if invalid and report:
             self._report_invalid(run, invalid)
@@ -337,6 +344,8 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             done_at_start=int(run.ledger.meta.get("done_at_try_start") or 0),
         )
         while True:
+            if run.unchecked_count():
+                self._check(run, report=False)
             deadline = self._deadline(run)
             started = time.monotonic()
             try:
@@ -370,7 +379,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             progress.done = run.done_count()
             progress.maybe_log(self.log.info, in_flight=len(run.records(L.SUBMITTED)), force=True)
             window = run.in_flight()
-            waiting_to_submit = run.ready_count() > 0 and not run.stopped
+            waiting_to_submit = (run.ready_count() > 0 or run.unchecked_count() > 0) and not run.stopped
             limbo_ends_at = run.limbo_ends_at()
             if not window and not run.records(L.FINISHED) and not waiting_to_submit and limbo_ends_at is None:
                 return self._finish(context, run)

@@ -59,12 +59,12 @@ def site(runcomfy_emulator_server: Any, tmp_path_factory: pytest.TempPathFactory
     deployment.start()
     try:
         site = Site(deployment, passwords, runcomfy_emulator_server)
-        deployment.wait_for_dag(DAG_ID, timeout=90)
+        deployment.wait_for_dag(DAG_ID, timeout=180)
         site.run_id = deployment.trigger_dag(
             DAG_ID,
             conf={"emulator": runcomfy_emulator_server.base_url, "output_dir": (work / "outputs").as_uri()},
         )
-        deployment.wait_for_run(DAG_ID, site.run_id, timeout=240)
+        deployment.wait_for_run(DAG_ID, site.run_id, timeout=400)
         yield site
     finally:
         deployment.stop()

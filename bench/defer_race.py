@@ -29,6 +29,7 @@ A measurement, not a test: nothing fails. Only 127.0.0.1 is contacted; every wai
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -66,6 +67,19 @@ def wait_for_run(deployment: AirflowDeployment, dag_id: str, run_id: str, give_u
     return "unfinished"
 
 
+#: The trigger's line when it holds an outcome back (``triggers/_base.py``): the seconds it adds.
+HELD = re.compile(rb"handing the outcome to Airflow in ([0-9.]+) s")
+
+
+def held_seconds(logs: Path) -> list[float]:
+    """The seconds each held outcome waited, from the task logs (the triggers' parts) of the deployment."""
+    found: list[float] = []
+    for path in logs.rglob("*"):
+        if path.is_file():
+            found += [float(m) for m in HELD.findall(path.read_bytes())]
+    return found
+
+
 def run_topology(args: argparse.Namespace, topology: str) -> RaceReport:
     """Start a deployment, run DAG runs until ``args.tasks`` tasks ran (or time is up), read the race."""
     total = RaceReport()
@@ -84,6 +98,7 @@ def run_topology(args: argparse.Namespace, topology: str) -> RaceReport:
                     f"[{topology}, guard {args.guard}] interrupted; reporting the finished runs", flush=True
                 )
             total.mismatch_lines = mismatch_lines(deployment)
+            total.held_seconds = held_seconds(deployment.home / "logs")
             total.other_mismatch_lines = mismatch_lines(deployment, MISMATCH) - total.mismatch_lines
     return total
 
@@ -119,6 +134,7 @@ def describe(topology: str, args: argparse.Namespace, report: RaceReport) -> str
     lag = report.resume_seconds
     exposure = report.exposure_seconds
     window = report.window_seconds
+    held = report.held_seconds
     return "\n".join(
         [
             f"## {topology}, guard {args.guard}, parallelism {args.parallelism}, jobs {args.low:g}-{args.high:g} s",
@@ -139,7 +155,13 @@ def describe(topology: str, args: argparse.Namespace, report: RaceReport) -> str
                 if window
                 else "n/a"
             ),
-            "resume latency, job end -> task end: "
+            f"outcomes held back by the guard: {len(held)}"
+            + (
+                f", by mean {statistics.mean(held):.1f} s, p95 {percentile(held, 0.95):.1f} s, max {max(held):.1f} s"
+                if held
+                else ""
+            ),
+            "resume latency, job end -> task end (executor-slot queueing included): "
             + (
                 f"mean {statistics.mean(lag):.1f} s, p95 {percentile(lag, 0.95):.1f} s, max {max(lag):.1f} s"
                 if lag

@@ -65,6 +65,8 @@ class RaceReport:
     #: Seconds from a job's submit (just before its task deferred) to the scheduler taking the
     #: defer exit: how long the race window stays open; the guard must outlast it.
     window_seconds: list[float] = field(default_factory=list)
+    #: Seconds each outcome the guard held back waited (the triggers' log lines).
+    held_seconds: list[float] = field(default_factory=list)
     #: Seconds from a job's end to its task's end (the resume), for tasks that succeeded.
     resume_seconds: list[float] = field(default_factory=list)
 

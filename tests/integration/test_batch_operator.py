@@ -312,3 +312,46 @@ def test_out_of_balance_stops_submitting_at_once_and_keeps_what_is_in_flight(
     assert statuses == Counter({"succeeded": 3, "not_submitted": 17})  # the jobs in flight were kept
     assert all(r["stored"] for r in records if r["status"] == "succeeded")
     assert "balance" in next(r for r in records if r["status"] == "not_submitted")["error"]
+
+
+def test_a_damaged_ledger_stops_the_cleared_task_and_reconcile_resumes_without_paying(
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
+) -> None:
+    first = run_batch(airflow_env, emu, "it_batch_damaged", items(4), tmp_path)
+    first.assert_states(batch="success")
+    kept = sorted(tmp_path.rglob("outputs/*.png"))
+    assert len(kept) == 4
+    # What a host crash leaves of a file whose data never reached the disk.
+    (task_folder(tmp_path, first) / "_ledger" / "checkpoint.jsonl").write_bytes(b"")
+
+    stopped = clear_and_rerun(airflow_env, emu, first)
+    assert "checkpoint.jsonl is empty (0 bytes)" in stopped.output, stopped.output[-4000:]
+    assert "on_damaged_ledger='reconcile'" in stopped.output
+    assert emu.journal.count("submit") == 4
+
+    cleared = airflow_env.airflow("tasks", "clear", first.dag_id, "-y", env=emu.airflow_conn_env())
+    assert cleared.returncode == 0
+    again = airflow_env.airflow(
+        "tasks",
+        "test",
+        first.dag_id,
+        "batch",
+        first.run_id,
+        env={**emu.airflow_conn_env(), "IT_ON_DAMAGED_LEDGER": "reconcile"},
+    )
+    output = again.stdout + again.stderr
+    assert "Ledger rebuilt: 4 succeeded" in output, output[-4000:]
+    assert emu.journal.count("submit") == 4  # nothing paid again
+    assert [r["status"] for r in manifest(tmp_path, first)] == ["succeeded"] * 4
+    assert all(p.exists() for p in kept)
+
+
+def test_an_output_dir_in_memory_is_refused_before_anything_is_paid(
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
+) -> None:
+    run = airflow_env.dags_test(
+        "it_batch", conf={"inputs": items(2), "output_dir": "memory://it-batch"}, env=emu.airflow_conn_env()
+    )
+    run.assert_states(batch="failed")
+    assert "kept in memory only" in run.output, run.output[-4000:]
+    assert emu.journal.count("submit") == 0

@@ -45,6 +45,10 @@ KILL_N = int(os.environ.get("RUNCOMFY_BATCH_SYSTEM_KILL_N", "1000"))
 MAX_IN_FLIGHT = int(os.environ.get("RUNCOMFY_BATCH_SYSTEM_MAX_IN_FLIGHT", "100"))
 
 
+#: The emulator's phases of a job that has ended.
+FINAL = ("succeeded", "failed", "cancelled")
+
+
 def inputs(tag: str, count: int = N) -> list[dict[str, Any]]:
     return [
         {"prompt": f"{tag} item {n:04d}", "image_urls": [f"https://images.example.com/system/{n:04d}.png"]}
@@ -205,7 +209,13 @@ def test_a_triggerer_killed_mid_batch_loses_nothing_and_submits_nothing(
     run_id = run_batch(airflow, emulator, tag, tmp_path, run_seconds=3, submitted=N // 3)
     airflow.wait_for_trigger(DAG_ID, run_id, "batch", timeout=120)
     airflow.kill_triggerer()
-    time.sleep(5)  # jobs finish while no triggerer watches
+    # The jobs in flight finish while no triggerer watches (the emulator says when they have).
+    watched = [j.request_id for j in emulator.jobs if tag in str(j.input.get("prompt"))]
+    wait_until(
+        lambda: all((job := emulator.job(r)) is not None and job.phase in FINAL for r in watched),
+        120,
+        "the jobs in flight to finish unwatched",
+    )
     airflow.start_triggerer()
 
     assert airflow.wait_for_run(DAG_ID, run_id, timeout=300 + N // 2) == "success"

@@ -6,6 +6,7 @@ Each test passes the inputs, ``output_dir`` and (where it matters) the prompt ru
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -48,4 +49,10 @@ it_batch_timeout = batch_dag("it_batch_timeout", timeout=4)
 it_batch_wide = batch_dag("it_batch_wide", max_in_flight=10)
 it_batch_worker_dies = batch_dag(
     "it_batch_worker_dies", WorkerDiesOnFirstTry, submit_concurrency=1, **RETRY_AT_ONCE
+)
+# Two executions of one batch task at once (``airflow tasks test`` twice on one run): 10 in flight.
+it_batch_owners = batch_dag("it_batch_owners", max_in_flight=10, submit_concurrency=4)
+# ``on_damaged_ledger`` from the environment of the ``tasks test`` that runs it (it is not templated).
+it_batch_damaged = batch_dag(
+    "it_batch_damaged", on_damaged_ledger=os.environ.get("IT_ON_DAMAGED_LEDGER", "fail")
 )

@@ -254,6 +254,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             )
         ti = context["ti"]
         run.start_try(int(ti.try_number), f"{getattr(ti, 'id', '')}:{ti.try_number}")
+        run.settle()  # a same-try re-run skips start_try: stale intents of another execution settle here
         asyncio.run(self._cancel_vanished(run))
         self._check_budget(run)
         return self._advance(context, run)

@@ -5,10 +5,14 @@ Run on every supported Airflow by ``scripts/compat``; inputs come from params (`
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 from airflow.sdk import Param
 from it_common import one_task_dag
 
-from airflow_provider_runcomfy.operators.runcomfy import NanoBananaEditOperator
+from airflow_provider_runcomfy.compat import TaskDeferred
+from airflow_provider_runcomfy.operators.runcomfy import FluxKontextProEditOperator, NanoBananaEditOperator
 
 it_compat_nano_blocking = one_task_dag(
     "it_compat_nano_blocking",
@@ -23,4 +27,31 @@ it_compat_nano_blocking = one_task_dag(
     image_urls="{{ params.image_urls }}",
     num_images=2,
     deferrable=False,
+)
+
+
+class DiesAfterItsSubmitOnTry1(FluxKontextProEditOperator):
+    """Its first try dies right after the paid submit, before it waits (as a lost worker would)."""
+
+    def execute(self, context: Any) -> Any:
+        try:
+            return super().execute(context)
+        except TaskDeferred:
+            if context["ti"].try_number == 1:
+                raise RuntimeError("simulated worker death after the submit") from None
+            raise
+
+
+it_compat_dies_after_submit = one_task_dag(
+    "it_compat_dies_after_submit",
+    {
+        "prompt": Param("make it blue", type="string"),
+        "image_url": Param("https://images.example.com/in.png", type="string"),
+    },
+    DiesAfterItsSubmitOnTry1,
+    task_id="edit",
+    prompt="{{ params.prompt }}",
+    image_url="{{ params.image_url }}",
+    retries=1,
+    retry_delay=timedelta(seconds=0),
 )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.client._validation import input_fingerprint
 from airflow_provider_runcomfy.client.errors import InvalidInputError, RunComfyError
+from airflow_provider_runcomfy.client.redact import redact_value
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -46,10 +47,14 @@ class BatchItem:
     key: str
 
     def manifest_input(self) -> Any:
-        """The input for the manifest: as given when small, a digest when large (data URIs, long prompts)."""
+        """The input for the manifest: as given when small, a digest when large (data URIs, long prompts).
+
+        Credentials are redacted: an inputs file may be another DAG's manifest or carry signed
+        URLs, and the manifest is served by the outputs view to whoever may read this DAG.
+        """
         text = json.dumps(self.input, sort_keys=True, default=str)
         if len(text) <= MAX_INPUT_IN_MANIFEST:
-            return self.input
+            return redact_value(self.input)
         return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "json_chars": len(text)}
 
 

@@ -161,3 +161,15 @@ def test_twenty_items_with_many_outputs_make_an_event_and_a_checkpoint_under_100
     run.apply_outcomes(event["outcomes"])
     ledger.compact(force=True)
     assert Path(folder.path, L.LEDGER_DIR, L.CHECKPOINT).stat().st_size <= 100_000
+
+
+def test_a_signed_url_in_an_inputs_line_reaches_the_manifest_without_its_signature(tmp_path: Path) -> None:
+    # An inputs file may be another DAG's manifest, or a list of pre-signed URLs: the manifest this
+    # batch writes (served by the outputs view) keeps what each line asked for, not its credentials.
+    signed = "https://bucket.example.com/in.png?X-Amz-Expires=600&X-Amz-Signature=5ecret5ignature0123456789"
+    inputs = [{"prompt": "item", "image_urls": [signed]}]
+    run = open_batch(MODEL, tmp_path, inputs)
+    rows = list(manifest_rows(run))
+    shown = json.dumps(rows[0]["input"])
+    assert "5ecret5ignature0123456789" not in shown
+    assert "bucket.example.com/in.png" in shown  # still says which file

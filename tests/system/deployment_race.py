@@ -1,6 +1,6 @@
 """Reading Airflow's defer/resume race (issue 20) off a deployment: who failed although paid, who was exposed.
 
-Shared by ``test_defer_race.py`` (a small run per topology in CI) and ``bench/defer_race.py``
+Shared by ``test_defer_race_deployment.py`` (a small run per topology in CI) and ``bench/defer_race.py``
 (hundreds of tasks). A run of ``dags/runcomfy_defer_race.py`` gives each job its own length
 (``plan_jobs``); ``read_race`` then puts side by side what RunComfy (the emulator) did with
 each job and what Airflow did with its task:

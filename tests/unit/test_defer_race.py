@@ -5,7 +5,7 @@ took the worker's defer exit (``triggers/_base.py``). These tests run the real t
 against the emulator over real HTTP, in the environment Airflow's triggerer gives them (its
 ``TriggerCommsDecoder`` as the task SDK's ``SUPERVISOR_COMMS``), and outside it. That the hold
 keeps paid jobs from ending as failed tasks is shown in a real deployment on Airflow's default
-intervals by ``tests/system/test_defer_race.py`` and ``bench/defer_race.py``.
+intervals by ``tests/system/test_defer_race_deployment.py`` and ``bench/defer_race.py``.
 """
 
 from __future__ import annotations

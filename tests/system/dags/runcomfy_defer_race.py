@@ -1,4 +1,4 @@
-"""DAGs of the defer/resume race scenario and benchmark (issue 20; ``tests/system/test_defer_race.py``,
+"""DAGs of the defer/resume race scenario and benchmark (issue 20; ``tests/system/test_defer_race_deployment.py``,
 ``bench/defer_race.py``).
 
 ``runcomfy_defer_race_<n>``: ``n`` deferrable ``FluxKontextProEditOperator`` tasks (one mapped

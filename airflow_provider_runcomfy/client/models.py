@@ -35,6 +35,7 @@ class RequestState(StrEnum):
     whether it ``succeeded`` or ``failed``, so success is always decided from
     ``/result``. ``failed``/``succeeded`` are accepted on ``/status`` too: the
     docs are silent about failed jobs there, and RunComfy's own CLI accepts them.
+    What each word means for a waiter is ``client.outcome.finality``'s alone.
     """
 
     IN_QUEUE = "in_queue"
@@ -43,16 +44,6 @@ class RequestState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
-
-    @property
-    def is_waiting(self) -> bool:
-        """RunComfy is still working on it: poll again later."""
-        return self in (RequestState.IN_QUEUE, RequestState.IN_PROGRESS)
-
-    @property
-    def is_finished(self) -> bool:
-        """Nothing will change any more: fetch ``/result`` to learn the outcome."""
-        return not self.is_waiting
 
 
 class _Response(BaseModel):

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.client import RunComfyError
+from airflow_provider_runcomfy.client.outcome import Finality, finality
 from airflow_provider_runcomfy.outputs.files import write_atomically
 
 if TYPE_CHECKING:
@@ -94,14 +95,15 @@ def _why_not(hook: RunComfyHook | None, request_id: str | None, state: str | Non
     except RunComfyError as error:
         return None, f"could not ask RunComfy about request {request_id}: {error.message}"
     status = result.status.value
-    if status == "failed":
+    meaning = finality(result)
+    if meaning is Finality.FAILED:
         return status, result.error_message or "RunComfy gave no reason"
-    if status == "succeeded":
+    if meaning is Finality.SUCCEEDED:
         return (
             status,
             "the RunComfy job succeeded but the task failed (see its log: keeping the outputs may have failed)",
         )
-    if status == "cancelled":
+    if meaning is Finality.CANCELLED:
         return status, "the RunComfy job was cancelled"
     return status, f"the task stopped while the RunComfy job was {status} (timeout, or the task was stopped)"
 

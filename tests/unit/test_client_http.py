@@ -14,6 +14,7 @@ from airflow_provider_runcomfy.client import (
     RunComfyClient,
     errors,
 )
+from airflow_provider_runcomfy.client.outcome import Finality, finality
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT, NANO_BANANA_EDIT
 
@@ -363,7 +364,7 @@ async def test_async_client_round_trip_and_errors(runcomfy_emulator: RunComfyEmu
         runcomfy_emulator.token, base_url=runcomfy_emulator.base_url, retry=FAST_RETRY
     ) as client:
         request_id = (await client.submit(FLUX_KONTEXT_PRO_EDIT, flux_input(runcomfy_emulator))).request_id
-        assert (await client.get_status(request_id)).status.is_waiting
+        assert finality(await client.get_status(request_id)) is Finality.WAITING
         runcomfy_emulator.add_fault("status", "http", times=2, status=503)
         result = await client.wait_for_result(request_id, poll_interval=0.1, deadline=time.time() + 10)
         assert result.status is RequestState.SUCCEEDED

@@ -14,6 +14,7 @@ from airflow_provider_runcomfy.client import (
     InvalidInputError,
     RequestResult,
     RequestState,
+    RequestStatus,
     RetryPolicy,
     RunComfyClient,
     TransportError,
@@ -22,6 +23,7 @@ from airflow_provider_runcomfy.client import (
     validate_request_id,
 )
 from airflow_provider_runcomfy.client._base import BearerAuth
+from airflow_provider_runcomfy.client.outcome import Finality, finality
 from airflow_provider_runcomfy.client.retry import parse_retry_after
 
 
@@ -165,8 +167,11 @@ def test_failed_job_reasons_of_any_shape_become_text(error: object, text: str | 
     assert result.error_message == text
 
 
-def test_states_know_whether_to_keep_waiting() -> None:
-    assert {s for s in RequestState if s.is_waiting} == {RequestState.IN_QUEUE, RequestState.IN_PROGRESS}
+def test_only_queued_and_running_states_mean_keep_waiting() -> None:
+    waiting = {
+        s for s in RequestState if finality(RequestStatus(request_id="r", status=s)) is Finality.WAITING
+    }
+    assert waiting == {RequestState.IN_QUEUE, RequestState.IN_PROGRESS}
 
 
 def test_a_refused_connection_is_retried_then_named() -> None:

@@ -112,11 +112,19 @@ def wait_for_log(
     try_number: int = 1,
     map_index: int = -1,
 ) -> str:
-    """The ``edit`` task's log (worker and triggerer parts) once it contains ``text``."""
-    found: dict[str, str] = {}
+    """The ``edit`` task's log (worker and triggerer parts) once it contains ``text``.
+
+    A try that has not started yet has no log (the REST API answers 404): that is waited
+    out like a log without ``text``, so a test can wait for what a retry will say.
+    """
+    found: dict[str, str] = {"log": ""}
 
     def logged() -> bool:
-        found["log"] = airflow.task_log(dag_id, run_id, "edit", try_number, map_index)
+        try:
+            found["log"] = airflow.task_log(dag_id, run_id, "edit", try_number, map_index)
+        except DeploymentError as exc:
+            found["log"] = f"(no log yet: {exc})"
+            return False
         return text in found["log"]
 
     deadline = time.monotonic() + timeout

@@ -105,10 +105,6 @@ def test_triggerer_killed_and_restarted(airflow: AirflowDeployment, emulator, re
     } == request_ids
 
 
-@pytest.mark.skip(
-    reason="failed in the fresh-clone CI run of the rewrite that holds jobs by an emulator rule (issue 24); "
-    "not yet diagnosed: see the closing note. The re-attach itself is proven by the integration tests."
-)
 def test_scheduler_killed_and_restarted(airflow: AirflowDeployment, emulator, record_timing) -> None:
     """2. kill -9 the scheduler (and with it the LocalExecutor's workers) with one task deferred
     and one blocking task polling in a worker; a new scheduler finishes both, one submit each.
@@ -118,9 +114,13 @@ def test_scheduler_killed_and_restarted(airflow: AirflowDeployment, emulator, re
     its next try re-attaches to the job instead of submitting again.  ``celery``: the task runs
     on a Celery worker the scheduler does not own: it goes on polling, the new scheduler adopts
     it (by its Celery task id), and it finishes in its first try.
+
+    Both jobs are held in RunComfy's queue until the new scheduler is up and, on ``local``,
+    the blocking task's next try has looked at its job: that try must find it still waiting
+    and re-attach.  (Released earlier, the 1 s job may be finished by then, and the retry
+    rightly reuses its outputs instead: the scenario would no longer be the one named.)
     """
     tag = "s5-scheduler"
-    # Both jobs held in RunComfy's queue until the new scheduler is up: still waited for, on any machine.
     emulator.add_rule(prompt_contains=tag, hold=True, run_seconds=1)
     deferred = airflow.trigger_dag(DEFERRED, conf={"prompt": f"{tag}-deferred: make it blue"})
     airflow.wait_for_trigger(DEFERRED, deferred, "edit", timeout=60)
@@ -138,6 +138,11 @@ def test_scheduler_killed_and_restarted(airflow: AirflowDeployment, emulator, re
     airflow.start_component("scheduler")
     airflow.wait_healthy(["scheduler"], timeout=60, heartbeat_after=started)
     record_timing("scheduler SIGKILL -> new scheduler healthy", time.monotonic() - t0)
+    if airflow.topology == "local":
+        reattached = f"Re-attaching to RunComfy request {request_ids[BLOCKING]} of an earlier try (in_queue)"
+        wait_for_log(airflow, BLOCKING, blocking, reattached, timeout=120, try_number=2)
+        record_timing("scheduler SIGKILL -> next try re-attached", time.monotonic() - t0)
+    assert [emulator.job(rid).phase for rid in request_ids.values()] == ["in_queue", "in_queue"]
     assert sorted(emulator.release()) == sorted(request_ids.values())
     for dag_id, run_id in ((DEFERRED, deferred), (BLOCKING, blocking)):
         assert airflow.wait_for_run(dag_id, run_id, timeout=120) == "success", dag_id
@@ -224,14 +229,15 @@ def test_trigger_moved_to_another_triggerer_is_not_cancelled(
     assert len(submits_tagged(emulator, tag)) == count
 
 
-@pytest.mark.skip(
-    reason="failed in the fresh-clone CI run of the rewrite that holds jobs by an emulator rule (issue 24); "
-    "not yet diagnosed: see the closing note. The re-attach itself is proven by the integration tests."
-)
 def test_worker_death_retry_reattaches(airflow: AirflowDeployment, emulator, record_timing) -> None:
-    """4. SIGKILL the task process after it submitted: the retry re-attaches, one submit in all."""
+    """4. SIGKILL the task process after it submitted: the retry re-attaches, one submit in all.
+
+    The job is held in RunComfy's queue until the retry has looked at it, so the retry meets
+    a job still waiting and must re-attach (released at the kill, the 1 s job is finished
+    before the retry starts, and the retry rightly reuses its outputs: another scenario).
+    """
     tag = "s9-worker-death"
-    emulator.add_rule(prompt_contains=tag, hold=True, run_seconds=1)  # still waited for when killed
+    emulator.add_rule(prompt_contains=tag, hold=True, run_seconds=1)
     run_id = airflow.trigger_dag(BLOCKING, conf={"prompt": f"{tag}: make it blue"})
     airflow.wait_for_task_state(BLOCKING, run_id, "edit", "running", timeout=60)
 
@@ -246,11 +252,14 @@ def test_worker_death_retry_reattaches(airflow: AirflowDeployment, emulator, rec
     assert state_store(airflow, BLOCKING, run_id, "runcomfy_request")["request_id"] == request_id
     t0 = time.monotonic()
     airflow.kill_task(BLOCKING, run_id, "edit")  # SIGKILL: no on_kill, no cleanup
+    reattached = f"Re-attaching to RunComfy request {request_id} of an earlier try"
+    wait_for_log(airflow, BLOCKING, run_id, f"{reattached} (in_queue)", timeout=120, try_number=2)
+    record_timing("task process SIGKILL -> retry re-attached", time.monotonic() - t0)
+    assert emulator.job(request_id).phase == "in_queue"
     assert emulator.release(request_id) == [request_id]
 
     assert airflow.wait_for_run(BLOCKING, run_id, timeout=120) == "success"
     record_timing("task process SIGKILL -> retry succeeded", time.monotonic() - t0)
-    reattached = f"Re-attaching to RunComfy request {request_id} of an earlier try"
     ti = second_try_reattached(airflow, BLOCKING, run_id, reattached)
     assert len(submits_tagged(emulator, tag)) == 1  # exactly one submit for the task instance
     assert cancels_of(emulator, [request_id]) == []

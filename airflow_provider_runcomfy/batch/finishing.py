@@ -3,7 +3,7 @@
 ``BatchFinishing`` and ``BatchLineage`` are parts of ``RunComfyBatchOperator`` (which
 provides ``log``, ``timeout``, ``max_failed_items``, ``inputs``, ``output_dir``), kept apart
 so the operator reads as the cycle it runs. The rows and the counts themselves are
-``report``'s; the OpenLineage naming is ``operators.lineage``'s, imported only when the
+``report``'s; the OpenLineage naming is ``outputs.lineage``'s, imported only when the
 OpenLineage listener asks.
 """
 
@@ -139,8 +139,8 @@ class BatchLineage:
 
     def batch_lineage_inputs(self) -> list[str]:
         """The input source of the batch: its JSON-lines file, or its first distinct input pictures."""
-        from airflow_provider_runcomfy.operators.lineage import MAX_BATCH_LINEAGE_INPUTS
-        from airflow_provider_runcomfy.plugins.records import input_images
+        from airflow_provider_runcomfy.outputs.lineage import MAX_BATCH_LINEAGE_INPUTS
+        from airflow_provider_runcomfy.sources.images import input_images
 
         inputs = self.inputs
         if isinstance(inputs, (str, os.PathLike)) or not isinstance(inputs, Iterable):
@@ -158,7 +158,7 @@ class BatchLineage:
         from airflow.providers.common.compat.openlineage.facet import Dataset
         from airflow.providers.openlineage.extractors import OperatorLineage
 
-        from airflow_provider_runcomfy.operators.lineage import (
+        from airflow_provider_runcomfy.outputs.lineage import (
             BATCH_COUNTS,
             batch_run_facet,
             datasets,

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from airflow_provider_runcomfy.arguments import PreflightMode
-    from airflow_provider_runcomfy.batch.submitting import Prepared
+    from airflow_provider_runcomfy.sources.prepare import PreparedBody as Prepared
 
 #: The manifest carries an input as it is up to this size (JSON characters), a digest beyond.
 MAX_INPUT_IN_MANIFEST = 4096

@@ -30,6 +30,7 @@ from airflow_provider_runcomfy.client.errors import (
     SubmitOutcomeUnknownError,
     TransportError,
 )
+from airflow_provider_runcomfy.sources.prepare import PreparedBody
 
 if TYPE_CHECKING:
     from airflow_provider_runcomfy.client import AsyncRunComfyClient
@@ -39,7 +40,9 @@ FATAL_SUBMIT_ERRORS = (InvalidModelError, AuthenticationError, PermissionDeniedE
 #: A submit pause (429s) longer than this ends the refill: the worker waits without a slot instead.
 MAX_REFILL_PAUSE = 10.0
 
-Prepared = dict[str, Any] | RunComfyError
+#: The old name of ``sources.prepare.PreparedBody``, kept while ``batch/engine.py`` and
+#: ``operators/batch.py`` import it from here (``sources.Prepared`` is another thing).
+Prepared = PreparedBody
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class SubmitSteps:
         client: AsyncRunComfyClient,
         pacer: SubmitPacer,
         *,
-        prepare: Callable[[Sequence[BatchItem]], Sequence[Prepared]],
+        prepare: Callable[[Sequence[BatchItem]], Sequence[PreparedBody]],
         validate: Callable[..., dict[str, Any]],
         may_submit: Callable[[BatchItem, BatchSpend], bool],
         try_number: int,
@@ -212,7 +215,7 @@ class SubmitSteps:
     def _payloads(
         self,
         launch: list[BatchItem],
-        prepare: Callable[[Sequence[BatchItem]], Sequence[Prepared]],
+        prepare: Callable[[Sequence[BatchItem]], Sequence[PreparedBody]],
         validate: Callable[..., dict[str, Any]],
         events: list[dict[str, Any]],
     ) -> dict[str, dict[str, Any]]:

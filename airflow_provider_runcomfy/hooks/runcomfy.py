@@ -55,8 +55,11 @@ class RunComfyHook(BaseHook):
 
     # -- clients --------------------------------------------------------------------------------
 
-    def client_kwargs(self, conn: Connection) -> dict[str, Any]:
-        """Client settings from a connection; the token goes in as ``token``, never logged."""
+    def client_kwargs(self, conn: Connection, *, named: str | None = None) -> dict[str, Any]:
+        """Client settings from a connection; the token goes in as ``token``, never logged.
+
+        :param named: how error messages name the connection (``Airflow connection '<id>'``).
+        """
         from airflow_provider_runcomfy.client import RetryPolicy
 
         extra = _extras(conn)
@@ -67,7 +70,7 @@ class RunComfyHook(BaseHook):
             "connect_timeout": _number(extra, "connect_timeout"),
             "read_timeout": _number(extra, "read_timeout"),
             "retry": RetryPolicy(max_attempts=int(max_retries) + 1) if max_retries is not None else None,
-            "credential_hint": f"the password (API token) of Airflow connection {self.runcomfy_conn_id!r}",
+            "credential_hint": f"the password (API token) of {named or self._named}",
         }
 
     @cached_property
@@ -157,24 +160,28 @@ class RunComfyHook(BaseHook):
 
     # -- connection form ------------------------------------------------------------------------
 
+    @property
+    def _named(self) -> str:
+        return f"Airflow connection {self.runcomfy_conn_id!r}"
+
     def test_connection(self) -> tuple[bool, str]:
         """Read one model's info with the token: proves the base URL and the token, costs nothing.
 
         The messages name the connection being tested, also when the UI's *Test* button runs
-        it under the API's random stand-in id (see ``plugins.connection_test``).
+        it under the API's random stand-in id (``hooks.tested_connection``).
         """
-        from airflow_provider_runcomfy.plugins.connection_test import name_tested_connection
+        from airflow_provider_runcomfy.client import RunComfyClient
+        from airflow_provider_runcomfy.hooks.tested_connection import connection_named
 
+        named = connection_named(self.runcomfy_conn_id)
         try:
-            self.get_model(_PROBE_MODEL)
+            conn = self.get_connection(self.runcomfy_conn_id)
+            with RunComfyClient(**self.client_kwargs(conn, named=named)) as client:
+                client.get_model(_PROBE_MODEL)
+                base_url = client.base_url
         except (RunComfyError, ValueError) as error:
-            message = error.message if isinstance(error, RunComfyError) else str(error)
-            return False, name_tested_connection(self.runcomfy_conn_id, message)
-        return True, name_tested_connection(
-            self.runcomfy_conn_id,
-            f"Connected to RunComfy at {self.client.base_url}: the API token of Airflow connection "
-            f"{self.runcomfy_conn_id!r} was accepted.",
-        )
+            return False, error.message if isinstance(error, RunComfyError) else str(error)
+        return True, f"Connected to RunComfy at {base_url}: the API token of {named} was accepted."
 
 
 def _extras(conn: Connection) -> dict[str, Any]:

@@ -12,16 +12,18 @@ names ``'SR6FOyy1'``.
 What this does, for ``runcomfy`` connections only: a pure ASGI middleware (no
 effect on any other request) drops ``"port": 0`` from the test's body -- port 0
 is no port anyone can connect to, and leaving it out is what the API reads as
-"unchanged" -- and records the connection id the user is testing, which
-``RunComfyHook.test_connection`` reads (``tested_connection_id``) to name it.
+"unchanged" -- and records the connection id the user is testing in
+``hooks.tested_connection.TESTED_CONNECTION``, which ``RunComfyHook.test_connection``
+reads to name it (the variable lives in the hook's layer: the plugin writes down to it).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from contextvars import ContextVar
 from typing import Any
+
+from airflow_provider_runcomfy.hooks.tested_connection import TESTED_CONNECTION, tested_connection_id
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -29,46 +31,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: The connection id whose test is running in this request (None outside one).
-TESTED_CONNECTION: ContextVar[str | None] = ContextVar("runcomfy_tested_connection", default=None)
-
 TEST_PATH = "/api/v2/connections/test"
 #: A test body is a connection: a few KB. Larger bodies are passed on untouched.
 MAX_BODY = 1_000_000
 
-
-def tested_connection_id() -> str | None:
-    """The id of the connection the UI is testing, when called inside ``POST /connections/test``."""
-    return TESTED_CONNECTION.get()
-
-
-def name_tested_connection(conn_id: str, message: str) -> str:
-    """``message`` with the connection the user is testing named, not the API's random stand-in id.
-
-    ``POST /connections/test`` runs the test under a random 8-character id. Inside it (this
-    module's middleware installed) the real id is known; without the middleware an id that
-    looks like the stand-in is replaced by "this connection".
-    """
-    real = tested_connection_id()
-    if real and real != conn_id:
-        return message.replace(repr(conn_id), repr(real)).replace(conn_id, real)
-    if real is None and _looks_like_stand_in(conn_id):
-        return message.replace(f"Airflow connection {conn_id!r}", "this Airflow connection").replace(
-            repr(conn_id), "this connection"
-        )
-    return message
-
-
-def _looks_like_stand_in(conn_id: str) -> bool:
-    """The API's stand-in id: 8 letters/digits, set only as an ``AIRFLOW_CONN_`` environment variable."""
-    import os
-
-    return (
-        len(conn_id) == 8
-        and conn_id.isalnum()
-        and conn_id.isascii()
-        and f"AIRFLOW_CONN_{conn_id.upper()}" in os.environ
-    )
+__all__ = ["TESTED_CONNECTION", "ConnectionTestFix", "fix_test_body", "tested_connection_id"]
 
 
 def fix_test_body(body: bytes) -> tuple[bytes, str | None]:

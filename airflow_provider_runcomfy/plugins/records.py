@@ -19,12 +19,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from airflow_provider_runcomfy.outputs.files import safe_segment
+from airflow_provider_runcomfy.sources.images import input_images
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
-
-#: Keys under which RunComfy models take their input pictures (the seed models' and common others').
-INPUT_IMAGE_KEYS = ("image_url", "image_urls", "image", "images", "input_image", "reference_image")
 
 #: Return-value keys that may name a batch's manifest (``RunComfyBatchOperator``).
 MANIFEST_KEYS = ("manifest", "manifest_uri")
@@ -188,26 +186,6 @@ def extension(uri: str) -> str:
     except ValueError:  # a malformed URL (``https://[::1/x.png``) has no file name worth trusting
         return ""
     return name.rsplit(".", 1)[-1].lower() if "." in name else ""
-
-
-def input_images(fields: Mapping[str, Any]) -> list[str]:
-    """The input pictures (URLs, ``data:`` URIs or storage paths) named in an operator's fields.
-
-    Looks at the typed operators' ``image_url``/``image_urls`` and at any model's ``input``
-    dict; keeps the order and drops duplicates.
-    """
-    found: list[str] = []
-    sources: list[Mapping[str, Any]] = [fields]
-    if isinstance(fields.get("input"), Mapping):
-        sources.append(fields["input"])
-    for source in sources:
-        for key in INPUT_IMAGE_KEYS:
-            value = source.get(key)
-            values = value if isinstance(value, list | tuple) else [value]
-            for v in values:
-                if isinstance(v, str) and v.strip() and v not in found:
-                    found.append(v)
-    return found
 
 
 def item_from_result(item: Item, result: Any) -> None:

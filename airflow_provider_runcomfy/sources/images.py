@@ -10,9 +10,13 @@ anything uploaded without one).
 from __future__ import annotations
 
 import base64
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from airflow_provider_runcomfy.models.image_url import MAX_DATA_URI_BYTES
+
+#: Keys under which RunComfy models take their input pictures (the seed models' and common others').
+INPUT_IMAGE_KEYS = ("image_url", "image_urls", "image", "images", "input_image", "reference_image")
 
 #: What an input field holds, from its name: the checks differ (type, size guide).
 InputKind = Literal["image", "video", "audio", "file"]
@@ -79,3 +83,23 @@ def describe_size(size: int) -> str:
     if size >= 1_000:
         return f"{size / 1_000:.0f} kB"
     return f"{size} bytes"
+
+
+def input_images(fields: Mapping[str, Any]) -> list[str]:
+    """The input pictures (URLs, ``data:`` URIs or storage paths) named in an operator's fields.
+
+    Looks at the typed operators' ``image_url``/``image_urls`` and at any model's ``input``
+    dict; keeps the order and drops duplicates.
+    """
+    found: list[str] = []
+    sources: list[Mapping[str, Any]] = [fields]
+    if isinstance(fields.get("input"), Mapping):
+        sources.append(fields["input"])
+    for source in sources:
+        for key in INPUT_IMAGE_KEYS:
+            value = source.get(key)
+            values = value if isinstance(value, list | tuple) else [value]
+            for v in values:
+                if isinstance(v, str) and v.strip() and v not in found:
+                    found.append(v)
+    return found

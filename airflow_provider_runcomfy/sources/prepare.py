@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 from airflow_provider_runcomfy.arguments import MAX_SIGN_EXPIRY, check_sign_expiry
 from airflow_provider_runcomfy.client.closing import Closing
 from airflow_provider_runcomfy.client.download import shown_url
-from airflow_provider_runcomfy.client.errors import InvalidInputError
+from airflow_provider_runcomfy.client.errors import InvalidInputError, RunComfyError
 from airflow_provider_runcomfy.client.redact import credential_values
 from airflow_provider_runcomfy.models.image_url import as_references
 from airflow_provider_runcomfy.sources.fields import Target, find_targets
@@ -96,6 +96,13 @@ class Prepared:
     payload_to_record: dict[str, Any]
     secrets_to_mask: tuple[str, ...] = ()
     inputs: tuple[PreparedInput, ...] = field(default=())
+
+
+#: One batch item's request body (``Prepared.payload_to_send``), or the error that makes the item
+#: invalid: what a batch's submit step takes. Named here, beside what produces it, so that the
+#: batch's reading of inputs (``batch.items``) and its submitting (``batch.submitting``) share it
+#: without importing each other.
+PreparedBody = dict[str, Any] | RunComfyError
 
 
 def sign_expiry_for(timeout: float | timedelta | None) -> int:

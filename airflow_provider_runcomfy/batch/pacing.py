@@ -14,16 +14,18 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from airflow_provider_runcomfy import policy
+
 #: Submits on the wire at once when nothing has been refused: enough to hide the round trip.
 DEFAULT_CONCURRENCY = 8
-#: The widest gap between two submit starts after repeated 429s, in seconds.
-MAX_GAP = 5.0
+#: The widest gap between two submit starts after repeated 429s, in seconds (``policy``).
+MAX_GAP = policy.MAX_SUBMIT_GAP
 #: The first gap after a 429 when there was none, in seconds.
-FIRST_GAP = 0.05
+FIRST_GAP = policy.FIRST_SUBMIT_GAP
 #: Accepted submits in a row after which one more may be on the wire.
-GROW_AFTER = 16
+GROW_AFTER = policy.GROW_AFTER
 #: The longest ``Retry-After`` honoured, in seconds (a longer one is cut: the task has a timeout).
-MAX_PAUSE = 60.0
+MAX_PAUSE = policy.MAX_SUBMIT_PAUSE
 
 
 @dataclass

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_runcomfy import policy
 from airflow_provider_runcomfy.batch import ledger as L
 from airflow_provider_runcomfy.batch.items import BatchItem
 from airflow_provider_runcomfy.batch.lean import clip
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 #: Errors after which no submit of this batch can succeed: stop submitting and fail the task.
 FATAL_SUBMIT_ERRORS = (InvalidModelError, AuthenticationError, PermissionDeniedError)
 #: A submit pause (429s) longer than this ends the refill: the worker waits without a slot instead.
-MAX_REFILL_PAUSE = 10.0
+MAX_REFILL_PAUSE = policy.MAX_REFILL_PAUSE
 
 #: The old name of ``sources.prepare.PreparedBody``, kept while ``batch/engine.py`` and
 #: ``operators/batch.py`` import it from here (``sources.Prepared`` is another thing).

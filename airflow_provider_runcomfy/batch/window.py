@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, InitVar, dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_runcomfy import policy
 from airflow_provider_runcomfy.batch.lean import clip, slim_outcome
 from airflow_provider_runcomfy.batch.progress import Progress
 from airflow_provider_runcomfy.client.errors import RequestNotFoundError, RunComfyError
@@ -41,8 +42,9 @@ READY, TIMEOUT, ERROR = "ready", "timeout", "error"
 MIN_TICK = 0.05
 #: Polls of one round on the wire at once (the shared client bounds the process as a whole too).
 POLL_CONCURRENCY = 32
-#: Failed reads in a row of one job tolerated before the wait gives up with an ``error`` event.
-MAX_CONSECUTIVE_ERRORS = 5
+#: Failed reads in a row of one job tolerated before the wait gives up with an ``error`` event:
+#: the same figure as one job's wait (``policy``; the batch tolerated 4 before they were merged).
+MAX_CONSECUTIVE_ERRORS = policy.MAX_CONSECUTIVE_POLL_ERRORS
 #: Cancels in flight at once (``cancel_all``).
 CANCEL_CONCURRENCY = 16
 
@@ -169,7 +171,7 @@ class Window:
             return
         except RunComfyError as error:
             entry.errors += 1
-            if not error.retryable or entry.errors >= MAX_CONSECUTIVE_ERRORS:
+            if not error.retryable or entry.errors > MAX_CONSECUTIVE_ERRORS:
                 heapq.heappush(self._heap, entry)  # still in flight: nothing is known about it
                 raise
             log.warning("Reading RunComfy request %s failed (%s); trying again.", entry.request_id, error)

@@ -30,6 +30,7 @@ from airflow_provider_runcomfy.client.models import (
     RequestStatus,
     SubmitResponse,
 )
+from airflow_provider_runcomfy.policy import MAX_CONSECUTIVE_POLL_ERRORS
 
 #: The most requests one asyncio client has on the wire at once (and so the most connections it
 #: opens: each TLS connection holds ~300 KB); more wait their turn on a semaphore, woken one at a
@@ -100,7 +101,7 @@ class RunComfyClient(Closing, _ClientBase):
         poll_interval: float = 5.0,
         deadline: float | None = None,
         on_status: StatusCallback | None = None,
-        max_consecutive_errors: int = 3,
+        max_consecutive_errors: int = MAX_CONSECUTIVE_POLL_ERRORS,
     ) -> RequestResult:
         """Poll until the job is finished and return its result (succeeded, failed or cancelled).
 
@@ -219,7 +220,7 @@ class AsyncRunComfyClient(_ClientBase):
         poll_interval: float = 5.0,
         deadline: float | None = None,
         on_status: StatusCallback | None = None,
-        max_consecutive_errors: int = 3,
+        max_consecutive_errors: int = MAX_CONSECUTIVE_POLL_ERRORS,
     ) -> RequestResult:
         """Poll until the job is finished and return its result; see ``RunComfyClient.wait_for_result``."""
         watch = Watch(request_id, poll_interval, deadline, max_consecutive_errors, on_status)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from airflow_provider_runcomfy import policy
 from airflow_provider_runcomfy.client import errors
 from airflow_provider_runcomfy.client.outcome import Finality, finality
 
@@ -49,7 +50,7 @@ class Watch:
     request_id: str
     poll_interval: float = 5.0
     deadline: float | None = None
-    max_consecutive_errors: int = 3
+    max_consecutive_errors: int = policy.MAX_CONSECUTIVE_POLL_ERRORS
     on_status: StatusCallback | None = None
     consecutive_errors: int = 0
     last: tuple[RequestState, int | None] | None = field(default=None, init=False)

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import httpx
 from tenacity import Retrying
 
-from airflow_provider_runcomfy import __version__
+from airflow_provider_runcomfy import __version__, policy
 from airflow_provider_runcomfy.arguments import check_max_output_bytes
 from airflow_provider_runcomfy.client._limits import (
     BodyEncodingError,
@@ -98,8 +98,8 @@ __all__ = [
 #: below what would fill a worker's disk by accident.
 DEFAULT_MAX_OUTPUT_BYTES = 200_000_000
 
-#: Attempts at one output file (the first included) before the task gives up on it.
-DOWNLOAD_ATTEMPTS = 3
+#: Attempts at one output file (the first included) before the task gives up on it (``policy``).
+DOWNLOAD_ATTEMPTS = policy.DOWNLOAD_ATTEMPTS
 
 #: How much is read and written at a time: memory stays flat whatever the file's size.
 CHUNK_SIZE = 1024 * 1024

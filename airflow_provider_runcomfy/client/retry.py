@@ -1,5 +1,7 @@
 """When a failed call is repeated, and after how long: the one place that decides it.
 
+The figures (attempts, backoff, ``Retry-After`` cap) are ``airflow_provider_runcomfy.policy``'s.
+
 Reads (status, result, model info) and cancel are safe to repeat, so they are
 retried on rate limits, server errors and transport errors. A submit is a
 paid action and RunComfy has no idempotency key, so it is repeated only when
@@ -29,6 +31,7 @@ from tenacity import (
     stop_before_delay,
 )
 
+from airflow_provider_runcomfy import policy
 from airflow_provider_runcomfy.client.errors import RateLimitedError, RunComfyError, TransportError
 
 log = logging.getLogger("airflow_provider_runcomfy.client")
@@ -46,11 +49,11 @@ class RetryPolicy:
     :param max_total: the whole call, retries and sleeps included, ends within this many seconds.
     """
 
-    max_attempts: int = 5
-    initial_backoff: float = 0.5
-    max_backoff: float = 8.0
-    max_retry_after: float = 60.0
-    max_total: float = 120.0
+    max_attempts: int = policy.READ_MAX_ATTEMPTS
+    initial_backoff: float = policy.READ_INITIAL_BACKOFF
+    max_backoff: float = policy.READ_MAX_BACKOFF
+    max_retry_after: float = policy.READ_MAX_RETRY_AFTER
+    max_total: float = policy.READ_MAX_TOTAL
 
     def backoff(self, retry_number: int, retry_after: float | None = None) -> float:
         """Seconds to sleep before retry number ``retry_number`` (1-based).

@@ -11,6 +11,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from airflow_provider_runcomfy import policy
 from airflow_provider_runcomfy.client import (
     AuthenticationError,
     InputRejectedError,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from airflow_provider_runcomfy.client import RequestStatus
 
 #: The triggerer's own timeout is a backstop behind the trigger's deadline, not the deadline itself.
-DEFER_TIMEOUT_MARGIN = timedelta(seconds=60)
+DEFER_TIMEOUT_MARGIN = policy.DEFER_TIMEOUT_MARGIN
 
 #: Errors no retry can fix. A ``SubmitOutcomeUnknownError`` is among them because a retry
 #: would submit again and could pay twice for the same image.

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_runcomfy import policy
 from airflow_provider_runcomfy.arguments import (
     PreflightMode,
     check_max_cost,
@@ -55,8 +56,8 @@ OnDamagedLedger = Literal["fail", "reconcile"]
 CHECK_CHUNK = 256
 #: How often a batch waiting on another execution's intents looks at the ledger again.
 LIMBO_RECHECK = 5.0
-#: The triggerer's own defer timeout is a backstop behind the batch's deadline.
-DEFER_TIMEOUT_MARGIN = timedelta(seconds=120)
+#: The triggerer's own defer timeout is a backstop behind the batch's deadline (``policy``).
+DEFER_TIMEOUT_MARGIN = policy.DEFER_TIMEOUT_MARGIN
 
 
 class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOperator):

@@ -39,6 +39,7 @@ import httpx
 from airflow_provider_runcomfy.client._limits import truncate
 from airflow_provider_runcomfy.client._media import shown_url
 from airflow_provider_runcomfy.client._validation import is_loopback_host
+from airflow_provider_runcomfy.client.closing import close_all
 from airflow_provider_runcomfy.client.errors import (
     MalformedURLError,
     OutputDownloadError,
@@ -412,11 +413,7 @@ class Opener:
 
     def close(self) -> None:
         """Close the connections."""
-        with self._lock:
-            transports = list(self._transports.values())
-            self._transports.clear()
-        for transport in transports:
-            transport.close()
+        close_all(self._lock, self._transports)
 
     @contextmanager
     def open(

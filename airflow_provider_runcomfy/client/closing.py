@@ -6,7 +6,9 @@ own something to release; ``with`` releases it, and so does calling ``close()``.
 
 from __future__ import annotations
 
-from typing import Self
+import threading
+from collections.abc import MutableMapping
+from typing import Any, Protocol, Self, TypeVar
 
 
 class Closing:
@@ -21,3 +23,23 @@ class Closing:
     def close(self) -> None:
         """Release what the object holds; a subclass says what that is."""
         raise NotImplementedError
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Closable)
+
+
+def close_all(lock: threading.Lock, held: MutableMapping[Any, _C]) -> None:
+    """Empty ``held`` under ``lock``, then close what it held, outside the lock.
+
+    Closing a connection pool can block on the network; doing it under the lock would stall
+    every thread that only wanted to borrow one.
+    """
+    with lock:
+        closing = list(held.values())
+        held.clear()
+    for one in closing:
+        one.close()

@@ -31,6 +31,7 @@ import httpx
 
 from airflow_provider_runcomfy import __version__
 from airflow_provider_runcomfy.client._urlpolicy import Opener, UrlPolicy
+from airflow_provider_runcomfy.client.closing import close_all
 from airflow_provider_runcomfy.client.download import CHUNK_SIZE, OutputDownloadError, media_type, shown_url
 from airflow_provider_runcomfy.client.errors import OutputURLRejectedError
 
@@ -181,11 +182,7 @@ class Fetcher:
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        with self._lock:
-            openers = list(self._openers.values())
-            self._openers.clear()
-        for opener in openers:
-            opener.close()
+        close_all(self._lock, self._openers)
 
     def _opener(self, api_base_url: str | None) -> Opener:
         with self._lock:

@@ -1,10 +1,12 @@
-"""Model info fetched once per process, and the checks made with it before a paid submit.
+"""Model info read once per task, and the checks made with it before a paid submit.
 
 RunComfy publishes each model's input schema and price at ``GET /v1/models/{id}``
 (its own clients read it; its docs do not mention it, so everything here works
-without it). This module keeps that info per (connection, model) for
-``ttl_seconds`` -- a batch of 10,000 items of one model asks once -- and a
-failed read for ``failure_ttl_seconds``, so an outage is not asked 10,000 times.
+without it). A task reads it at most once: a single-job task checks one input, and a
+batch keeps its one ``read_model`` answer (success or failure) for all its items, so a
+batch of 10,000 items asks once and an outage is not asked 10,000 times. There is no
+cache across tasks: each task runs in a fresh process, where such a cache never had a
+second hit.
 
 Before a submit, :func:`check_before_submit` (the single-job operators) or a
 :class:`BatchGuard` (the batch operator, item by item):
@@ -21,9 +23,7 @@ callable (the hook's ``get_model``).
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -47,14 +47,6 @@ if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
     from airflow_provider_runcomfy.client.models import ModelInfo
-
-
-#: How long model info is reused: prices and schemas change rarely, and a change applies within this.
-DEFAULT_TTL_SECONDS = 900.0
-#: How long a failed read is remembered, so a batch does not ask once per item during an outage.
-DEFAULT_FAILURE_TTL_SECONDS = 30.0
-#: The most (connection, model) pairs kept; the oldest is dropped first.
-MAX_ENTRIES = 256
 
 
 class SchemaUnavailableError(RunComfyError):
@@ -98,12 +90,11 @@ class _CompiledSchema:
 
 @dataclass(frozen=True)
 class ModelLookup:
-    """What is known of one model: its info, or why there is none (``problem``); ``cached`` when reused."""
+    """What is known of one model: its info, or why there is none (``problem``)."""
 
     model_id: str
     info: ModelInfo | None
     problem: str | None = None
-    cached: bool = False
     _schema: _CompiledSchema = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -119,94 +110,23 @@ class ModelLookup:
         """Published patterns that cannot be evaluated in linear time, so are not checked."""
         return self._schema.skipped_patterns
 
-    def reused(self) -> ModelLookup:
-        """This lookup as answered from memory: the same info and compiled schema, ``cached=True``."""
-        hit = ModelLookup(self.model_id, self.info, self.problem, cached=True)
-        object.__setattr__(hit, "_schema", self._schema)
-        return hit
 
+def read_model(model_id: str, fetch: Callable[[str], ModelInfo]) -> ModelLookup:
+    """The info of ``model_id`` read with ``fetch`` (the hook's ``get_model``).
 
-class ModelCatalog:
-    """Model info per (connection, model), read once and reused for ``ttl_seconds``; thread-safe.
-
-    ``hits`` and ``misses`` count lookups answered from memory and reads sent.
+    A ``RunComfyError`` from ``fetch`` is not raised: the lookup says why there is no info, and
+    the caller decides (warn and submit unchecked, or refuse) once, not per item.
     """
-
-    def __init__(
-        self,
-        *,
-        ttl_seconds: float = DEFAULT_TTL_SECONDS,
-        failure_ttl_seconds: float = DEFAULT_FAILURE_TTL_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.ttl_seconds = ttl_seconds
-        self.failure_ttl_seconds = failure_ttl_seconds
-        self._clock = clock
-        self._entries: dict[tuple[Hashable, str], tuple[float, ModelLookup]] = {}
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def lookup(self, connection: Hashable, model_id: str, fetch: Callable[[str], ModelInfo]) -> ModelLookup:
-        """The info of ``model_id`` through ``connection``: from memory, else ``fetch(model_id)``.
-
-        A ``RunComfyError`` from ``fetch`` is not raised: the lookup says why there is no info.
-        """
-        found = self._cached(connection, model_id)
-        if found is not None:
-            return found
-        try:
-            fresh = ModelLookup(model_id, fetch(model_id))
-        except RunComfyError as error:
-            fresh = ModelLookup(model_id, None, error.message.rstrip("."))
-        return self._store(connection, model_id, fresh)
-
-    async def alookup(
-        self, connection: Hashable, model_id: str, fetch: Callable[[str], Awaitable[ModelInfo]]
-    ) -> ModelLookup:
-        """``lookup`` with an async ``fetch`` (e.g. ``AsyncRunComfyClient.get_model``)."""
-        found = self._cached(connection, model_id)
-        if found is not None:
-            return found
-        try:
-            fresh = ModelLookup(model_id, await fetch(model_id))
-        except RunComfyError as error:
-            fresh = ModelLookup(model_id, None, error.message.rstrip("."))
-        return self._store(connection, model_id, fresh)
-
-    def clear(self) -> None:
-        """Forget everything (and the counts): the next lookups read again."""
-        with self._lock:
-            self._entries.clear()
-            self.hits = self.misses = 0
-
-    def _cached(self, connection: Hashable, model_id: str) -> ModelLookup | None:
-        with self._lock:
-            entry = self._entries.get((connection, model_id))
-            if entry is not None and self._clock() < entry[0]:
-                self.hits += 1
-                return entry[1].reused()
-            self.misses += 1
-            return None
-
-    def _store(self, connection: Hashable, model_id: str, found: ModelLookup) -> ModelLookup:
-        ttl = self.ttl_seconds if found.info is not None else self.failure_ttl_seconds
-        with self._lock:
-            self._entries.pop((connection, model_id), None)
-            self._entries[(connection, model_id)] = (self._clock() + ttl, found)
-            while len(self._entries) > MAX_ENTRIES:
-                del self._entries[next(iter(self._entries))]
-        return found
-
-
-#: The process's catalog: what the operators use.
-MODEL_CATALOG = ModelCatalog()
+    try:
+        return ModelLookup(model_id, fetch(model_id))
+    except RunComfyError as error:
+        return ModelLookup(model_id, None, error.message.rstrip("."))
 
 
 class InputChecker:
     """Checks inputs of one model against its published schema; one per task (or per batch).
 
-    :param lookup: the model's info (``ModelCatalog.lookup``).
+    :param lookup: the model's info (``read_model``).
     :param on_unavailable: ``"warn"``: when the schema cannot be had, log once and let inputs
         through unchecked (RunComfy still checks them, after the submit); ``"fail"``: raise
         ``SchemaUnavailableError`` so nothing is submitted.
@@ -293,7 +213,7 @@ def check_before_submit(
 ) -> CostEstimate | None:
     """The checks of one paid submit; reads the model's info only when one of them needs it.
 
-    :param lookup: returns the model's info (e.g. ``MODEL_CATALOG.lookup`` bound to the hook).
+    :param lookup: returns the model's info (e.g. ``read_model`` bound to the hook).
     :param check_schema: check ``payload`` against the published schema (models without a typed
         input class).
     :param on_schema_unavailable: ``"warn"`` or ``"fail"`` (see :class:`InputChecker`).
@@ -323,11 +243,11 @@ def check_before_submit(
 class BatchGuard:
     """The checks of a batch: any model's inputs against its schema, and the budget, per item.
 
-    The model's info is read lazily (once per process, through :data:`MODEL_CATALOG`) and
-    only when a check needs it: a seed model without ``max_cost_usd`` reads nothing.
+    The model's info is read lazily (once per guard, i.e. per task) and only when a check
+    needs it: a seed model without ``max_cost_usd`` reads nothing.
 
     :param model_id: the batch's model.
-    :param connection: the cache key of the connection (its conn id).
+    :param connection: the connection (its conn id) the info is read through.
     :param fetch: reads the model's info (the hook's ``get_model``).
     :param max_cost_usd: the batch's budget (see ``spend.Budget``); None: no budget.
     :param on_schema_unavailable: ``"warn"`` or ``"fail"`` (see :class:`InputChecker`).
@@ -343,19 +263,17 @@ class BatchGuard:
         max_cost_usd: float | None = None,
         on_schema_unavailable: str = "warn",
         log: logging.Logger | Any = None,
-        catalog: ModelCatalog | None = None,
     ) -> None:
         self.model_id = model_id
         self._connection, self._fetch = connection, fetch
         self.max_cost_usd = max_cost_usd
         self.on_schema_unavailable = check_on_schema_unavailable(on_schema_unavailable)
         self.log = log
-        self._catalog = catalog or MODEL_CATALOG
 
     @cached_property
     def lookup(self) -> ModelLookup:
         """The model's info, read on first use."""
-        return self._catalog.lookup(self._connection, self.model_id, self._fetch)
+        return read_model(self.model_id, self._fetch)
 
     @cached_property
     def checker(self) -> InputChecker | None:

@@ -215,12 +215,12 @@ class RunComfyModelOperator(RunComfyLineageMixin, SubmitOnceMixin, RunComfyWaitM
     def check_before_paying(self, payload: dict[str, Any]) -> None:
         """A model without typed inputs: its published schema; any model: the price against ``max_cost_usd``."""
         from airflow_provider_runcomfy.models import INPUT_MODELS
-        from airflow_provider_runcomfy.models.catalog import MODEL_CATALOG, check_before_submit
+        from airflow_provider_runcomfy.models.catalog import check_before_submit, read_model
 
         check_before_submit(
             self.model_id,
             payload,
-            lambda: MODEL_CATALOG.lookup(self.runcomfy_conn_id, self.model_id, self.hook.get_model),
+            lambda: read_model(self.model_id, self.hook.get_model),
             check_schema=self.model_id not in INPUT_MODELS,
             on_schema_unavailable=self.on_schema_unavailable,
             max_cost_usd=self.max_cost_usd,

@@ -26,7 +26,7 @@ from airflow_provider_runcomfy.batch.submitting import BatchSpend, RefillResult
 from airflow_provider_runcomfy.client import AsyncRunComfyClient, RunComfyClient
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT as MODEL
-from airflow_provider_runcomfy.models.catalog import BatchGuard, ModelCatalog
+from airflow_provider_runcomfy.models.catalog import BatchGuard
 from airflow_provider_runcomfy.operators.batch import RunComfyBatchOperator
 from airflow_provider_runcomfy.plugins.records import Item, item_from_manifest_line
 
@@ -42,7 +42,7 @@ def open_run(folder: Path, queued_emu: RunComfyEmulator, n: int) -> BatchRun:
 def budget(queued_emu: RunComfyEmulator, max_cost_usd: float) -> BatchGuard:
     """The batch's budget, priced from the emulator's model info (read once, as in the worker)."""
     fetch = RunComfyClient(queued_emu.token, base_url=queued_emu.base_url).get_model
-    return BatchGuard(MODEL, "test", fetch, max_cost_usd=max_cost_usd, catalog=ModelCatalog()).read_price()
+    return BatchGuard(MODEL, "test", fetch, max_cost_usd=max_cost_usd).read_price()
 
 
 async def refill(

@@ -1,4 +1,4 @@
-"""Model info read once per (connection, model), and the checks made with it before a paid submit.
+"""Model info read once per task, and the checks made with it before a paid submit.
 
 Real HTTP against the emulator; the emulator's journal counts what was asked.
 """
@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from airflow_provider_runcomfy.client import (
-    AsyncRunComfyClient,
     InvalidInputError,
     ModelInfo,
     RunComfyClient,
@@ -21,11 +20,11 @@ from airflow_provider_runcomfy.models import NANO_BANANA_EDIT
 from airflow_provider_runcomfy.models.catalog import (
     BatchGuard,
     InputChecker,
-    ModelCatalog,
     ModelLookup,
     SchemaUnavailableError,
     check_before_submit,
     check_on_schema_unavailable,
+    read_model,
 )
 from airflow_provider_runcomfy.models.spend import BudgetExceededError
 
@@ -52,75 +51,35 @@ def model_reads(emulator: RunComfyEmulator) -> int:
     return emulator.journal.count("model")
 
 
-# -- the cache ------------------------------------------------------------------------------------
+# -- reading the model info: once per task ---------------------------------------------------------
 
 
-def test_one_read_per_model_and_connection_however_many_lookups(
+def test_the_schema_is_compiled_once_for_every_check_of_a_lookup(client: RunComfyClient) -> None:
+    found = read_model(VIDEO, client.get_model)
+    assert found.info is not None and found.info.price_unit == "second"
+    assert found.validator is found.validator
+    assert not isinstance(found.validator, str)
+
+
+def test_a_batch_in_an_outage_asks_once_and_is_not_raised_at(
     runcomfy_emulator: RunComfyEmulator, client: RunComfyClient
 ) -> None:
-    catalog = ModelCatalog()
-    found = [catalog.lookup("conn", VIDEO, client.get_model) for _ in range(50)]
-    assert model_reads(runcomfy_emulator) == 1
-    assert (catalog.misses, catalog.hits) == (1, 49)
-    assert not found[0].cached and all(f.cached for f in found[1:])
-    assert found[0].info is not None and found[0].info.price_unit == "second"
-    catalog.lookup("other_conn", VIDEO, client.get_model)
-    assert model_reads(runcomfy_emulator) == 2  # another connection may be another account
-
-
-def test_the_schema_is_compiled_once_for_every_lookup_of_an_entry(client: RunComfyClient) -> None:
-    catalog = ModelCatalog()
-    first = catalog.lookup("conn", VIDEO, client.get_model)
-    again = catalog.lookup("conn", VIDEO, client.get_model)
-    assert first.validator is again.validator
-    assert not isinstance(first.validator, str)
-
-
-def test_info_is_read_again_after_its_ttl(
-    runcomfy_emulator: RunComfyEmulator, client: RunComfyClient
-) -> None:
-    clock = Clock()
-    catalog = ModelCatalog(ttl_seconds=60, clock=clock)
-    catalog.lookup("conn", VIDEO, client.get_model)
-    clock.now += 59
-    catalog.lookup("conn", VIDEO, client.get_model)
-    assert model_reads(runcomfy_emulator) == 1
-    clock.now += 2
-    catalog.lookup("conn", VIDEO, client.get_model)
-    assert model_reads(runcomfy_emulator) == 2
-
-
-def test_a_failed_read_is_remembered_briefly_and_not_raised(
-    runcomfy_emulator: RunComfyEmulator, client: RunComfyClient
-) -> None:
-    clock = Clock()
-    catalog = ModelCatalog(failure_ttl_seconds=30, clock=clock)
+    """A failed read is the answer for the whole batch: an outage is not asked once per item."""
     runcomfy_emulator.add_fault("model", "http", times=None, status=503)
-    found = catalog.lookup("conn", VIDEO, client.get_model)
-    assert found.info is None and found.problem and "503" in found.problem
-    reads = model_reads(runcomfy_emulator)  # the client's own retries of a read
+    checks = guard(client, VIDEO, log=logging.getLogger("t"))
+    checks.validate(VIDEO, GOOD_VIDEO)  # unchecked, with a warning: on_schema_unavailable="warn"
+    assert checks.lookup.info is None and checks.lookup.problem and "503" in checks.lookup.problem
+    reads = model_reads(runcomfy_emulator)  # the client's own retries of the one read
     for _ in range(20):
-        catalog.lookup("conn", VIDEO, client.get_model)
-    assert model_reads(runcomfy_emulator) == reads  # an outage is not asked once per batch item
-    runcomfy_emulator.clear_faults()
-    clock.now += 31
-    assert catalog.lookup("conn", VIDEO, client.get_model).info is not None
-
-
-async def test_the_async_lookup_shares_the_cache(runcomfy_emulator: RunComfyEmulator) -> None:
-    catalog = ModelCatalog()
-    async with AsyncRunComfyClient(token=runcomfy_emulator.token, base_url=runcomfy_emulator.base_url) as c:
-        first = await catalog.alookup("conn", VIDEO, c.get_model)
-        second = await catalog.alookup("conn", VIDEO, c.get_model)
-    assert first.info is not None and second.cached
-    assert model_reads(runcomfy_emulator) == 1
+        checks.validate(VIDEO, GOOD_VIDEO)
+    assert model_reads(runcomfy_emulator) == reads
 
 
 # -- checking an input ----------------------------------------------------------------------------
 
 
 def lookup(client: RunComfyClient, model_id: str) -> ModelLookup:
-    return ModelCatalog().lookup("conn", model_id, client.get_model)
+    return read_model(model_id, client.get_model)
 
 
 def test_a_bad_input_is_refused_naming_the_field(client: RunComfyClient) -> None:
@@ -225,7 +184,7 @@ def test_an_unknown_price_is_not_refused(client: RunComfyClient) -> None:
 
 
 def guard(client: RunComfyClient, model_id: str, **kwargs: Any) -> BatchGuard:
-    return BatchGuard(model_id, "conn", client.get_model, catalog=ModelCatalog(), **kwargs)
+    return BatchGuard(model_id, "conn", client.get_model, **kwargs)
 
 
 def test_a_batch_of_a_seed_model_without_a_budget_reads_no_model_info(

@@ -21,10 +21,10 @@ from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.emulator.models import HOSTILE_PATTERN, HOSTILE_PATTERN_EDIT, LOOKAHEAD_PATTERN
 from airflow_provider_runcomfy.models.catalog import (
     InputChecker,
-    ModelCatalog,
     ModelLookup,
     SchemaUnavailableError,
     check_before_submit,
+    read_model,
 )
 from airflow_provider_runcomfy.models.schema import compile_schema, input_problems, unevaluable_patterns
 
@@ -44,7 +44,7 @@ def client(runcomfy_emulator: RunComfyEmulator) -> RunComfyClient:
 
 
 def hostile_lookup(client: RunComfyClient) -> ModelLookup:
-    return ModelCatalog().lookup("conn", HOSTILE_PATTERN_EDIT, client.get_model)
+    return read_model(HOSTILE_PATTERN_EDIT, client.get_model)
 
 
 def published(client: RunComfyClient) -> dict[str, Any]:

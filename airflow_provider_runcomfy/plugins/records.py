@@ -312,7 +312,10 @@ def load_items(
 
 
 def _model_of_operator(operator: str | None) -> str | None:
-    """The model a typed operator runs (its task failed before returning one)."""
+    """The model a typed operator runs (its task failed before returning one).
+
+    A new typed operator is added here too: see "Where to change what" in docs/architecture.md.
+    """
     from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT, NANO_BANANA_EDIT
 
     return {

@@ -12,11 +12,10 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.batch import ledger as L
-from airflow_provider_runcomfy.batch.items import BatchItem
+from airflow_provider_runcomfy.batch.items import BatchItem, ItemList
 from airflow_provider_runcomfy.batch.lean import clip, slim_outcome
 from airflow_provider_runcomfy.batch.owner import INTENT_GRACE, Owner
 from airflow_provider_runcomfy.batch.submitting import BatchSpend, Prepared, RefillResult, SubmitSteps
@@ -35,6 +34,11 @@ DOWNLOAD_CONCURRENCY = 8
 MAX_COPY_FAILURES = 3
 #: Outcomes of recent jobs used to estimate how long a job takes.
 DURATION_SAMPLE = 200
+
+#: What a first record of an item expects: none yet (a record another execution wrote first wins).
+_NEW: dict[str, Any] = {"state": [None]}
+#: States of an item whose job RunComfy accepted (what ``BatchSpend.submitted`` counts).
+_PAID_STATES = (L.SUBMITTED, L.FINISHED, L.SUCCEEDED, L.FAILED, L.CANCELLED)
 
 __all__ = ["BatchRun", "BatchSpend", "Prepared", "RefillResult"]
 
@@ -64,8 +68,8 @@ class BatchRun(SubmitSteps):
         owner: Owner | None = None,
     ) -> None:
         self.model_id = model_id
-        self.items = list(items)
-        self.by_key = {item.key: item for item in self.items}
+        self.items = ItemList.of(items)
+        self.by_key = self.items.by_key()
         self.ledger = ledger
         self.folder = folder
         self.max_in_flight = max_in_flight
@@ -81,12 +85,13 @@ class BatchRun(SubmitSteps):
         return self.ledger.get(item.key)
 
     def records(self, *states: str) -> list[tuple[BatchItem, L.ItemRecord]]:
-        wanted = set(states)
-        found = []
-        for item in self.items:
-            record = self.ledger.get(item.key)
-            if record is not None and record.state in wanted:
-                found.append((item, record))
+        """The items in ``states`` and their records, in input order (only those: never a walk over N)."""
+        found = [
+            (self.by_key[key], self.ledger.items[key])
+            for key in self.ledger.keys_in(*states)
+            if key in self.by_key
+        ]
+        found.sort(key=lambda pair: pair[0].index)
         return found
 
     def in_flight(self) -> list[list[Any]]:
@@ -102,32 +107,24 @@ class BatchRun(SubmitSteps):
 
     def unchecked_count(self) -> int:
         """Items not checked yet (pre-flight overlaps submitting: see ``check``'s ``limit``)."""
-        return sum(1 for item in self.items if self.ledger.get(item.key) is None)
+        return len(self.items) - self.ledger.count_known(self.by_key)
 
     def spend(self) -> BatchSpend:
         """Spend over EVERY record of the task instance: every try, and items no longer in the inputs."""
         return BatchSpend(
-            spent_usd=round(sum(r.spent_usd() for r in self.ledger), 6),
+            spent_usd=round(self.ledger.spent_usd(), 6),
             in_flight=len(self.records(L.SUBMITTED)),
-            submitted=sum(1 for r in self.ledger if r.key in self.by_key and r.request_id),
+            submitted=self.ledger.count_in(_PAID_STATES, self.by_key),
             ready=self.ready_count(),
         )
 
     def expected_seconds(self) -> float | None:
         """How long this batch's jobs have run (median, RunComfy's own timestamps), if any finished."""
-        durations = []
-        for record in self.ledger:
-            outcome = record.outcome or {}
-            duration = _seconds_between(outcome.get("created_at"), outcome.get("finished_at"))
-            if duration is not None:
-                durations.append(duration)
-                if len(durations) >= DURATION_SAMPLE:
-                    break
+        durations = self.ledger.durations()[-DURATION_SAMPLE:]
         return statistics.median(durations) if durations else None
 
     def done_count(self) -> int:
-        final = {L.SUCCEEDED, L.FAILED, L.CANCELLED, L.INVALID, L.UNKNOWN}
-        return sum(1 for item in self.items if (r := self.ledger.get(item.key)) and r.state in final)
+        return self.ledger.count_in(L.FINAL, self.by_key)
 
     # -- checking -------------------------------------------------------------------------------
 
@@ -144,7 +141,7 @@ class BatchRun(SubmitSteps):
         (preparation may pre-flight input URLs; that is the inputs seam's business). With a
         ``limit`` the first submits start while later inputs are still to be checked.
         """
-        new = [item for item in self.items if self.ledger.get(item.key) is None][:limit]
+        new = self.items.unseen(self.ledger, limit)
         if new:
             events = []
             for item, prepared in zip(new, prepare(new), strict=True):
@@ -163,12 +160,13 @@ class BatchRun(SubmitSteps):
                             "index": item.index,
                             "state": L.INVALID,
                             "error": clip(error.message),
+                            "expect": _NEW,
                         }
                     )
                 else:
-                    events.append({"key": item.key, "index": item.index, "state": L.READY})
+                    events.append({"key": item.key, "index": item.index, "state": L.READY, "expect": _NEW})
             self.ledger.append(events)
-        return len(self.records(L.INVALID))
+        return self.ledger.count_in([L.INVALID], self.by_key)
 
     def start_try(self, try_number: int, try_id: str) -> None:
         """A new try (a retry or a clear): what to do again, what to re-attach to, what stays unknown.
@@ -277,22 +275,8 @@ class BatchRun(SubmitSteps):
 
     async def cancel_in_flight(self, client: AsyncRunComfyClient, why: str) -> None:
         """Cancel every job in flight (queued ones stop; running ones finish and are billed)."""
-        from airflow_provider_runcomfy.batch.window import cancel_all
-
         records = [r for _, r in self.records(L.SUBMITTED) if r.request_id]
-        results = await cancel_all(client, [str(r.request_id) for r in records], self.log, why)
-        self.ledger.append(
-            [
-                {
-                    "key": r.key,
-                    "state": L.CANCELLED,
-                    "error": f"cancelled because {why}",
-                    "expect": {"state": [L.SUBMITTED], "request_id": r.request_id},
-                }
-                for r in records
-                if results.get(str(r.request_id))
-            ]
-        )
+        results = await self._cancel_records(client, records, why)
         if records:
             self.log.info(
                 "Cancelling the batch's jobs because %s: %d cancelled (not billed), %d already running or "
@@ -302,18 +286,12 @@ class BatchRun(SubmitSteps):
                 sum(result is False for result in results.values()),
             )
 
-    def vanished_in_flight(self) -> list[L.ItemRecord]:
-        """Jobs in flight of items no longer in the inputs (the inputs file changed between tries)."""
-        return [
-            r for r in self.ledger if r.state == L.SUBMITTED and r.request_id and r.key not in self.by_key
-        ]
-
-    async def cancel_vanished(self, client: AsyncRunComfyClient) -> None:
-        """Cancel those jobs and say so: queued ones are not billed, running ones are (and still counted)."""
+    async def _cancel_records(
+        self, client: AsyncRunComfyClient, records: list[L.ItemRecord], why: str
+    ) -> dict[str, bool | None]:
+        """Cancel the jobs of ``records``; those RunComfy cancelled are recorded ``cancelled``."""
         from airflow_provider_runcomfy.batch.window import cancel_all
 
-        records = self.vanished_in_flight()
-        why = "its item is no longer in the inputs"
         results = await cancel_all(client, [str(r.request_id) for r in records], self.log, why)
         self.ledger.append(
             [
@@ -327,6 +305,20 @@ class BatchRun(SubmitSteps):
                 if results.get(str(r.request_id))
             ]
         )
+        return results
+
+    def vanished_in_flight(self) -> list[L.ItemRecord]:
+        """Jobs in flight of items no longer in the inputs (the inputs file changed between tries)."""
+        return [
+            record
+            for key in self.ledger.keys_in(L.SUBMITTED)
+            if key not in self.by_key and (record := self.ledger.items[key]).request_id
+        ]
+
+    async def cancel_vanished(self, client: AsyncRunComfyClient) -> None:
+        """Cancel those jobs and say so: queued ones are not billed, running ones are (and still counted)."""
+        records = self.vanished_in_flight()
+        results = await self._cancel_records(client, records, "its item is no longer in the inputs")
         self.log.warning(
             "%d job(s) in flight belong to items no longer in the inputs: %d cancelled (not billed), %d already "
             "running or finished (billed; counted in max_cost_usd): %s",
@@ -456,13 +448,3 @@ def _unknown_message(item: BatchItem, record: L.ItemRecord) -> str:
         "submitted again. Look for the job in RunComfy's dashboard; to pay for it again, clear the task with "
         "on_unknown_submit='resubmit'."
     )
-
-
-def _seconds_between(start: Any, end: Any) -> float | None:
-    if not isinstance(start, str) or not isinstance(end, str):
-        return None
-    try:
-        seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
-    except (TypeError, ValueError):
-        return None
-    return seconds if seconds >= 0 else None

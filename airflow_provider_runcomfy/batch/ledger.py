@@ -43,8 +43,9 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.outputs.files import move_into_place, part_file, remove_quietly
@@ -75,6 +76,10 @@ UNKNOWN = "unknown"
 
 #: Segments after which the worker folds the events into a new checkpoint.
 COMPACT_AFTER_SEGMENTS = 64
+#: States no worker part changes again within a try: their records go to the archive (see ``Ledger``).
+FINAL = frozenset({SUCCEEDED, INVALID, FAILED, CANCELLED, UNKNOWN})
+#: Durations of finished jobs the checkpoint keeps for the batch's estimate of a job's run time.
+DURATIONS_KEPT = 200
 
 #: Schemes whose files do not outlive the process: a ledger there would forget what was paid.
 NOT_DURABLE_PROTOCOLS = frozenset({"memory"})
@@ -216,13 +221,26 @@ class Ledger:
         self._segments: list[tuple[int, str]] = []  # (seq, path) read or written since the checkpoint
         self._checkpoint_seq = 0
         self.ignored = 0  # events whose expectation did not hold (another execution got there first)
+        # Keys by state, built on first use and kept up to date by ``_apply``: a worker part asks
+        # "which are in flight, which are ready" many times, and must not walk 100,000 records each time.
+        self._by_state: dict[str, dict[str, None]] | None = None
+        # The archive: the records of items in a final state, in ``done-<seq>.jsonl`` files the
+        # checkpoint lists. A resumed worker part reads only the checkpoint's header for them (their
+        # keys by state, their spend, recent run times): it costs what changed, not N records.
+        self._archive_files: list[dict[str, Any]] = []
+        self._archived: dict[str, str] = {}  # key -> state, while the archive's records are not read
+        self._archived_spent = 0.0
+        self._durations: list[float] = []
 
     # -- reading --------------------------------------------------------------------------------
 
-    def load(self) -> Ledger:
+    def load(self, *, archive: bool = True) -> Ledger:
         """Read the checkpoint and apply the events written after it; an absent ledger is empty.
 
-        Raises ``LedgerDamagedError`` when a file is empty, cut, corrupt or missing.
+        ``archive=False`` (a resumed worker part) leaves the archived records unread until one
+        is asked for (``get``, ``keys_in`` of a final state, iteration); their keys, states and
+        spend come from the checkpoint's header. Raises ``LedgerDamagedError`` when a file is
+        empty, cut, corrupt or missing (an archive file that is not read is only checked to exist).
         """
         fs, root = self.dir.fs, self.dir.path
         try:
@@ -236,7 +254,12 @@ class Ledger:
         folded: set[str] = set()
         checkpoint = by_base.get(CHECKPOINT)
         if checkpoint is not None:
-            folded = self._read_checkpoint(fs, checkpoint)
+            folded = self._read_checkpoint(fs, checkpoint, archive=archive)
+        for entry in self._archive_files:
+            if entry["name"] not in by_base:
+                raise LedgerDamagedError(
+                    str(self.dir), f"{root}/{entry['name']}", "is missing (the checkpoint lists it)"
+                )
         segments = sorted((_seq_of(n), n) for n in names if _is_segment(n))
         self._check_complete(head, checkpoint, segments, folded)
         for seq, name in segments:
@@ -294,7 +317,7 @@ class Ledger:
             raise LedgerDamagedError(str(self.dir), name, "is corrupt (no sequence number)")
         return head
 
-    def _read_checkpoint(self, fs: Any, name: str) -> set[str]:
+    def _read_checkpoint(self, fs: Any, name: str, *, archive: bool = True) -> set[str]:
         lines = self._read_verified(fs, name)
         if not lines:
             raise LedgerDamagedError(str(self.dir), name, "has no header")
@@ -313,6 +336,14 @@ class Ledger:
         self.meta = dict(header.get("meta") or {})
         self._checkpoint_seq = int(header.get("seq") or 0)
         self._seq = max(self._seq, self._checkpoint_seq)
+        self._archive_files = list(header.get("archive") or [])
+        self._archived = {
+            key: state for state, keys in (header.get("archived") or {}).items() for key in keys.split()
+        }
+        self._archived_spent = float(header.get("archived_spent") or 0.0)
+        self._durations = [float(d) for d in header.get("durations") or []]
+        if archive:
+            self._load_archive()
         for data in records:
             record = ItemRecord.from_json(data)
             self.items[record.key] = record
@@ -320,6 +351,33 @@ class Ledger:
 
     def _read_verified(self, fs: Any, name: str) -> list[dict[str, Any]]:
         return read_verified(fs, name, str(self.dir))
+
+    def _load_archive(self) -> None:
+        """Read the archived records (once): the manifest, a new try, a report of failures need them."""
+        if not self._archived:
+            return
+        fs = self.dir.fs
+        for entry in self._archive_files:
+            name = f"{self.dir.path}/{entry['name']}"
+            lines = self._read_verified(fs, name)
+            if len(lines) != int(entry.get("lines", -1)):
+                raise LedgerDamagedError(
+                    str(self.dir),
+                    name,
+                    f"has {len(lines)} records where the checkpoint says {entry.get('lines')}",
+                )
+            for data in lines:
+                record = ItemRecord.from_json(data)
+                if self._archived.get(record.key) == record.state:
+                    self.items[record.key] = record
+        missing = [key for key in self._archived if key not in self.items]
+        if missing:
+            raise LedgerDamagedError(
+                str(self.dir), f"{self.dir.path}/done-*.jsonl", f"lack {len(missing)} archived records"
+            )
+        self._archived = {}
+        self._archived_spent = 0.0
+        self._by_state = None
 
     def _apply(self, event: dict[str, Any]) -> bool:
         """Apply one event if its expectation holds; whether it applied."""
@@ -330,15 +388,26 @@ class Ledger:
         if not key:
             return False
         record = self.items.get(key)
+        if record is None and key in self._archived:
+            # Only a new execution (which reads the archive) changes a final record again.
+            self.ignored += 1
+            return False
         expect = event.get("expect")
         if expect and not _holds(record, expect):
             self.ignored += 1
             return False
         if record is None:
             record = self.items[key] = ItemRecord(key=key, index=int(event.get("index", -1)))
+            before = None
+        else:
+            before = record.state
         for name, value in event.items():
             if name not in ("key", "expect") and hasattr(record, name):
                 setattr(record, name, value)
+        if self._by_state is not None and record.state != before:
+            if before is not None:
+                self._by_state.get(before, {}).pop(key, None)
+            self._by_state.setdefault(record.state, {})[key] = None
         return True
 
     # -- writing --------------------------------------------------------------------------------
@@ -365,20 +434,49 @@ class Ledger:
         self.append([{"meta": values}])
 
     def compact(self, *, force: bool = False) -> None:
-        """Fold the events into a new checkpoint and delete them (when there are many, or ``force``)."""
+        """Fold the events into a new checkpoint and delete them (when there are many, or ``force``).
+
+        Records in a final state go to the archive: a ledger that read it writes one archive file
+        of every final record (and deletes the older ones); a resumed part adds one file with the
+        records that became final since (its earlier files stay, listed). The checkpoint keeps
+        the records still moving, and the archive's keys, states and spend in its header.
+        """
         if not self._segments or (len(self._segments) < COMPACT_AFTER_SEGMENTS and not force):
             return
         self._seq += 1  # the checkpoint takes its own number: later segments of any writer follow it
-        header = {
+        read_all = not self._archived
+        finals = [r for r in self.items.values() if r.state in FINAL]
+        old_files = self._archive_files
+        files = [] if read_all else list(old_files)
+        if finals:
+            name = f"done-{self._seq:09d}-{uuid.uuid4().hex[:6]}.jsonl"
+            self._write(name, _sealed([json.dumps(r.to_json(), separators=(",", ":")) for r in finals]))
+            files.append({"name": name, "lines": len(finals)})
+        archived: dict[str, list[str]] = {}
+        for key, state in self._archived.items():
+            archived.setdefault(state, []).append(key)
+        for record in finals:
+            archived.setdefault(record.state, []).append(record.key)
+        durations = [*self._durations, *(d for r in finals if (d := _duration(r)) is not None)]
+        spent = self._archived_spent + sum(r.spent_usd() for r in finals)
+        header: dict[str, Any] = {
             "version": LEDGER_VERSION,
             "model_id": self.model_id,
             "seq": self._seq,
             "meta": self.meta,
             "folded": [name.rsplit("/", 1)[-1] for _, name in self._segments],
+            "archive": files,
+            "archived": {state: " ".join(keys) for state, keys in archived.items()},
+            "archived_spent": spent,
+            "durations": durations[-DURATIONS_KEPT:],
             "written_at": time.time(),
         }
         lines = [json.dumps(header, separators=(",", ":"))]
-        lines += [json.dumps(r.to_json(), separators=(",", ":")) for r in self.items.values()]
+        lines += [
+            json.dumps(r.to_json(), separators=(",", ":"))
+            for r in self.items.values()
+            if r.state not in FINAL
+        ]
         self._write(CHECKPOINT, _sealed(lines))
         self._checkpoint_seq = self._seq
         self._write_head()
@@ -386,6 +484,20 @@ class Ledger:
         for _, name in self._segments:
             remove_quietly(fs, name)
         self._segments.clear()
+        if read_all:
+            kept = {entry["name"] for entry in files}
+            for entry in old_files:
+                if entry["name"] not in kept:
+                    remove_quietly(fs, f"{self.dir.path}/{entry['name']}")
+        self._archive_files = files
+        # The final records leave memory: a worker that runs the whole batch (``deferrable=False``)
+        # holds what is still moving, not N records; one asked for later is read back.
+        for record in finals:
+            del self.items[record.key]
+            self._archived[record.key] = record.state
+        self._archived_spent = spent
+        self._durations = durations[-DURATIONS_KEPT:]
+        self._by_state = None
 
     def _write_head(self) -> None:
         head = {"seq": self._seq, "checkpoint_seq": self._checkpoint_seq, "written_at": time.time()}
@@ -397,10 +509,48 @@ class Ledger:
     # -- views ----------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[ItemRecord]:
+        self._load_archive()
         return iter(self.items.values())
 
+    def __contains__(self, key: object) -> bool:
+        """Whether the ledger has a record of ``key`` (archived or not): such an item was checked."""
+        return key in self.items or key in self._archived
+
     def get(self, key: str) -> ItemRecord | None:
+        if key in self._archived:
+            self._load_archive()
         return self.items.get(key)
+
+    def spent_usd(self) -> float:
+        """What every record cost in every try (the archive's from the checkpoint's header)."""
+        return self._archived_spent + sum(r.spent_usd() for r in self.items.values())
+
+    def durations(self) -> list[float]:
+        """Run times of finished jobs (RunComfy's own timestamps), the archive's recent ones first."""
+        return [*self._durations, *(d for r in self.items.values() if (d := _duration(r)) is not None)]
+
+    def count_in(self, states: Iterable[str], among: Container[str]) -> int:
+        """Records in ``states`` whose key is in ``among``, archived ones included, none read for it."""
+        wanted = set(states)
+        loaded = sum(1 for key in self.keys_in(*(wanted - FINAL)) if key in among)
+        if self._archived:
+            loaded += sum(1 for r in self.items.values() if r.state in wanted & FINAL and r.key in among)
+            return loaded + sum(1 for k, s in self._archived.items() if s in wanted and k in among)
+        return loaded + sum(1 for key in self.keys_in(*(wanted & FINAL)) if key in among)
+
+    def count_known(self, among: Container[str]) -> int:
+        """Records (archived ones too) whose key is in ``among``."""
+        return sum(1 for key in self.items if key in among) + sum(1 for key in self._archived if key in among)
+
+    def keys_in(self, *states: str) -> list[str]:
+        """The keys of the records in ``states`` (in the order they reached it), without a walk over all."""
+        if self._archived and FINAL.intersection(states):
+            self._load_archive()
+        if self._by_state is None:
+            self._by_state = {}
+            for key, record in self.items.items():
+                self._by_state.setdefault(record.state, {})[key] = None
+        return [key for state in states for key in self._by_state.get(state, ())]
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -458,6 +608,10 @@ def _sealed(lines: list[str]) -> bytes:
     return body + (json.dumps(end, separators=(",", ":")) + "\n").encode()
 
 
+#: Lines sealed with their ``end`` record (``read_verified`` reads them back), for files beside the ledger.
+sealed_lines = _sealed
+
+
 def _sealed_json(data: dict[str, Any]) -> bytes:
     body = json.dumps(data, separators=(",", ":"), sort_keys=True)
     return (json.dumps({"data": data, "sha256": hashlib.sha256(body.encode()).hexdigest()}) + "\n").encode()
@@ -474,14 +628,20 @@ def _read_bytes(fs: Any, name: str) -> bytes:
         raise LedgerReadError(f"Could not read the batch ledger file {name}: {error}") from error
 
 
-def read_verified(fs: Any, name: str, ledger_dir: str) -> list[dict[str, Any]]:
-    """The lines of a sealed file, or ``LedgerDamagedError`` saying how it is damaged."""
+def _read_present(fs: Any, name: str, ledger_dir: str) -> bytes:
+    """A ledger file's bytes; one that vanished or is empty is damage (never "no records")."""
     try:
         blob = _read_bytes(fs, name)
     except FileNotFoundError:
         raise LedgerDamagedError(ledger_dir, name, "vanished while it was being read") from None
     if not blob:
         raise LedgerDamagedError(ledger_dir, name, "is empty (0 bytes)")
+    return blob
+
+
+def read_verified(fs: Any, name: str, ledger_dir: str) -> list[dict[str, Any]]:
+    """The lines of a sealed file, or ``LedgerDamagedError`` saying how it is damaged."""
+    blob = _read_present(fs, name, ledger_dir)
     if not blob.endswith(b"\n"):
         raise LedgerDamagedError(ledger_dir, name, "is cut mid-line (its last line has no end)")
     cut = blob.rstrip(b"\n").rfind(b"\n") + 1
@@ -506,12 +666,7 @@ def read_verified(fs: Any, name: str, ledger_dir: str) -> list[dict[str, Any]]:
 
 
 def _read_json_file(fs: Any, name: str, ledger_dir: str) -> dict[str, Any]:
-    try:
-        blob = _read_bytes(fs, name)
-    except FileNotFoundError:
-        raise LedgerDamagedError(ledger_dir, name, "vanished while it was being read") from None
-    if not blob:
-        raise LedgerDamagedError(ledger_dir, name, "is empty (0 bytes)")
+    blob = _read_present(fs, name, ledger_dir)
     try:
         sealed = json.loads(blob)
         data = sealed["data"]
@@ -537,6 +692,18 @@ def read_sealed_json(fs: Any, name: str, ledger_dir: str) -> dict[str, Any] | No
 def sealed_json(data: dict[str, Any]) -> bytes:
     """``data`` as a small sealed JSON file (``read_sealed_json`` reads it back)."""
     return _sealed_json(data)
+
+
+def _duration(record: ItemRecord) -> float | None:
+    outcome = record.outcome or {}
+    start, end = outcome.get("created_at"), outcome.get("finished_at")
+    if not isinstance(start, str) or not isinstance(end, str):
+        return None
+    try:
+        seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds >= 0 else None
 
 
 def _holds(record: ItemRecord | None, expect: dict[str, Any]) -> bool:

@@ -78,8 +78,9 @@ def reconcile(folder: ObjectStoragePath, model_id: str, items: Sequence[BatchIte
     if outputs:
         report.witnesses.append("kept outputs")
 
+    current = {item.key for item in items}
     records: dict[str, L.ItemRecord] = {
-        key: record for key, record in salvage.items.items() if key not in {i.key for i in items}
+        key: record for key, record in salvage.items.items() if key not in current
     }
     for item in items:
         old = salvage.items.get(item.key)

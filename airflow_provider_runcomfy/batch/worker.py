@@ -64,14 +64,13 @@ class BatchWorkerIO:
         """
         from airflow_provider_runcomfy.batch import ledger as L
         from airflow_provider_runcomfy.batch.engine import BatchRun
-        from airflow_provider_runcomfy.batch.items import load_inputs, make_items
+        from airflow_provider_runcomfy.batch.items import load_items
         from airflow_provider_runcomfy.batch.owner import Owner, OwnershipLost
         from airflow_provider_runcomfy.client.download import DEFAULT_MAX_OUTPUT_BYTES
         from airflow_provider_runcomfy.outputs.storage import task_directory
 
         ti = context["ti"]
         try:
-            items = make_items(self.model_id, load_inputs(self.inputs))
             folder = task_directory(
                 self.output_dir,
                 dag_id=ti.dag_id,
@@ -79,6 +78,8 @@ class BatchWorkerIO:
                 task_id=ti.task_id,
                 map_index=ti.map_index,
             )
+            # A JSON-lines file is read forward from where the last worker part stopped.
+            items = load_items(self.model_id, self.inputs, folder)
         except RunComfyError as error:  # bad inputs, or an output_dir that cannot be written
             if error.retryable:
                 raise
@@ -115,7 +116,8 @@ class BatchWorkerIO:
         from airflow_provider_runcomfy.batch.reconcile import reconcile
 
         try:
-            return L.Ledger(folder, self.model_id).load()
+            # A resumed part leaves the archived (final) records unread: it costs what changed.
+            return L.Ledger(folder, self.model_id).load(archive=new_execution)
         except L.LedgerDamagedError as error:
             if self.on_damaged_ledger != "reconcile" or not new_execution:
                 raise

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from airflow_provider_runcomfy.client._limits import truncate
@@ -70,42 +70,76 @@ def safe_segment(text: object) -> str:
     return "_" if segment in ("", ".", "..") else segment
 
 
-def resolve_output_dir(output_dir: Any, *, probe: bool = True) -> ObjectStoragePath:
-    """``output_dir`` (a path, a URL or an ``ObjectStoragePath``) as an ``ObjectStoragePath``, proven writable.
+#: The Airflow provider that serves each common scheme, named when it is missing.
+_PROVIDERS = (
+    "s3://: apache-airflow-providers-amazon; gs://: apache-airflow-providers-google; "
+    "abfs://, az://, wasb://: apache-airflow-providers-microsoft-azure"
+)
 
-    Raises ``InvalidInputError`` (the task fails without retries) when it is empty or no
-    filesystem can serve its scheme, and ``OutputStorageError`` when a probe object cannot be
-    written there and removed again (a read-only directory, a bucket without write access,
-    an ``http://`` filesystem). Called before the job is submitted, so a wrong ``output_dir``
-    costs nothing.
 
-    :param probe: write and remove the probe (``check_writable``); False where the caller
-        writes at once anyway and turns a failure into a clear error itself.
+def storage_path(
+    location: Any,
+    *,
+    argument: str,
+    access: Literal["read", "write"],
+    error: Callable[[str], Exception] = InvalidInputError,
+) -> ObjectStoragePath:
+    """``location`` (a path, a URL or an ``ObjectStoragePath``) as an ``ObjectStoragePath``.
+
+    The one resolver of storage locations: the inputs' files (``sources.storage``), a batch's
+    inputs file, ``output_dir`` and its ledger all mean the same thing by the same text. A plain
+    path is made absolute (``~`` expanded), so that retries on another working directory agree;
+    a scheme no Airflow provider serves is served by fsspec's own filesystem (s3fs, gcsfs,
+    adlfs, memory), configured the usual way for that library; a connection id in the URL
+    (``s3://aws_default@bucket/key``) needs the provider that reads that connection.
+
+    :param argument: how the messages name the location, e.g. ``output_dir`` or ``image_url``.
+    :param access: what the caller will do there, in the messages (``read`` or ``write``).
+    :param error: makes the exception to raise from a message (``InvalidInputError`` by default:
+        the task fails without retries, before anything is paid for).
     """
     from airflow.sdk import ObjectStoragePath
 
-    if isinstance(output_dir, ObjectStoragePath):
-        if probe:
-            check_writable(output_dir)
-        return output_dir
-    text = (os.fspath(output_dir) if isinstance(output_dir, os.PathLike) else str(output_dir or "")).strip()
+    if isinstance(location, ObjectStoragePath):
+        return location
+    text = (os.fspath(location) if isinstance(location, os.PathLike) else str(location or "")).strip()
     if not text:
-        raise InvalidInputError(
-            "output_dir is empty: give a local directory or a URL such as s3://bucket/prefix."
-        )
+        raise error(f"{argument} is empty: give a local path or a URL such as s3://bucket/prefix.")
     scheme = urlsplit(text).scheme.lower()
     if len(scheme) <= 1:  # a plain path (or a Windows drive letter): absolute, so retries agree
         text, scheme = f"file://{Path(text).expanduser().resolve()}", "file"
     if not airflow_serves(scheme):
+        conn_id = urlsplit(text).username
+        if conn_id:
+            raise error(
+                f"{argument} {text!r}: the connection {conn_id!r} needs the Airflow provider that "
+                f"serves {scheme}:// ({_PROVIDERS}). Install it, or leave the connection out of the "
+                "URL to use fsspec's own configuration."
+            )
         attach_fsspec(
             scheme,
-            lambda error: InvalidInputError(
-                f"output_dir {text!r}: no filesystem can write {scheme}:// here ({error}). Install the "
-                "Airflow provider that brings it (s3://: apache-airflow-providers-amazon; gs://: "
-                "apache-airflow-providers-google; abfs://, wasb://: apache-airflow-providers-microsoft-azure)."
+            lambda failure: error(
+                f"{argument} {text!r}: no filesystem can {access} {scheme}:// here "
+                f"({type(failure).__name__}: {truncate(failure, 200)}). Install the Airflow provider that "
+                f"brings it ({_PROVIDERS}) or fsspec's package for it (s3fs, gcsfs, adlfs)."
             ),
         )
-    path = ObjectStoragePath(text)
+    return ObjectStoragePath(text)
+
+
+def resolve_output_dir(output_dir: Any, *, probe: bool = True) -> ObjectStoragePath:
+    """``output_dir`` (a path, a URL or an ``ObjectStoragePath``) as an ``ObjectStoragePath``, proven writable.
+
+    Raises ``InvalidInputError`` (the task fails without retries) when it is empty or no
+    filesystem can serve its scheme (``storage_path``), and ``OutputStorageError`` when a probe
+    object cannot be written there and removed again (a read-only directory, a bucket without
+    write access, an ``http://`` filesystem). Called before the job is submitted, so a wrong
+    ``output_dir`` costs nothing.
+
+    :param probe: write and remove the probe (``check_writable``); False where the caller
+        writes at once anyway and turns a failure into a clear error itself.
+    """
+    path = storage_path(output_dir, argument="output_dir", access="write")
     if probe:
         check_writable(path)
     return path

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from airflow_provider_runcomfy.client.download import shown_url
 from airflow_provider_runcomfy.models.image_url import MAX_DATA_URI_BYTES, image_url_problem
-from airflow_provider_runcomfy.outputs.files import airflow_serves, attach_fsspec
+from airflow_provider_runcomfy.outputs.files import storage_path
 from airflow_provider_runcomfy.sources.errors import InputSourceError
 from airflow_provider_runcomfy.sources.images import (
     MAGIC_LENGTH,
@@ -61,37 +61,13 @@ class StoredInput:
         return self.value if self.how == "signed" and self.value != self.reference else None
 
 
-def open_reference(reference: str) -> ObjectStoragePath:
+def open_reference(reference: str, *, field: str = "input") -> ObjectStoragePath:
     """``reference`` (a storage URL or an absolute local path) as an ``ObjectStoragePath``.
 
-    A scheme for which no Airflow provider registers a filesystem (``s3://`` without the
-    amazon provider, ``memory://``) is served by fsspec's own implementation (s3fs, gcsfs,
-    adlfs), configured the usual way for that library (for s3fs: ``AWS_*`` environment
-    variables, ``~/.aws``, an instance role). A connection id in the URL
-    (``s3://aws_default@bucket/key``) needs the provider that reads that connection.
+    The rules are ``outputs.files.storage_path``'s, the same as for ``output_dir``; an error is
+    an ``InputSourceError`` naming ``field``.
     """
-    from airflow.sdk import ObjectStoragePath
-
-    text = f"file://{reference}" if reference.startswith("/") else reference
-    path = ObjectStoragePath(text)
-    scheme = (path.protocol or "file").lower()
-    if airflow_serves(scheme):
-        return path
-    if path.conn_id:
-        raise InputSourceError(
-            f"{reference}: the connection {path.conn_id!r} needs the Airflow provider that serves "
-            f"{scheme}:// (s3: apache-airflow-providers-amazon; gs: apache-airflow-providers-google; "
-            "abfs/az: apache-airflow-providers-microsoft-azure). Install it, or leave the connection "
-            "out of the URL to use fsspec's own configuration."
-        )
-    attach_fsspec(
-        scheme,
-        lambda error: InputSourceError(
-            f"{reference}: no filesystem can read {scheme}:// here ({_short(error)}). Install the "
-            "fsspec package for it (s3fs, gcsfs, adlfs) or the Airflow provider that brings it."
-        ),
-    )
-    return path
+    return storage_path(reference, argument=field, access="read", error=InputSourceError)
 
 
 def prepare_stored(
@@ -109,7 +85,7 @@ def prepare_stored(
     :raises InputSourceError: the file is missing, unreadable, not an image, over a guide, or
         (not signable and) over the data-URI limit -- before any request to RunComfy.
     """
-    path = open_reference(reference)
+    path = open_reference(reference, field=field)
     fs, key = path.fs, path.path
     where = f"{field} {reference}"
     size = _size(fs, key, where)

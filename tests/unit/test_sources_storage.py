@@ -251,3 +251,11 @@ def test_the_log_says_what_was_done_without_the_pre_signed_url(
     (url,) = prepared.payload_to_send["image_urls"]
     assert "RunComfy input image_urls[0]: s3://inputs/a.png signed (image/png" in caplog.text
     assert url not in caplog.text and "Signature" not in caplog.text
+
+
+def test_an_input_no_filesystem_can_read_names_its_field_and_reading() -> None:
+    """Inputs and ``output_dir`` share one resolver; each error names its own argument and access."""
+    with pytest.raises(
+        InputSourceError, match=r"image_urls\[1\] 'nosuchfs://b/a.png': no filesystem can read nosuchfs://"
+    ):
+        prepare_stored("image_urls[1]", "nosuchfs://b/a.png", "image", expiry=3600)

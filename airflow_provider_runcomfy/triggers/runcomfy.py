@@ -20,6 +20,7 @@ from airflow.triggers.base import TriggerEvent
 from airflow_provider_runcomfy.client import RunComfyError
 from airflow_provider_runcomfy.client.outcome import Outcome, describe_cancel, describe_status
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+from airflow_provider_runcomfy.policy import MAX_CONSECUTIVE_POLL_ERRORS
 from airflow_provider_runcomfy.triggers._base import FieldsTrigger
 from airflow_provider_runcomfy.triggers._guard import cancel_if_task_finished
 
@@ -48,7 +49,7 @@ class RunComfyRequestTrigger(FieldsTrigger):
     poll_interval: float = 5.0
     deadline: float | None = None
     model_id: str | None = None
-    max_consecutive_errors: int = 3
+    max_consecutive_errors: int = MAX_CONSECUTIVE_POLL_ERRORS
     cancel_on_kill: bool = True
 
     def __post_init__(self) -> None:

@@ -15,10 +15,18 @@ job time), their ratio, Airflow CPU-s per item (every process of the deployment,
 included), worker-slot-s per item (the supervisors' own account of each task workload),
 accepted submits, metadata DB rows added (all tables) and the triggerer's peak RSS.
 
+For the batch it also prints what each **worker part** cost (each task process the
+LocalExecutor's supervisors forked while the batch ran): CPU-s (exact: the supervisor's
+reaped-children time grows by the part's CPU when it ends) and peak RSS (sampled every
+0.2 s), as median / 90th percentile / max. ``--n`` takes several sizes (``10000,100000``):
+they run one after the other in the same deployment, and the last lines give the ratio of
+each per-part figure between the largest and the smallest N (issue 18's target: <= 1.5).
+
 Examples::
 
     .venv/bin/python bench/batch_scale.py                       # N=10,000, 500 in flight, 10 s jobs
     .venv/bin/python bench/batch_scale.py --n 2000 --mapped-n 200
+    .venv/bin/python bench/batch_scale.py --n 10000,100000 --job-seconds 1 --mapped-n 0
 
 A measurement, not a test: nothing fails. Only 127.0.0.1 is contacted; every wait is
 bounded (``--max-minutes``) and the deployment is stopped at the end.
@@ -43,6 +51,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "system"))
+
+from deployment_base import DeploymentError  # noqa: E402
 
 MODEL = "google/nano-banana/edit"
 
@@ -95,6 +105,7 @@ class Figures:
     db_tables: dict[str, int]
     triggerer_rss: int
     workloads: int
+    parts: list[tuple[float, int]]  # (CPU-s, peak RSS) of each worker part
 
     def row(self) -> str:
         return (
@@ -123,6 +134,66 @@ class CpuMeter:
                 continue
             seconds += t.user + t.system + t.children_user + t.children_system
         return seconds
+
+
+class PartWatch(threading.Thread):
+    """CPU-s and peak RSS of each task process (worker part) the LocalExecutor's supervisors run.
+
+    A supervisor runs one task process at a time; when it reaps one, its ``children_*`` CPU
+    times grow by exactly that process's CPU. The RSS is the largest sample of the child.
+    """
+
+    def __init__(self, deployment: Any) -> None:
+        super().__init__(daemon=True)
+        self.deployment, self.stop = deployment, threading.Event()
+        self.parts: list[tuple[float, int]] = []
+        self._state: dict[int, dict[str, Any]] = {}
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
+            self.sample()
+        self.sample()
+
+    def sample(self) -> None:
+        for proc in self.deployment.processes():
+            try:
+                if "LocalExecutor" not in " ".join(proc.cmdline()):
+                    continue
+                times = proc.cpu_times()
+                children = proc.children()
+                rss = max((c.memory_info().rss for c in children), default=0)
+            except psutil.Error:
+                continue
+            reaped = times.children_user + times.children_system
+            state = self._state.setdefault(proc.pid, {"reaped": reaped, "rss": 0, "child": False})
+            if reaped > state["reaped"] and state["child"]:
+                self.parts.append((reaped - state["reaped"], state["rss"]))
+                state["rss"], state["child"] = 0, False
+            state["reaped"] = reaped
+            if children:
+                state["child"] = True
+                state["rss"] = max(state["rss"], rss)
+
+
+def part_summary(parts: list[tuple[float, int]]) -> dict[str, float]:
+    """Median, 90th percentile and max of the parts' CPU-s and peak RSS (MB)."""
+    if not parts:
+        return {}
+    cpu = sorted(p[0] for p in parts)
+    rss = sorted(p[1] / 2**20 for p in parts)
+
+    def pick(values: list[float], share: float) -> float:
+        return values[min(len(values) - 1, int(share * len(values)))]
+
+    return {
+        "parts": len(parts),
+        "cpu_median": pick(cpu, 0.5),
+        "cpu_p90": pick(cpu, 0.9),
+        "cpu_max": cpu[-1],
+        "rss_median": pick(rss, 0.5),
+        "rss_p90": pick(rss, 0.9),
+        "rss_max": rss[-1],
+    }
 
 
 class RssWatch(threading.Thread):
@@ -158,34 +229,48 @@ def run_one(deployment: Any, emu: Any, dag_id: str, n: int, ideal: float, max_mi
     workloads_before = len(deployment.workloads())
     rss = RssWatch(deployment)
     rss.start()
+    parts = PartWatch(deployment)
+    parts.start()
     deployment.wait_for_dag(dag_id)
     cpu_before = cpu.total()
     run_id = deployment.trigger_dag(dag_id)
-    state = deployment.wait_for_run(dag_id, run_id, timeout=max_minutes * 60)
+    started = time.time()
+    try:
+        state = deployment.wait_for_run(dag_id, run_id, timeout=max_minutes * 60)
+    except DeploymentError:
+        # Not finished within --max-minutes: the figures so far are still printed, marked so
+        # (the run's wall is then the time waited, its items the submits made).
+        state = f"unfinished after {max_minutes:g} min"
     cpu_after = cpu.total()
     rss.stop.set()
     rss.join()
+    time.sleep(1)  # the last part's supervisor reaps it (PartWatch samples that moment)
+    parts.stop.set()
+    parts.join()
     run = deployment.dag_run(dag_id, run_id)
-    wall = _epoch(run["end_date"]) - _epoch(run["start_date"])
+    end = run.get("end_date")
+    wall = _epoch(end) - _epoch(run["start_date"]) if end else time.time() - started
     time.sleep(3)  # the last workload's "finished" line reaches the scheduler log
     workloads = deployment.workloads()[workloads_before:]
     after_rows = table_rows(deployment.home / "airflow.db")
     grown = {
         t: after_rows[t] - before_rows.get(t, 0) for t in after_rows if after_rows[t] != before_rows.get(t, 0)
     }
+    submits = sum(1 for e in emu.journal.of("submit") if e.status_code == 200) - before_submits
     return Figures(
         name=dag_id,
-        n=n,
+        n=n if not state.startswith("unfinished") else submits,  # per item: the items paid for so far
         state=state,
         wall=wall,
         ideal=ideal,
         cpu=cpu_after - cpu_before,
         slot=sum(w.duration for w in workloads),
-        submits=sum(1 for e in emu.journal.of("submit") if e.status_code == 200) - before_submits,
+        submits=submits,
         db_rows=sum(grown.values()),
         db_tables=grown,
         triggerer_rss=rss.peak,
         workloads=len(workloads),
+        parts=parts.parts,
     )
 
 
@@ -199,7 +284,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=int, default=10_000, help="items through the batch operator")
+    parser.add_argument(
+        "--n", default="10000", help="items through the batch operator; several sizes: 10000,100000"
+    )
     parser.add_argument("--max-in-flight", type=int, default=500)
     parser.add_argument("--job-seconds", type=float, default=10.0)
     parser.add_argument(
@@ -218,14 +305,8 @@ def main() -> int:
     dags = work / "dags"
     dags.mkdir()
     (dags / "bench_dags.py").write_text(DAG_SOURCE)
+    sizes = [int(n) for n in str(args.n).split(",")]
     inputs = work / "inputs.jsonl"
-    with inputs.open("w") as file:
-        for n in range(args.n):
-            item = {
-                "prompt": f"warm light {n}",
-                "image_urls": [f"https://images.example.com/bench/{n:05d}.png"],
-            }
-            file.write(json.dumps(item) + "\n")
     print(f"work folder: {work}")
     with RunComfyEmulator(queue_seconds=0.0, run_seconds=args.job_seconds, image_long_side=64) as emu:
         env = {
@@ -242,11 +323,15 @@ def main() -> int:
         deployment.start()
         try:
             results = []
-            ideal = math.ceil(args.n / args.max_in_flight) * args.job_seconds
-            print(
-                f"bench_batch: N={args.n:,}, max_in_flight={args.max_in_flight}, jobs of {args.job_seconds:.0f} s ..."
-            )
-            results.append(run_one(deployment, emu, "bench_batch", args.n, ideal, args.max_minutes))
+            for n in sizes:
+                write_inputs(inputs, n)
+                ideal = math.ceil(n / args.max_in_flight) * args.job_seconds
+                print(
+                    f"bench_batch: N={n:,}, max_in_flight={args.max_in_flight}, jobs of {args.job_seconds:g} s ...",
+                    flush=True,
+                )
+                results.append(run_one(deployment, emu, "bench_batch", n, ideal, args.max_minutes))
+                print(results[-1].row(), flush=True)
             if args.mapped_n:
                 print(f"bench_mapped: N={args.mapped_n:,} ...")
                 results.append(
@@ -269,7 +354,40 @@ def main() -> int:
         print(
             f"{figures.name}: {figures.workloads} task workloads; DB rows added by table: {figures.db_tables}"
         )
+    batches = [f for f in results if f.name == "bench_batch"]
+    print()
+    print(
+        "| N | worker parts | CPU-s per part (median / p90 / max) | peak RSS per part, MB (median / p90 / max) |"
+    )
+    print("|---|---|---|---|")
+    summaries = []
+    for figures in batches:
+        one = part_summary(figures.parts)
+        summaries.append(one)
+        if one:
+            print(
+                f"| {figures.n:,} | {one['parts']:.0f} | {one['cpu_median']:.2f} / {one['cpu_p90']:.2f} / "
+                f"{one['cpu_max']:.2f} | {one['rss_median']:.0f} / {one['rss_p90']:.0f} / {one['rss_max']:.0f} |"
+            )
+    if len(batches) > 1 and summaries[0] and summaries[-1]:
+        small, large = summaries[0], summaries[-1]
+        print(
+            f"ratio per part, N={batches[-1].n:,} / N={batches[0].n:,}: CPU median "
+            f"{large['cpu_median'] / small['cpu_median']:.2f}, CPU p90 {large['cpu_p90'] / small['cpu_p90']:.2f}, "
+            f"peak RSS median {large['rss_median'] / small['rss_median']:.2f}, "
+            f"peak RSS max {large['rss_max'] / small['rss_max']:.2f}"
+        )
     return 0
+
+
+def write_inputs(path: Path, n: int) -> None:
+    with path.open("w") as file:
+        for k in range(n):
+            item = {
+                "prompt": f"warm light {k}",
+                "image_urls": [f"https://images.example.com/bench/{k:05d}.png"],
+            }
+            file.write(json.dumps(item) + "\n")
 
 
 if __name__ == "__main__":

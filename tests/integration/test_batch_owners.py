@@ -10,6 +10,8 @@ what was paid for.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -37,6 +39,7 @@ def tasks_test(env: AirflowEnv, emu: RunComfyEmulator, run_id: str, log: Path) -
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group: the test can pause all of it (SIGSTOP)
     )
 
 
@@ -96,12 +99,17 @@ def test_two_executions_at_once_with_the_same_try_number_pay_each_item_once_and_
         first_try = owner_record(ledger_dir)["try_number"]
         newer = tasks_test(airflow_env, emu, run_id, newer_log)
         wait_for(lambda: owner_of(ledger_dir) not in (None, first_owner), "the second execution's takeover")
-        emu.release()  # the first wave ends: both executions wake up
-        newer.wait(timeout=600)
+        # The newer one pauses (a stopped VM) while the first wave ends: the older one wakes with
+        # items left to submit, so it meets the owner check, whoever would have been quicker.
+        os.killpg(newer.pid, signal.SIGSTOP)
+        emu.release()
         older.wait(timeout=600)
+        os.killpg(newer.pid, signal.SIGCONT)
+        newer.wait(timeout=600)
     finally:
         for proc in (older, newer):
             if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGCONT)
                 proc.kill()
     older_out, newer_out = older_log.read_text(), newer_log.read_text()
 

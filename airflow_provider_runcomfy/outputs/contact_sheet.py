@@ -248,9 +248,10 @@ def stored_image(uri: str) -> ImageSource:
 
     @contextmanager
     def open_image() -> Iterator[IO[bytes]]:
-        from airflow.sdk import ObjectStoragePath
+        from airflow_provider_runcomfy.outputs.files import storage_path
 
-        path = ObjectStoragePath(uri)
+        # Resolved as output_dir was when the copy was written (the same filesystem serves it).
+        path = storage_path(uri, argument="the kept copy", access="read")
         with path.fs.open(path.path, "rb") as file:
             yield file
 

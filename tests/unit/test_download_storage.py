@@ -27,6 +27,7 @@ from airflow_provider_runcomfy.outputs.contact_sheet import (
     PLACEHOLDER,
     SheetRow,
     sheet_size,
+    stored_image,
     write_contact_sheet,
 )
 from airflow_provider_runcomfy.outputs.manifest import tally
@@ -220,3 +221,14 @@ def test_the_contact_sheet_fits_pictures_and_marks_what_cannot_be_shown():
     assert at(0, 0, dy=CELL // 2 - 10) != (255, 0, 0)  # 2:1 fitted into the square: letterboxed
     assert at(2, 0, dx=20) == PLACEHOLDER  # a WebP cannot be decoded: grey placeholder
     assert at(1, 1) == (236, 236, 236)  # a failed item's missing output: an empty cell
+
+
+def test_a_kept_copy_is_read_back_for_the_contact_sheet_wherever_output_dir_was(tmp_path: Path) -> None:
+    """The sheet opens kept copies with the resolver that wrote them: a local file, and fsspec's memory://."""
+    picture = png_bytes(8, 8, (0, 255, 0))
+    (tmp_path / "a.png").write_bytes(picture)
+    folder = resolve_output_dir("memory://sheet-test/kept")
+    (folder / "b.png").write_bytes(picture)
+    for uri in (f"file://{tmp_path}/a.png", "memory://sheet-test/kept/b.png"):
+        with stored_image(uri)() as file:
+            assert file.read() == picture

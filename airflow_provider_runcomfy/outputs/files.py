@@ -83,6 +83,7 @@ def storage_path(
     argument: str,
     access: Literal["read", "write"],
     error: Callable[[str], Exception] = InvalidInputError,
+    fsspec_fallback: bool = True,
 ) -> ObjectStoragePath:
     """``location`` (a path, a URL or an ``ObjectStoragePath``) as an ``ObjectStoragePath``.
 
@@ -97,6 +98,9 @@ def storage_path(
     :param access: what the caller will do there, in the messages (``read`` or ``write``).
     :param error: makes the exception to raise from a message (``InvalidInputError`` by default:
         the task fails without retries, before anything is paid for).
+    :param fsspec_fallback: False where the storage a scheme reaches must stay what Airflow's
+        providers register (the API server's outputs view: a record must not widen what it opens);
+        such a scheme then fails as ``ObjectStoragePath`` fails (``ValueError``).
     """
     from airflow.sdk import ObjectStoragePath
 
@@ -108,7 +112,7 @@ def storage_path(
     scheme = urlsplit(text).scheme.lower()
     if len(scheme) <= 1:  # a plain path (or a Windows drive letter): absolute, so retries agree
         text, scheme = f"file://{Path(text).expanduser().resolve()}", "file"
-    if not airflow_serves(scheme):
+    if fsspec_fallback and not airflow_serves(scheme):
         conn_id = urlsplit(text).username
         if conn_id:
             raise error(

@@ -34,6 +34,7 @@ from airflow.api_fastapi.core_api.security import requires_access_dag
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
+from airflow_provider_runcomfy.outputs.files import storage_path
 from airflow_provider_runcomfy.plugins import html
 from airflow_provider_runcomfy.plugins.manifests import MANIFESTS, ManifestIndex, read_lines
 from airflow_provider_runcomfy.plugins.media import (
@@ -393,10 +394,8 @@ def _thumbnail(
 
 def _stat(uri: str) -> str:
     """What tells one version of a kept copy from the next, when the record names no sha256."""
-    from airflow.sdk import ObjectStoragePath
-
     try:
-        path = ObjectStoragePath(uri)
+        path = storage_path(uri, argument="the kept copy", access="read", fsspec_fallback=False)
         info = path.fs.info(path.path)
     except Exception:
         raise PictureUnavailable("The kept copy cannot be read from the API server.", 404) from None
@@ -464,9 +463,7 @@ def _check_manifest(item: Item) -> None:
 
 
 def _manifest_bytes(uri: str) -> Iterator[bytes]:
-    from airflow.sdk import ObjectStoragePath
-
-    path = ObjectStoragePath(uri)
+    path = storage_path(uri, argument="the manifest", access="read", fsspec_fallback=False)
     sent = 0
     with path.fs.open(path.path, "rb") as file:
         while sent < MAX_MANIFEST_BYTES and (chunk := file.read(1024 * 1024)):

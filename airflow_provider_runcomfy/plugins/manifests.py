@@ -172,9 +172,9 @@ def read_lines(uri: str, index: ManifestIndex, positions: Iterable[int]) -> list
 
 
 def _open_fs(uri: str) -> tuple[Any, str]:
-    from airflow.sdk import ObjectStoragePath
+    from airflow_provider_runcomfy.outputs.files import storage_path
 
-    path = ObjectStoragePath(uri)
+    path = storage_path(uri, argument="the manifest", access="read", fsspec_fallback=False)
     return path.fs, path.path
 
 

@@ -34,6 +34,7 @@ from airflow_provider_runcomfy.client._urlpolicy import Opener, UrlPolicy
 from airflow_provider_runcomfy.client.closing import close_all
 from airflow_provider_runcomfy.client.download import CHUNK_SIZE, OutputDownloadError, media_type, shown_url
 from airflow_provider_runcomfy.client.errors import OutputURLRejectedError
+from airflow_provider_runcomfy.outputs.files import storage_path
 
 #: The largest picture the view streams; a bigger one is linked to, not shown.
 MAX_VIEW_BYTES = 50_000_000
@@ -89,10 +90,8 @@ def checked_type(declared: str, where: str) -> str:
 
 def open_stored(uri: str, *, sha256: str | None, max_bytes: int = MAX_VIEW_BYTES) -> Picture:
     """A kept copy, read in chunks (the caller iterates in a worker thread: fsspec blocks)."""
-    from airflow.sdk import ObjectStoragePath
-
     try:
-        path = ObjectStoragePath(uri)
+        path = storage_path(uri, argument="the kept copy", access="read", fsspec_fallback=False)
         fs, target = path.fs, path.path
         size = int(fs.size(target))
     except Exception as error:  # any filesystem's "not there" / "not allowed"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,12 +32,12 @@ else:
         from airflow.exceptions import AirflowFailException, TaskDeferred
 
 if TYPE_CHECKING:
-    from airflow.sdk import BaseHook
+    from airflow.sdk import BaseHook as _AirflowBaseHook
 else:
     try:  # 3.1+
-        from airflow.sdk import BaseHook
+        from airflow.sdk import BaseHook as _AirflowBaseHook
     except ImportError:  # 3.0
-        from airflow.hooks.base import BaseHook
+        from airflow.hooks.base import BaseHook as _AirflowBaseHook
 
 __all__ = [
     "AIRFLOW_VERSION",
@@ -50,6 +51,7 @@ __all__ = [
     "aget_connection",
     "airflow_conf",
     "has_fs",
+    "omit_secret_values_from_test_log",
     "task_state_store",
 ]
 
@@ -88,6 +90,74 @@ def has_fs(scheme: str) -> bool:
     return bool(sdk_has_fs(scheme))
 
 
+class _MaskSecretValuesOmitted:
+    """A stand-in for the in-process comms' logger that never prints what a ``MaskSecret`` masks.
+
+    It logs the same lines; only a ``MaskSecret`` message in them is replaced by its type,
+    as Airflow's supervisor already does on its side ("body omitted").
+    """
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._log, name)
+        if not callable(method):
+            return method
+
+        def log_without_secrets(*args: Any, **kwargs: Any) -> Any:
+            kwargs = {key: _without_secret_value(value) for key, value in kwargs.items()}
+            return method(*args, **kwargs)
+
+        return log_without_secrets
+
+
+def _without_secret_value(value: Any) -> Any:
+    if type(value).__name__ == "MaskSecret":
+        return "MaskSecret (value omitted)"
+    return value
+
+
+def omit_secret_values_from_test_log() -> None:
+    """Keep the token out of ``airflow dags test``'s debug log; called before every connection read.
+
+    Under ``airflow dags test`` (``dag.test()``) a task talks to an in-process supervisor
+    whose ``InProcessSupervisorComms.send`` logs every message at debug level, body
+    included, and reading a connection sends ``MaskSecret`` messages carrying its password
+    (Airflow's own connection code sends them: the provider calls no ``mask_secret`` for
+    the token). Airflow 3.0's ``dags test`` prints debug lines, so every run printed the
+    token in clear; 3.1 to 3.3 print it once the logging level is DEBUG. A real worker's
+    comms log no message bodies, so nothing changes there.
+
+    The in-process comms' logger is wrapped (once; it then covers every later message of
+    the task, e.g. a pre-signed URL's signature handed to the masker): the messages still
+    go out, so the value is still masked everywhere, but the debug line names the message
+    type instead of the value.
+    """
+    supervisor = sys.modules.get("airflow.sdk.execution_time.supervisor")
+    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    in_process = getattr(supervisor, "InProcessSupervisorComms", None)
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    if in_process is None or not isinstance(comms, in_process):
+        return
+    log = getattr(comms, "log", None)
+    if log is not None and not isinstance(log, _MaskSecretValuesOmitted):
+        comms.log = _MaskSecretValuesOmitted(log)
+
+
+class BaseHook(_AirflowBaseHook):
+    """Airflow's ``BaseHook`` (``airflow.sdk`` from 3.1, ``airflow.hooks.base`` on 3.0).
+
+    Its connection read first calls :func:`omit_secret_values_from_test_log`, so that a
+    hook built on it never has its token printed by ``airflow dags test``.
+    """
+
+    @classmethod
+    def get_connection(cls, conn_id: str) -> Any:
+        omit_secret_values_from_test_log()
+        return super().get_connection(conn_id)
+
+
 async def aget_connection(hook: Any, conn_id: str) -> Any:
     """The connection, read without blocking the event loop (``BaseHook.aget_connection`` arrived in 3.1).
 
@@ -95,6 +165,7 @@ async def aget_connection(hook: Any, conn_id: str) -> Any:
     the supervisor through ``async_to_sync``: it must run under asgiref's ``sync_to_async``
     (Airflow's own instruction in 3.0's triggerer), not in a plain thread.
     """
+    omit_secret_values_from_test_log()
     if hasattr(hook, "aget_connection"):
         return await hook.aget_connection(conn_id)
     from asgiref.sync import sync_to_async

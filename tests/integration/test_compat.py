@@ -83,3 +83,19 @@ def test_the_reattach_record_is_kept_where_this_airflow_keeps_state(
         "task_id": "edit",
         "map_index": -1,
     }
+
+
+def test_the_token_a_task_reads_is_masked_and_never_printed(
+    airflow_env: AirflowEnv, emu: RunComfyEmulator
+) -> None:
+    """Airflow registers a connection's password with its masker on every release (the
+    provider adds no ``mask_secret`` of its own for it). ``dags test`` prints its debug log
+    (always on 3.0, at DEBUG on 3.1-3.3), where each ``MaskSecret`` message showed the token:
+    the provider's connection read keeps the value out (``compat.omit_secret_values_from_test_log``).
+    """
+    debug = {"AIRFLOW__LOGGING__LOGGING_LEVEL": "DEBUG"}
+    run = airflow_env.dags_test("it_compat_token_masked", env={**emu.airflow_conn_env(), **debug})
+    run.assert_states(read="success")
+    assert run.xcom("read") == "[***]"  # the masker knows the token
+    assert "MaskSecret" in run.output  # the debug log was printed...
+    assert emu.token not in run.output  # ...without the token

@@ -122,3 +122,32 @@ def test_the_output_link_opens_the_outputs_tab_or_on_3_0_the_page_behind_it() ->
         assert link.endswith("/dags/nightly/runs/run%201/tasks/edit/plugin/runcomfy-outputs")
     else:
         assert link.endswith("/runcomfy/outputs/nightly/run%201/edit?map_index=-1")
+
+
+def test_dags_tests_in_process_comms_never_log_a_masked_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``airflow dags test`` logs each message a task sends, a ``MaskSecret``'s value included."""
+    import structlog
+    from airflow.sdk.execution_time import supervisor, task_runner
+    from airflow.sdk.execution_time.comms import MaskSecret
+
+    comms = supervisor.InProcessSupervisorComms(supervisor=None)  # type: ignore[arg-type]
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
+    compat.omit_secret_values_from_test_log()
+    compat.omit_secret_values_from_test_log()  # a second read of a connection wraps nothing twice
+    with structlog.testing.capture_logs() as logs:  # at info: 3.3's configured level drops debug here
+        comms.log.info("Sending request", msg=MaskSecret(value="s3cret-token", name=None))
+        comms.log.info("Sending request", msg="GetVariable(key='k')")
+    assert logs[0]["msg"] == "MaskSecret (value omitted)" and "s3cret" not in repr(logs)
+    assert logs[1]["msg"] == "GetVariable(key='k')"
+
+
+def test_a_real_workers_comms_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk.execution_time import task_runner
+
+    class WorkerComms:
+        log = object()
+
+    comms = WorkerComms()
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
+    compat.omit_secret_values_from_test_log()
+    assert comms.log is WorkerComms.log

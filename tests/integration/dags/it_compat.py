@@ -8,10 +8,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Param
-from it_common import one_task_dag
+from airflow.sdk import BaseOperator, Param
+from it_common import it_dag, one_task_dag
 
 from airflow_provider_runcomfy.compat import TaskDeferred
+from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 from airflow_provider_runcomfy.operators.runcomfy import FluxKontextProEditOperator, NanoBananaEditOperator
 
 it_compat_nano_blocking = one_task_dag(
@@ -55,3 +56,17 @@ it_compat_dies_after_submit = one_task_dag(
     retries=1,
     retry_delay=timedelta(seconds=0),
 )
+
+
+class RedactsTheTokenItRead(BaseOperator):
+    """Reads the connection as the operators do; returns its token as Airflow's masker redacts it."""
+
+    def execute(self, context: Any) -> str:
+        from airflow.sdk.execution_time.secrets_masker import redact
+
+        token = RunComfyHook().settings["token"]
+        return str(redact(f"[{token}]"))
+
+
+with it_dag("it_compat_token_masked", {}) as it_compat_token_masked:
+    RedactsTheTokenItRead(task_id="read")

@@ -17,7 +17,7 @@ inputs (``CHECK_CHUNK``), submit into the room freed (real HTTP to the emulator 
 127.0.0.1, request bodies prepared and validated by the real seams), plan the next wait
 (window, wake count, expected run time, spend) and compact. It prints, per N, CPU-s
 (``time.process_time``, from after the process's imports and a first validation, which
-cost the same at any N) and peak RSS (``ru_maxrss``) of each part, the same process's RSS
+cost the same at any N) and peak RSS (``VmHWM``) of each part, the same process's RSS
 before the part, and the ratio of the largest N's figures to the smallest's.
 
 What it leaves out: Airflow (task start, XCom, the trigger), copies of outputs, pre-flight
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -47,6 +46,14 @@ from typing import Any
 
 MODEL = "google/nano-banana/edit"
 REPO = Path(__file__).resolve().parents[1]
+
+
+def peak_rss() -> int:
+    """This process's peak RSS in bytes (``VmHWM``: unlike ``ru_maxrss``, not inherited from the parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def item(n: int) -> dict[str, Any]:
@@ -139,7 +146,7 @@ def part(work: Path, max_in_flight: int, base_url: str, token: str) -> dict[str,
     import airflow_provider_runcomfy.sources  # noqa: F401
 
     validate_input(MODEL, item(0))
-    rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_base = peak_rss()
     cpu_start = time.process_time()
 
     items = load_items(MODEL, str(work / "inputs.jsonl"), folder)
@@ -199,7 +206,7 @@ def part(work: Path, max_in_flight: int, base_url: str, token: str) -> dict[str,
     run.ledger.compact()
     return {
         "cpu": time.process_time() - cpu_start,
-        "rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_peak": peak_rss(),
         "rss_base": rss_base,
         "outcomes": wake,
         "submitted": submitted,

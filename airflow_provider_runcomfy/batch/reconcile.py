@@ -131,10 +131,15 @@ def _ledger_files(fs: Any, root: str) -> list[str]:
     wanted = []
     for name in names:
         base = name.rsplit("/", 1)[-1]
-        if base in (L.CHECKPOINT, L.HEAD) or (base.startswith("seg-") and base.endswith(".jsonl")):
+        if base in (L.CHECKPOINT, L.HEAD) or (base.startswith(("seg-", "done-")) and base.endswith(".jsonl")):
             wanted.append(name)
-    # The checkpoint first, then the segments in the order they were written.
-    return sorted(wanted, key=lambda n: (not n.endswith(L.CHECKPOINT), L._seq_of(n), n))
+    # The archive and the checkpoint first (their records are disjoint), then the segments in order.
+    return sorted(wanted, key=lambda n: (_rank(n), L._seq_of(n), n))
+
+
+def _rank(name: str) -> int:
+    base = name.rsplit("/", 1)[-1]
+    return 0 if base.startswith("done-") else 1 if base == L.CHECKPOINT else 2
 
 
 def _readable_lines(fs: Any, name: str) -> list[dict[str, Any]]:

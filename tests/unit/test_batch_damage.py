@@ -227,6 +227,25 @@ def test_a_half_finished_batch_reconciles_to_reattached_and_unknown_items(
     assert len(run.in_flight()) == N // 2
 
 
+def test_a_damaged_checkpoint_reconciles_the_archived_items_as_succeeded(
+    emu: RunComfyEmulator, tmp_path: Path
+) -> None:
+    folder = ObjectStoragePath(f"file://{tmp_path}")
+    first = finished_batch(folder, emu)
+    assert list(Path(folder.path, L.LEDGER_DIR).glob("done-*.jsonl"))  # the succeeded items' records
+    Path(folder.path, "manifest.jsonl").unlink()  # only the archive can tell
+    damage(Path(folder.path, L.LEDGER_DIR, L.CHECKPOINT), "emptied")
+    submits = accepted_submits(emu)
+
+    report = reconcile(folder, MODEL, first.items)
+    run = open_run(folder, emu)
+    run.start_try(2, "after-reconcile")
+
+    assert report.succeeded == N
+    assert asyncio.run(refill(run, emu)) == 0
+    assert accepted_submits(emu) == submits
+
+
 def test_a_store_that_forgets_with_the_process_is_refused_before_anything_is_paid() -> None:
     from airflow_provider_runcomfy.outputs.files import resolve_output_dir
 

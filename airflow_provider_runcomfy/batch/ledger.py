@@ -231,6 +231,7 @@ class Ledger:
         self._archived: dict[str, str] = {}  # key -> state, while the archive's records are not read
         self._archived_spent = 0.0
         self._durations: list[float] = []
+        self._read_all = False  # the archive was read (or there was none at load): see ``compact``
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -378,6 +379,7 @@ class Ledger:
         self._archived = {}
         self._archived_spent = 0.0
         self._by_state = None
+        self._read_all = True
 
     def _apply(self, event: dict[str, Any]) -> bool:
         """Apply one event if its expectation holds; whether it applied."""
@@ -389,9 +391,9 @@ class Ledger:
             return False
         record = self.items.get(key)
         if record is None and key in self._archived:
-            # Only a new execution (which reads the archive) changes a final record again.
-            self.ignored += 1
-            return False
+            # An event on a final record (a new try resets failed items): read the archive, then apply.
+            self._load_archive()
+            record = self.items.get(key)
         expect = event.get("expect")
         if expect and not _holds(record, expect):
             self.ignored += 1
@@ -441,7 +443,11 @@ class Ledger:
         records that became final since (its earlier files stay, listed). The checkpoint keeps
         the records still moving, and the archive's keys, states and spend in its header.
         """
-        if not self._segments or (len(self._segments) < COMPACT_AFTER_SEGMENTS and not force):
+        # A ledger that read the archive always compacts: its events may change final records, and
+        # a resumed part would otherwise read the whole archive again to apply them.
+        if not self._segments or (
+            len(self._segments) < COMPACT_AFTER_SEGMENTS and not force and not self._read_all
+        ):
             return
         self._seq += 1  # the checkpoint takes its own number: later segments of any writer follow it
         read_all = not self._archived
@@ -498,6 +504,7 @@ class Ledger:
         self._archived_spent = spent
         self._durations = durations[-DURATIONS_KEPT:]
         self._by_state = None
+        self._read_all = False
 
     def _write_head(self) -> None:
         head = {"seq": self._seq, "checkpoint_seq": self._checkpoint_seq, "written_at": time.time()}

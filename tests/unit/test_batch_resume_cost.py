@@ -201,7 +201,8 @@ def test_a_resumed_part_never_takes_an_archived_item_for_a_new_one(folder: Objec
 
     assert checked == []  # nothing to check: succeeded items are not new
     assert invalid == 0
-    run.ledger.append([{"key": run.items[0].key, "index": 0, "state": L.READY}])  # as a check would
+    # A check's record of a new item expects none yet: over an archived one it does not apply.
+    run.ledger.append([{"key": run.items[0].key, "index": 0, "state": L.READY, "expect": {"state": [None]}}])
     run.ledger.compact(force=True)
     record = L.Ledger(folder, MODEL).load().get(run.items[0].key)
     assert record is not None and record.state == L.SUCCEEDED  # never ready (and paid) again
@@ -222,3 +223,19 @@ def test_the_archive_grows_by_what_became_final_and_a_full_reader_folds_it(folde
     full.compact(force=True)
     assert len(archive_files(folder)) == 1
     assert L.Ledger(folder, MODEL).load().spent_usd() == 1.5
+
+
+def test_a_new_try_reset_of_an_archived_item_is_seen_by_the_next_resumed_part(
+    folder: ObjectStoragePath,
+) -> None:
+    run = finished_batch(folder, 4)
+    key = run.items[0].key
+    run.ledger.append([{"key": key, "state": L.FAILED, "expect": {"state": [L.SUCCEEDED]}}])
+    run.ledger.compact(force=True)  # archived as failed
+
+    new_try = L.Ledger(folder, MODEL).load()  # a clear: it reads everything and resets the failed item
+    new_try.append([{"key": key, "state": L.READY, "request_id": None, "expect": {"state": [L.FAILED]}}])
+    # ... and defers before its segments are folded (a crash, or a compaction not yet due)
+
+    record = L.Ledger(folder, MODEL).load(archive=False).get(key)
+    assert record is not None and record.state == L.READY  # not the archived 'failed'

@@ -106,6 +106,7 @@ class Figures:
     triggerer_rss: int
     workloads: int
     parts: list[tuple[float, int]]  # (CPU-s, peak RSS) of each worker part
+    size: int = 0  # the batch's N (``n`` is the items paid for when the run did not finish)
 
     def row(self) -> str:
         return (
@@ -271,6 +272,7 @@ def run_one(deployment: Any, emu: Any, dag_id: str, n: int, ideal: float, max_mi
         triggerer_rss=rss.peak,
         workloads=len(workloads),
         parts=parts.parts,
+        size=n,
     )
 
 
@@ -366,13 +368,13 @@ def main() -> int:
         summaries.append(one)
         if one:
             print(
-                f"| {figures.n:,} | {one['parts']:.0f} | {one['cpu_median']:.2f} / {one['cpu_p90']:.2f} / "
+                f"| {figures.size:,} | {one['parts']:.0f} | {one['cpu_median']:.2f} / {one['cpu_p90']:.2f} / "
                 f"{one['cpu_max']:.2f} | {one['rss_median']:.0f} / {one['rss_p90']:.0f} / {one['rss_max']:.0f} |"
             )
     if len(batches) > 1 and summaries[0] and summaries[-1]:
         small, large = summaries[0], summaries[-1]
         print(
-            f"ratio per part, N={batches[-1].n:,} / N={batches[0].n:,}: CPU median "
+            f"ratio per part, N={batches[-1].size:,} / N={batches[0].size:,}: CPU median "
             f"{large['cpu_median'] / small['cpu_median']:.2f}, CPU p90 {large['cpu_p90'] / small['cpu_p90']:.2f}, "
             f"peak RSS median {large['rss_median'] / small['rss_median']:.2f}, "
             f"peak RSS max {large['rss_max'] / small['rss_max']:.2f}"

@@ -13,10 +13,17 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
 
 from airflow_provider_runcomfy.client import AsyncRunComfyClient
 from airflow_provider_runcomfy.client.retry import RetryPolicy
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
+
+# Hypothesis' timing checks (an example slower than 200 ms, inputs generated slowly) judge the
+# machine, not the code: with the integration suite beside this one on two cores they failed
+# a property test that passes unloaded. Every example is still generated and checked.
+settings.register_profile("shared-cores", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shared-cores")
 
 
 @pytest.fixture

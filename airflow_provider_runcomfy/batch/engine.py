@@ -20,6 +20,7 @@ from airflow_provider_runcomfy.batch.lean import clip, slim_outcome
 from airflow_provider_runcomfy.batch.owner import INTENT_GRACE, Owner
 from airflow_provider_runcomfy.batch.submitting import BatchSpend, Prepared, RefillResult, SubmitSteps
 from airflow_provider_runcomfy.client.errors import InvalidInputError, RunComfyError
+from airflow_provider_runcomfy.policy import MAX_COPY_FAILURES
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 REFILL_FRACTION = 0.1
 #: Output downloads at once (threads: the download client is blocking).
 DOWNLOAD_CONCURRENCY = 8
-#: Failed attempts at keeping an item's outputs before the item is failed.
-MAX_COPY_FAILURES = 3
 #: Outcomes of recent jobs used to estimate how long a job takes.
 DURATION_SAMPLE = 200
 

@@ -192,12 +192,13 @@ def _is_storage_path(value: Any) -> bool:
 
 
 def _inputs_path(uri: Any) -> Any:
-    from airflow_provider_runcomfy.outputs.storage import resolve_output_dir
+    from airflow_provider_runcomfy.outputs.files import storage_path
 
     text = os.fspath(uri) if isinstance(uri, os.PathLike) and not _is_storage_path(uri) else uri
     if isinstance(text, str) and not text.strip():
         raise InvalidInputError("inputs is an empty string: give a list of inputs or a JSON-lines URI.")
-    return resolve_output_dir(text, probe=False)  # the same rules: a path, file://, s3://, any fsspec
+    # The one resolver (a path, file://, s3://, any fsspec), whose errors name ``inputs``.
+    return storage_path(text, argument="inputs", access="read")
 
 
 def _read_jsonl(uri: Any) -> list[Any]:

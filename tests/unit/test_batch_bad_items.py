@@ -14,16 +14,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from _helpers_batch import open_batch
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_runcomfy.batch import ledger as L
 from airflow_provider_runcomfy.batch.engine import BatchRun
-from airflow_provider_runcomfy.batch.items import make_items, prepare_items
+from airflow_provider_runcomfy.batch.items import load_inputs, make_items, prepare_items
 from airflow_provider_runcomfy.batch.lean import MAX_OUTPUT_URLS, slim_outcome
 from airflow_provider_runcomfy.batch.report import manifest_rows
 from airflow_provider_runcomfy.batch.window import WakeRule, Window
 from airflow_provider_runcomfy.client import AsyncRunComfyClient, RunComfyClient
+from airflow_provider_runcomfy.client.errors import InvalidInputError
 from airflow_provider_runcomfy.client.models import RequestResult
 from airflow_provider_runcomfy.client.outcome import Outcome
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
@@ -173,3 +175,12 @@ def test_a_signed_url_in_an_inputs_line_reaches_the_manifest_without_its_signatu
     shown = json.dumps(rows[0]["input"])
     assert "5ecret5ignature0123456789" not in shown
     assert "bucket.example.com/in.png" in shown  # still says which file
+
+
+def test_an_inputs_file_no_filesystem_can_read_is_refused_naming_inputs_not_output_dir() -> None:
+    """The inputs file goes through the one storage resolver: its error names the argument at fault."""
+    with pytest.raises(
+        InvalidInputError, match=r"^inputs 'nosuch://bucket/x\.jsonl': no filesystem"
+    ) as refused:
+        load_inputs("nosuch://bucket/x.jsonl")
+    assert "output_dir" not in str(refused.value)

@@ -18,14 +18,16 @@ from airflow_provider_runcomfy.batch import ledger as L
 from airflow_provider_runcomfy.batch.items import BatchItem, ItemList
 from airflow_provider_runcomfy.batch.lean import clip, slim_outcome
 from airflow_provider_runcomfy.batch.owner import INTENT_GRACE, Owner
-from airflow_provider_runcomfy.batch.submitting import BatchSpend, Prepared, RefillResult, SubmitSteps
+from airflow_provider_runcomfy.batch.submitting import BatchSpend, RefillResult, SubmitSteps
 from airflow_provider_runcomfy.client.errors import InvalidInputError, RunComfyError
+from airflow_provider_runcomfy.client.outcome import OutcomeKind, event_kind
 from airflow_provider_runcomfy.policy import MAX_COPY_FAILURES
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_runcomfy.client import AsyncRunComfyClient
+    from airflow_provider_runcomfy.sources.prepare import PreparedBody
 
 #: A share of ``max_in_flight`` that must have finished before the worker wakes to refill.
 REFILL_FRACTION = 0.1
@@ -39,7 +41,7 @@ _NEW: dict[str, Any] = {"state": [None]}
 #: States of an item whose job RunComfy accepted (what ``BatchSpend.submitted`` counts).
 _PAID_STATES = (L.SUBMITTED, L.FINISHED, L.SUCCEEDED, L.FAILED, L.CANCELLED)
 
-__all__ = ["BatchRun", "BatchSpend", "Prepared", "RefillResult"]
+__all__ = ["BatchRun", "BatchSpend", "RefillResult"]
 
 
 class BatchRun(SubmitSteps):
@@ -129,7 +131,7 @@ class BatchRun(SubmitSteps):
 
     def check(
         self,
-        prepare: Callable[[Sequence[BatchItem]], Sequence[Prepared]],
+        prepare: Callable[[Sequence[BatchItem]], Sequence[PreparedBody]],
         validate: Callable[..., Any],
         *,
         limit: int | None = None,
@@ -178,8 +180,7 @@ class BatchRun(SubmitSteps):
         events: list[dict[str, Any]] = []
         now = time.time()
         for item, record in self.records(L.FAILED, L.CANCELLED, L.INTENT, L.UNKNOWN):
-            outcome = record.outcome or {}
-            if record.state == L.FAILED and outcome.get("status") == "succeeded":
+            if record.state == L.FAILED and event_kind(record.outcome or {}) is OutcomeKind.SUCCEEDED:
                 # The job succeeded but its outputs could not be kept: try the copy again, not the job.
                 events.append(
                     {
@@ -253,7 +254,7 @@ class BatchRun(SubmitSteps):
                 or record.request_id != outcome.get("request_id")
             ):
                 continue
-            status = outcome.get("status")
+            kind = event_kind(outcome)
             slim = slim_outcome(outcome)
             slim.pop("key", None)
             event: dict[str, Any] = {
@@ -261,12 +262,12 @@ class BatchRun(SubmitSteps):
                 "outcome": slim,
                 "expect": {"state": [L.SUBMITTED], "request_id": record.request_id},
             }
-            if status == "succeeded":
+            if kind is OutcomeKind.SUCCEEDED:
                 event["state"] = L.FINISHED if outcome.get("outputs") else L.SUCCEEDED
-            elif status == "cancelled":
+            elif kind is OutcomeKind.CANCELLED:
                 event.update(state=L.CANCELLED, error=clip(outcome.get("message") or "cancelled"))
-            else:  # failed, or error (expired: 404001)
-                event.update(state=L.FAILED, error=clip(outcome.get("message") or status))
+            else:  # failed, timeout, error (expired: 404001), or a word no version wrote
+                event.update(state=L.FAILED, error=clip(outcome.get("message") or outcome.get("status")))
             events.append(event)
         self.ledger.append(events)
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_runcomfy.arguments import PreflightMode
-    from airflow_provider_runcomfy.sources.prepare import PreparedBody as Prepared
+    from airflow_provider_runcomfy.sources.prepare import PreparedBody
 
 #: The manifest carries an input as it is up to this size (JSON characters), a digest beyond.
 MAX_INPUT_IN_MANIFEST = 4096
@@ -129,7 +129,7 @@ def prepare_items(
     sign_expiry: int | timedelta | None,
     api_base_url: str | None,
     log: Any,
-) -> list[Prepared]:
+) -> list[PreparedBody]:
     """Each item's request body, or the ``RunComfyError`` that makes it invalid (``sources``).
 
     The first pass (``for_submit=False``) checks every item's files in storage and pre-flights
@@ -153,7 +153,7 @@ def prepare_items(
             # One malformed input (``https://[::1/x.png``: a ValueError from URL parsing, or a typed
             # error that is one) must not sink the others: each item again on its own, its error its own.
             prepared = iter([_prepare_one(preparer, model_id, item) for item in dicts])
-    results: list[Prepared] = []
+    results: list[PreparedBody] = []
     for item in items:
         if not isinstance(item.input, Mapping):
             results.append(_not_a_dict(item))

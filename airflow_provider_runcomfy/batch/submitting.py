@@ -41,10 +41,6 @@ FATAL_SUBMIT_ERRORS = (InvalidModelError, AuthenticationError, PermissionDeniedE
 #: A submit pause (429s) longer than this ends the refill: the worker waits without a slot instead.
 MAX_REFILL_PAUSE = policy.MAX_REFILL_PAUSE
 
-#: The old name of ``sources.prepare.PreparedBody``, kept while ``batch/engine.py`` and
-#: ``operators/batch.py`` import it from here (``sources.Prepared`` is another thing).
-Prepared = PreparedBody
-
 
 @dataclass(frozen=True)
 class BatchSpend:

@@ -180,9 +180,8 @@ class Outcome:
     def from_event(cls, event: Mapping[str, Any]) -> Outcome:
         """Read back ``to_event``'s dict (also an event fired by an earlier version of the provider)."""
         request_id = str(event.get("request_id") or "")
-        try:
-            kind = OutcomeKind(str(event.get("status")))
-        except ValueError:
+        kind = event_kind(event)
+        if kind is None:
             return cls(
                 kind=OutcomeKind.ERROR,
                 request_id=request_id,
@@ -214,6 +213,18 @@ class Outcome:
         error_class = _OUTCOME_ERRORS.get(self.kind) or errors.error_class_for_kind(self.error_kind)
         message = self.message or f"RunComfy request {self.request_id}: {self.kind.value}."
         return error_class(message, request_id=self.request_id or None)
+
+
+def event_kind(event: Mapping[str, Any]) -> OutcomeKind | None:
+    """How the wait ``event`` reports ended (``to_event``'s dict, or the part of it a batch keeps).
+
+    None for a ``status`` no version of the provider wrote: the caller treats it as a
+    failure. Code that holds an outcome as a dict asks here, never compares its words.
+    """
+    try:
+        return OutcomeKind(str(event.get("status")))
+    except ValueError:
+        return None
 
 
 def describe_status(status: RequestStatus) -> str:

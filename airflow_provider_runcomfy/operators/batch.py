@@ -42,9 +42,10 @@ from airflow_provider_runcomfy.operators.links import RunComfyManifestLink, RunC
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_runcomfy.batch.engine import BatchRun, BatchSpend, Prepared
+    from airflow_provider_runcomfy.batch.engine import BatchRun, BatchSpend
     from airflow_provider_runcomfy.batch.items import BatchItem
     from airflow_provider_runcomfy.models.catalog import BatchGuard
+    from airflow_provider_runcomfy.sources.prepare import PreparedBody
 
 __all__ = ["DEFER_TIMEOUT_MARGIN", "ON_KILL_SECONDS", "OnUnknownSubmit", "RunComfyBatchOperator"]
 
@@ -177,7 +178,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
 
     # -- seams for the inputs and spend helpers ---------------------------------------------------
 
-    def prepare_items(self, items: Sequence[BatchItem], *, for_submit: bool) -> list[Prepared]:
+    def prepare_items(self, items: Sequence[BatchItem], *, for_submit: bool) -> list[PreparedBody]:
         """INPUTS SEAM: each item's request body, or the ``RunComfyError`` that makes it invalid.
 
         Called before validation: once for every new item when the batch starts

@@ -259,6 +259,38 @@ def test_outcomes_are_recorded_only_for_the_job_the_ledger_expects(folder: Objec
     assert resumed.in_flight() == [["r1", b.key, 1.0]]
 
 
+def test_every_way_a_wait_ends_is_recorded_as_outcome_says(folder: ObjectStoragePath) -> None:
+    """The wait's events, as ``Outcome.to_event`` writes them: one ledger state per kind.
+
+    A success with outputs is copied next, one without is done; a cancel is cancelled; a
+    failure, a timeout, an error and a word no version wrote all fail the item, naming why.
+    """
+    from airflow_provider_runcomfy.client.outcome import Outcome, OutcomeKind
+
+    run = batch_run(folder, n=6)
+    record_states(run, [{"state": L.SUBMITTED, "request_id": f"r{i}", "submitted_at": 1.0} for i in range(6)])
+    ended = [
+        Outcome(OutcomeKind.SUCCEEDED, "r0", outputs=("https://o/0.png",)).to_event(),
+        Outcome(OutcomeKind.SUCCEEDED, "r1").to_event(),
+        Outcome(OutcomeKind.CANCELLED, "r2").to_event(),
+        Outcome(OutcomeKind.TIMEOUT, "r3", message="gave up after 3600 s").to_event(),
+        Outcome(OutcomeKind.ERROR, "r4").to_event(),
+        {"request_id": "r5", "status": "exploded"},
+    ]
+    run.apply_outcomes([{**event, "key": item.key} for event, item in zip(ended, run.items, strict=True)])
+    resumed = batch_run(folder, n=6)
+    records = [resumed.record(item) for item in resumed.items]
+    assert [r.state for r in records] == [  # type: ignore[union-attr]
+        L.FINISHED,
+        L.SUCCEEDED,
+        L.CANCELLED,
+        L.FAILED,
+        L.FAILED,
+        L.FAILED,
+    ]
+    assert [r.error for r in records[2:]] == ["cancelled", "gave up after 3600 s", "error", "exploded"]  # type: ignore[union-attr]
+
+
 def test_reordered_inputs_keep_their_records(folder: ObjectStoragePath) -> None:
     run = batch_run(folder, n=2)
     record_states(run, [{"state": L.SUCCEEDED, "request_id": "r0"}, {"state": L.READY}])

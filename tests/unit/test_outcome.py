@@ -20,7 +20,7 @@ from airflow_provider_runcomfy.client import (
     error_class_for_kind,
     finality,
 )
-from airflow_provider_runcomfy.client.outcome import MAX_MESSAGE_CHARS
+from airflow_provider_runcomfy.client.outcome import MAX_MESSAGE_CHARS, event_kind
 
 
 @pytest.mark.parametrize(
@@ -123,3 +123,13 @@ def test_a_garbled_event_fails_the_task_instead_of_passing_for_success() -> None
     outcome = Outcome.from_event({"status": "maybe", "request_id": "r"})
     assert outcome.kind is OutcomeKind.ERROR
     assert "unexpected event" in outcome.to_error().message
+
+
+def test_an_event_or_the_part_a_batch_keeps_of_it_says_how_the_wait_ended() -> None:
+    """``event_kind`` is how code holding an outcome as a dict asks what it means."""
+    for kind in OutcomeKind:
+        event = Outcome(kind, "r1").to_event()
+        assert event_kind(event) is kind
+        assert event_kind({"status": event["status"]}) is kind  # the batch keeps only a part
+    assert event_kind({"status": "exploded"}) is None
+    assert event_kind({}) is None

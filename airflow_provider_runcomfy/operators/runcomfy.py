@@ -104,6 +104,8 @@ class RunComfyModelOperator(RunComfyLineageMixin, SubmitOnceMixin, RunComfyWaitM
         stay valid (seconds or a ``timedelta``); None: ``timeout`` plus 15 minutes (a day without one).
     """
 
+    #: ``model_id`` is a rendered field of every RunComfy operator, typed ones too: the outputs
+    #: view reads a task's model from what Airflow stored, whatever the operator's class.
     template_fields: Sequence[str] = ("model_id", "input", "output_dir")
     template_fields_renderers: ClassVar[dict[str, str]] = {"input": "json"}
     ui_color = "#e8e0ff"
@@ -245,7 +247,7 @@ class FluxKontextProEditOperator(RunComfyModelOperator):
     """
 
     input_fields = ("prompt", "image_url", "seed", "aspect_ratio")
-    template_fields: Sequence[str] = (*input_fields, "output_dir")
+    template_fields: Sequence[str] = (*input_fields, "model_id", "output_dir")
     integer_fields = ("seed",)
 
     def __init__(
@@ -278,7 +280,7 @@ class NanoBananaEditOperator(RunComfyModelOperator):
     """
 
     input_fields = ("prompt", "image_urls", "aspect_ratio", "output_format", "num_images")
-    template_fields: Sequence[str] = (*input_fields, "output_dir")
+    template_fields: Sequence[str] = (*input_fields, "model_id", "output_dir")
     integer_fields = ("num_images",)
 
     def __init__(

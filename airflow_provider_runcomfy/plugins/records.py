@@ -306,22 +306,18 @@ def load_items(
             item.prompt = _text(fields.get("prompt")) or _text(_mapping(fields.get("input")).get("prompt"))
             item.model_id = item.model_id or _text(fields.get("model_id"))
             item.output_dir = _text(fields.get("output_dir"))
-        item.model_id = item.model_id or _model_of_operator(item.operator)
+        item.model_id = item.model_id or _LEGACY_MODEL_OF_OPERATOR.get(item.operator or "")
         items.append(item)
     return items
 
 
-def _model_of_operator(operator: str | None) -> str | None:
-    """The model a typed operator runs (its task failed before returning one).
-
-    A new typed operator is added here too: see "Where to change what" in docs/architecture.md.
-    """
-    from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT, NANO_BANANA_EDIT
-
-    return {
-        "FluxKontextProEditOperator": FLUX_KONTEXT_PRO_EDIT,
-        "NanoBananaEditOperator": NANO_BANANA_EDIT,
-    }.get(operator or "")
+#: The model of a typed operator's task that ran before typed operators rendered ``model_id``
+#: (0.1.0 among them) and failed before returning one. Frozen: a task of today renders its ``model_id``
+#: whatever its operator, so a new typed operator is never added here.
+_LEGACY_MODEL_OF_OPERATOR = {
+    "FluxKontextProEditOperator": "blackforestlabs/flux-1-kontext/pro/edit",
+    "NanoBananaEditOperator": "google/nano-banana/edit",
+}
 
 
 def _is_runcomfy(values: Mapping[str, Any]) -> bool:

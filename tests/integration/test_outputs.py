@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +173,43 @@ def test_a_retry_that_finds_its_copy_whole_does_not_download_it_again(
     assert emu.journal.count("file") == 1  # fetched by the first try only
     (stored,) = run.xcom("edit")["stored"]
     assert_is_the_served_file(stored)
+
+
+def outputs_view_items(env: AirflowEnv, run: DagRun) -> list[dict[str, Any]]:
+    """What the outputs view (``plugins.records.load_items``) reads of ``run`` from the metadata DB."""
+    code = (
+        "import json, sys\n"
+        "from airflow.utils.session import create_session\n"
+        "from airflow_provider_runcomfy.plugins.records import load_items\n"
+        "with create_session() as session:\n"
+        "    items = load_items(session, sys.argv[1], sys.argv[2])\n"
+        "print(json.dumps([{k: getattr(i, k) for k in ('task_id', 'operator', 'state', 'request_id', "
+        "'model_id')} for i in items]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, run.dag_id, run.run_id],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_the_outputs_view_names_the_model_of_a_typed_task_that_never_returned(
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
+) -> None:
+    """The model comes from the task's rendered ``model_id``, whatever its operator's class is called."""
+    run = keep(airflow_env, emu, "it_outputs_lost", f"file://{tmp_path}")
+
+    run.assert_states(edit="failed")
+    assert run.xcom("edit") is None  # it never returned: its result names no model
+    (item,) = outputs_view_items(airflow_env, run)
+    assert item["operator"] == "LostBeforeReturn"
+    assert item["request_id"] == run.xcom("edit", key="request_id")
+    assert item["model_id"] == "blackforestlabs/flux-1-kontext/pro/edit"
 
 
 def test_an_output_dir_nothing_can_write_fails_the_task_before_anything_is_paid_for(

@@ -4,6 +4,10 @@ Data flows one way (operator -> hook -> client -> HTTP); an import that runs bac
 layer, or two modules that import each other, is how a decision ends up written twice. The
 imports are read from the source (``ast``), every one of them: also those made inside a
 function or only for type checking, since each is a dependency a reader has to follow.
+
+Two more decisions keep one home: what a RunComfy status or a wait's outcome means is asked
+of ``client/outcome.py``, not compared word by word elsewhere; and a typed model operator's
+model is read from what its task renders, not from a table of operator class names.
 """
 
 from __future__ import annotations
@@ -141,3 +145,123 @@ def test_an_upward_import_and_a_cycle_are_reported() -> None:
     }
     assert upward_imports(graph) == [f"{NAME}.hooks.runcomfy -> {NAME}.plugins.connection_test"]
     assert cycles(graph) == [[f"{NAME}.batch.items", f"{NAME}.batch.ledger", f"{NAME}.batch.submitting"]]
+
+
+# -- status words -------------------------------------------------------------------------------
+
+#: RunComfy's state words and the kinds of ``Outcome``: what ``client/outcome.py`` gives meaning to.
+STATUS_WORDS = frozenset(
+    {"in_queue", "in_progress", "completed", "succeeded", "failed", "cancelled", "timeout", "error"}
+)
+#: Where those words are compared, on purpose: each compares ANOTHER vocabulary that shares words
+#: with RunComfy's, or is a known leftover. Module (under the package) -> the comparisons' source.
+DELIBERATE_STATUS_COMPARISONS = {
+    # A manifest line's ``status`` (the batch's own report words: succeeded, failed, invalid,
+    # unknown, not_submitted, in_flight) or a single task's return value (``status`` is
+    # "succeeded" when the task returned).
+    "batch/reconcile.py": ['row.get("status") == "succeeded"'],
+    "batch/report.py": ['status == "succeeded"'],
+    "outputs/contact_sheet.py": ['record.get("status") == "succeeded"'],
+    "outputs/manifest.py": ['result.get("status") == "succeeded"', 'record["status"] == "succeeded"'],
+    "plugins/html.py": ['item.status != "succeeded"'],
+    "plugins/manifests.py": ['status == "succeeded"'],
+    "plugins/records.py": ['self.status == "succeeded"'],
+    # The batch wait's own event (``batch/window.py``: ready, timeout, error), not a job's outcome.
+    "operators/batch.py": ['status == "timeout"', 'status == "error"'],
+    # Leftover: the outputs tab's advice per RunComfy word (``plugins/status.py``) still reads the
+    # words itself; it only words advice and picks a cache lifetime, it decides nothing paid.
+    "plugins/status.py": [
+        'status == "failed"',
+        'answer.status in ("succeeded", "failed", "cancelled")',
+        'asked.status == "succeeded"',
+        'asked.status in ("in_queue", "in_progress", "completed")',
+        'asked.status == "cancelled"',
+        'asked.status == "failed"',
+    ],
+}
+
+
+def _words(node: ast.AST) -> set[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return {node.value}
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return {word for element in node.elts for word in _words(element)}
+    return set()
+
+
+def _reads_status(node: ast.AST) -> bool:
+    """``x.status``, ``x["status"]``, ``x.get("status")`` or a variable named ``status``."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+        return bool(node.args) and isinstance(node.args[0], ast.Constant) and node.args[0].value == "status"
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and node.slice.value == "status"
+    return (isinstance(node, ast.Attribute) and node.attr == "status") or (
+        isinstance(node, ast.Name) and node.id == "status"
+    )
+
+
+def status_comparisons(source: str) -> list[str]:
+    """The comparisons in ``source`` of a status read from something with one of ``STATUS_WORDS``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(map(_reads_status, operands)) and any(_words(o) & STATUS_WORDS for o in operands):
+                found.append(ast.get_source_segment(source, node) or "")
+    return found
+
+
+def test_status_words_are_compared_only_in_client_outcome_and_where_another_vocabulary_is_meant() -> None:
+    """The batch engine asks ``outcome.event_kind``; a new ``== "succeeded"`` on an outcome fails here."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = path.relative_to(PACKAGE).as_posix()
+        # The emulator is RunComfy's side; ``client/outcome.py`` and ``client/models.py`` are the rule.
+        if module.startswith("emulator/") or module in ("client/outcome.py", "client/models.py"):
+            continue
+        if comparisons := status_comparisons(path.read_text()):
+            found[module] = sorted(comparisons)
+    assert found == {module: sorted(c) for module, c in DELIBERATE_STATUS_COMPARISONS.items()}
+
+
+def test_the_status_scan_sees_each_way_of_reading_a_status() -> None:
+    code = """
+if outcome.get("status") == "succeeded": pass
+if record["status"] in ("failed", "cancelled"): pass
+if answer.status != "in_queue": pass
+if status == "cancelled": pass
+if state == "succeeded": pass
+if outcome.get("status") == "ready": pass
+"""
+    assert status_comparisons(code) == [
+        'outcome.get("status") == "succeeded"',
+        'record["status"] in ("failed", "cancelled")',
+        'answer.status != "in_queue"',
+        'status == "cancelled"',
+    ]
+
+
+# -- typed model operators ----------------------------------------------------------------------
+
+
+def test_every_typed_model_operator_renders_its_model_id_and_no_table_names_it() -> None:
+    """The outputs view reads a task's model from its rendered ``model_id`` (``plugins/records.py``).
+
+    A typed operator whose ``template_fields`` leave ``model_id`` out would show no model for a
+    task that failed before it returned; the legacy table of class names is for tasks of 0.1.0
+    only and never grows.
+    """
+    from airflow_provider_runcomfy.operators.runcomfy import RunComfyModelOperator
+    from airflow_provider_runcomfy.plugins.records import _LEGACY_MODEL_OF_OPERATOR
+
+    def subclasses(cls: type) -> list[type]:
+        return [sub for direct in cls.__subclasses__() for sub in (direct, *subclasses(direct))]
+
+    typed = [
+        cls
+        for cls in subclasses(RunComfyModelOperator)
+        if cls.__module__.startswith(f"{NAME}.") and cls.input_fields
+    ]
+    assert {cls.__name__ for cls in typed} >= {"FluxKontextProEditOperator", "NanoBananaEditOperator"}
+    assert [cls.__name__ for cls in typed if "model_id" not in cls.template_fields] == []
+    assert set(_LEGACY_MODEL_OF_OPERATOR) == {"FluxKontextProEditOperator", "NanoBananaEditOperator"}

@@ -45,6 +45,14 @@ class CrashAfterCopy(FluxKontextProEditOperator):
         return result
 
 
+class LostBeforeReturn(FluxKontextProEditOperator):
+    """A user's own typed operator (a name the provider never heard of) whose worker is lost on every try."""
+
+    def finish(self, context: Any, outcome: Any) -> dict[str, Any]:
+        super().finish(context, outcome)
+        raise RuntimeError("worker lost before the task returned")
+
+
 #: Keep copies; retry once at once, listing what the failed try left behind.
 COPIES = {
     "output_dir": "{{ params.output_dir }}",
@@ -64,6 +72,7 @@ it_outputs = outputs_dag("it_outputs")
 it_outputs_blocking = outputs_dag("it_outputs_blocking", deferrable=False)
 it_outputs_capped = outputs_dag("it_outputs_capped", max_output_bytes=1_000_000)
 it_outputs_crash = outputs_dag("it_outputs_crash", operator=CrashAfterCopy)
+it_outputs_lost = outputs_dag("it_outputs_lost", operator=LostBeforeReturn, retries=0)
 
 
 with it_dag(

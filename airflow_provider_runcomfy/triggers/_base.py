@@ -81,7 +81,10 @@ def resume_hold() -> float:
 def hold_events(
     run: Callable[[Any], AsyncIterator[TriggerEvent]],
 ) -> Callable[[Any], AsyncIterator[TriggerEvent]]:
-    """Wrap a trigger's ``run`` so that no event leaves before ``resume_hold()`` after it started."""
+    """Wrap a trigger's ``run`` so that no event leaves before ``resume_hold()`` after it started.
+
+    Each event's ``handover_note`` (``FieldsTrigger``), if any, is logged just before it leaves.
+    """
 
     @functools.wraps(run)
     async def held(self: Any) -> AsyncIterator[TriggerEvent]:
@@ -96,6 +99,15 @@ def hold_events(
                     wait,
                 )
                 await asyncio.sleep(wait)
+            # The last line before Airflow's "Trigger fired event": if the race (or anything
+            # else) then fails the task, its log still says the job succeeded and how to recover.
+            try:
+                line = self.handover_note(event.payload) if hasattr(self, "handover_note") else None
+            except Exception as error:  # a log line must never cost the event of a paid job
+                line = None
+                self.log.warning("Could not describe the outcome handed over: %r", error)
+            if line:
+                self.log.info(line)
             yield event
 
     held.holds_events = True  # type: ignore[attr-defined]
@@ -121,6 +133,17 @@ class FieldsTrigger(BaseTrigger):
 
     def __post_init__(self) -> None:
         BaseTrigger.__init__(self)
+
+    def handover_note(self, payload: dict[str, Any]) -> str | None:
+        """One log line for an event about to leave, logged just before it does; None for none.
+
+        Subclasses say here which paid jobs the event hands over, so that a task Airflow then
+        fails without resuming (the defer/resume race ends its log at "Trigger fired event")
+        still says in its log that the jobs succeeded and that clearing it re-attaches for free.
+        One line, ids and counts only: never a token or an output URL (pre-signed URLs are
+        credentials).
+        """
+        return None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Class path and arguments; ``cls(**kwargs)`` rebuilds the trigger after a restart."""

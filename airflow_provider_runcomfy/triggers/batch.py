@@ -17,6 +17,7 @@ from typing import Any
 from airflow.triggers.base import TriggerEvent
 
 from airflow_provider_runcomfy.batch.window import Window, cancel_all
+from airflow_provider_runcomfy.client.outcome import Outcome
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 from airflow_provider_runcomfy.triggers._base import FieldsTrigger
 from airflow_provider_runcomfy.triggers._guard import cancel_if_task_finished
@@ -67,6 +68,23 @@ class RunComfyBatchTrigger(FieldsTrigger):
             event = await window.wait(client)
         # The execution that deferred: on resume it checks it still owns the batch (``batch.owner``).
         yield TriggerEvent({**event, "owner": self.owner})
+
+    def handover_note(self, payload: dict[str, Any]) -> str | None:
+        """How many of the handed-over jobs succeeded (billed), and that a clear pays nothing for them.
+
+        Counts, not ids: a wake can hand over dozens of jobs, and the manifest lists each one.
+        """
+        outcomes = [Outcome.from_event(o) for o in payload.get("outcomes") or () if isinstance(o, dict)]
+        succeeded = sum(outcome.succeeded for outcome in outcomes)
+        if not succeeded:
+            return None
+        return (
+            f"RunComfy batch: {succeeded} of the {len(outcomes)} finished jobs handed to the task "
+            "succeeded and were billed. If this task is nevertheless marked failed before it "
+            "records them (Airflow's defer/resume race can do that after this line), clear it or "
+            "let a retry run: it re-attaches to them from the batch's ledger and pays nothing "
+            "again for them."
+        )
 
     async def on_kill(self) -> None:
         """Cancel the batch's jobs when a user marked the deferred task failed or success -- only then.

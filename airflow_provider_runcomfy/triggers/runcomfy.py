@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import TriggerEvent
 
@@ -71,6 +71,22 @@ class RunComfyRequestTrigger(FieldsTrigger):
         except RunComfyError as error:
             outcome = Outcome.from_error(error, self.request_id, self.model_id)
         yield TriggerEvent(outcome.to_event())
+
+    def handover_note(self, payload: dict[str, Any]) -> str | None:
+        """For a job that succeeded (and was billed): its request id, and that a clear pays nothing.
+
+        Nothing for other outcomes: the task fails for them anyway, saying why.
+        """
+        outcome = Outcome.from_event(payload)
+        if not outcome.succeeded:
+            return None
+        cost = f" (${outcome.cost_usd:g})" if outcome.cost_usd is not None else ""
+        return (
+            f"RunComfy request {outcome.request_id} succeeded and was billed{cost}; handing it to "
+            "the task. If this task is nevertheless marked failed (Airflow's defer/resume race can "
+            "do that after this line), clear it or let a retry run: it re-attaches to this request "
+            "and pays nothing again."
+        )
 
     async def on_kill(self) -> None:
         """Cancel the job when a user marked the deferred task failed or success -- and only then.

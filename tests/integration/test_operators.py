@@ -109,6 +109,12 @@ def test_a_deferred_edit_pushes_the_request_id_then_the_outputs(
         "aspect_ratio": "1:1",
     }
     assert emu.token not in run.output
+    # The trigger's last line before its event (issue 20): should Airflow fail the task now (its
+    # defer/resume race), the log still says the job was paid and that a clear pays nothing.
+    (billed,) = [line for line in run.output.splitlines() if "succeeded and was billed" in line]
+    assert f"RunComfy request {submit.request_id} succeeded and was billed" in billed
+    assert "re-attaches to this request and pays nothing again" in billed
+    assert result["outputs"][0] not in billed  # a pre-signed URL is a credential
 
 
 def test_blocking_mode_polls_in_the_worker_and_logs_each_state(

@@ -106,6 +106,16 @@ def mismatch_lines(deployment: Any, text: str = RACE_MISMATCH) -> int:
     return 0
 
 
+def paid_request_ids(emulator: Any, tag: str) -> dict[int, str]:
+    """The request id of each job of the run tagged ``tag`` that succeeded (was billed), by task map index."""
+    paid = {}
+    for job in emulator.jobs:
+        match = re.search(rf"{re.escape(tag)} job-(\d+):", str(job.input.get("prompt", "")))
+        if match and job.phase == "succeeded":
+            paid.setdefault(int(match.group(1)), job.request_id)
+    return paid
+
+
 def read_race(deployment: Any, emulator: Any, dag_id: str, run_id: str, tag: str) -> RaceReport:
     """Compare the run's task instances with the emulator's jobs (see the module doc)."""
     response = deployment.api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})

@@ -21,13 +21,15 @@ from typing import Any
 
 import pytest
 from deployment import AIRFLOW_DEFAULT_INTERVALS, AirflowDeployment
-from deployment_race import mismatch_lines, plan_jobs, read_race
+from deployment_race import mismatch_lines, paid_request_ids, plan_jobs, read_race
 
 pytestmark = pytest.mark.system
 
 DAG_ID, COUNT = "runcomfy_defer_race_12", 12
 #: What a RunComfy trigger logs when it holds an outcome back (``triggers/_base.py``).
 HELD = "handing the outcome to Airflow in"
+#: What it logs as it hands over a job that succeeded (``handover_note``): paid, and how to recover.
+BILLED = "succeeded and was billed"
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +63,14 @@ def test_no_paid_job_ends_as_a_failed_task_on_default_intervals(
     # before the scheduler took their defer exit (bench/defer_race.py --guard off shows the failures).
     assert report.exposed >= 1, report
     # ... and the hold is what the real triggerer did for them (the trigger's line in the task log).
-    held = [
-        index
-        for index in range(COUNT)
-        if HELD in stock_airflow.task_log(DAG_ID, run_id, "edit", map_index=index)
-    ]
+    logs = {index: stock_airflow.task_log(DAG_ID, run_id, "edit", map_index=index) for index in range(COUNT)}
+    held = [index for index, log in logs.items() if HELD in log]
     record_timing("tasks whose outcome the trigger held back", len(held), unit="")
     assert held, "no trigger held its event: is the guard active in the triggerer?"
+    # Each task's log (as the UI and REST API show it) says its job was paid and that a clear
+    # re-attaches for free: the triggerer's last line before the event, which is where the log of
+    # a task the race fails ends.
+    paid = paid_request_ids(runcomfy_emulator, tag)
+    assert sorted(paid) == list(range(COUNT))
+    billed = [index for index, log in logs.items() if f"RunComfy request {paid[index]} {BILLED}" in log]
+    assert billed == list(range(COUNT)), {i: logs[i][-1500:] for i in set(range(COUNT)) - set(billed)}

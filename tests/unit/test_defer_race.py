@@ -13,10 +13,14 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from airflow.jobs.triggerer_job_runner import TriggerCommsDecoder
 from airflow.sdk.execution_time import task_runner
+from airflow.triggers.base import TriggerEvent
 
 from airflow_provider_runcomfy.client import RunComfyClient
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
@@ -144,3 +148,94 @@ async def test_outside_a_triggerer_the_event_is_not_held(
     events = [event.payload async for event in trigger.run()]
     assert [event["status"] for event in events] == ["succeeded"]
     assert HELD not in capsys.readouterr().out
+
+
+# -- the hand-over line: a task the race fails still says, in its log, that its job was paid --------
+
+#: What a RunComfy trigger logs as it hands over jobs that succeeded (``handover_note``).
+BILLED = "succeeded and was billed"
+BILLED_BATCH = "succeeded and were billed"
+
+
+def job(client: RunComfyClient, emu: RunComfyEmulator, prompt: str = "p") -> str:
+    return client.submit(MODEL, {"prompt": prompt, "image_url": emu.sample_url()}).request_id
+
+
+async def test_a_succeeded_job_is_handed_over_with_a_line_naming_it_and_how_to_recover(
+    client: RunComfyClient,
+    runcomfy_emulator: RunComfyEmulator,
+    in_triggerer: object,
+    short_guard: float,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In the race, the task's log ends at Airflow's "Trigger fired event": this line comes just before."""
+    request_id = job(client, runcomfy_emulator)
+    (event,) = [event.payload async for event in RunComfyRequestTrigger(request_id, poll_interval=0.05).run()]
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if BILLED in line]
+    assert f"RunComfy request {request_id} succeeded and was billed" in line
+    assert "clear it or let a retry run: it re-attaches to this request and pays nothing again" in line
+    assert out.index(HELD) < out.index(BILLED)  # after the hold: the last word before the event
+    assert out.rstrip().splitlines()[-1] == line
+    # ids only: no pre-signed output URL (a credential), no token
+    assert event["outputs"] and not any(url in out for url in event["outputs"])
+    assert "http" not in line and runcomfy_emulator.token not in out
+
+
+async def test_no_billed_line_for_a_job_that_failed(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runcomfy_emulator.add_rule(prompt_contains="nsfw", fail_message="NSFW content detected")
+    trigger = RunComfyRequestTrigger(job(client, runcomfy_emulator, "nsfw"), poll_interval=0.05)
+    assert [event.payload["status"] async for event in trigger.run()] == ["failed"]
+    assert BILLED not in capsys.readouterr().out
+
+
+async def test_the_batch_trigger_counts_the_succeeded_jobs_it_hands_over(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runcomfy_emulator.add_rule(prompt_contains="nsfw", fail_message="NSFW content detected")
+    window = [
+        [job(client, runcomfy_emulator), "key.0", time.time()],
+        [job(client, runcomfy_emulator, "nsfw"), "key.1", time.time()],
+    ]
+    trigger = RunComfyBatchTrigger(MODEL, window, poll_interval=0.05, wake_count=2)
+    (event,) = [event.payload async for event in trigger.run()]
+    assert sorted(o["status"] for o in event["outcomes"]) == ["failed", "succeeded"]
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if BILLED_BATCH in line]
+    assert "RunComfy batch: 1 of the 2 finished jobs handed to the task succeeded and were billed" in line
+    assert "re-attaches to them from the batch's ledger and pays nothing again" in line
+    assert "http" not in line and runcomfy_emulator.token not in out
+
+
+async def test_no_batch_line_when_no_handed_over_job_succeeded(
+    client: RunComfyClient, runcomfy_emulator: RunComfyEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runcomfy_emulator.add_rule(prompt_contains="nsfw", fail_message="NSFW content detected")
+    window = [[job(client, runcomfy_emulator, "nsfw"), "key.0", time.time()]]
+    (event,) = [
+        event.payload async for event in RunComfyBatchTrigger(MODEL, window, poll_interval=0.05).run()
+    ]
+    assert [o["status"] for o in event["outcomes"]] == ["failed"]
+    assert BILLED_BATCH not in capsys.readouterr().out
+
+
+@dataclass(eq=False, repr=False)
+class NoteFails(_base.FieldsTrigger):
+    """A trigger whose hand-over line cannot be built: its event must still leave."""
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        yield TriggerEvent({"status": "succeeded", "request_id": "r"})
+
+    def handover_note(self, payload: dict[str, Any]) -> str | None:
+        raise KeyError("outcomes")
+
+
+async def test_a_hand_over_line_that_cannot_be_built_never_costs_the_event(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert [event.payload async for event in NoteFails().run()] == [
+        {"status": "succeeded", "request_id": "r"}
+    ]
+    assert "Could not describe the outcome handed over" in capsys.readouterr().out

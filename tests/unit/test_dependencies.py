@@ -12,10 +12,12 @@ and need no declaration.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,6 +69,12 @@ def _guarded(tree: ast.AST) -> set[int]:
     return lines
 
 
+@functools.cache
+def _packages_distributions() -> Mapping[str, list[str]]:
+    """Top-level module -> distributions; read once (it scans every installed distribution)."""
+    return importlib.metadata.packages_distributions()
+
+
 def _distribution(module: str) -> str:
     """The distribution an import comes from (``airflow.providers.x`` is its own provider)."""
     parts = module.split(".")
@@ -76,11 +84,12 @@ def _distribution(module: str) -> str:
             name = parts[2:4] if parts[2] == "common" and len(parts) > 3 else parts[2:3]
             return "apache-airflow-providers-" + "-".join(name).replace("_", "-")
         return "apache-airflow"
-    found = importlib.metadata.packages_distributions().get(parts[0])
+    found = _packages_distributions().get(parts[0])
     assert found, f"no installed distribution provides {module!r}"
     return _normalise(found[0])
 
 
+@functools.cache
 def imported_distributions() -> dict[str, set[str]]:
     """Distribution -> the modules of the package that import it (unguarded imports only)."""
     imports: dict[str, set[str]] = {}

@@ -19,6 +19,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from airflow_provider_runcomfy.client.outcome import Finality, finality
+
 log = logging.getLogger(__name__)
 
 #: Seconds an answer is kept: a finished job's for long (it cannot change), a running one's briefly.
@@ -32,10 +34,13 @@ STOPPED_STATES = frozenset({"failed", "up_for_retry", "upstream_failed", "succes
 class AskedStatus:
     """RunComfy's answer for one request: its status, and its error message when it failed."""
 
+    #: RunComfy's word, shown as is.
     status: str | None
     error: str | None = None
     #: Why RunComfy could not be asked (no status then).
     problem: str | None = None
+    #: What the word means (``client.outcome.finality``, the one rule); None when not asked.
+    finality: Finality | None = None
 
 
 _ANSWERS: dict[str, tuple[float, AskedStatus]] = {}
@@ -54,9 +59,9 @@ def ask_runcomfy(request_id: str, conn_id: str = "runcomfy_default") -> AskedSta
 
     try:
         result = RunComfyHook(runcomfy_conn_id=conn_id).get_result(request_id)
-        status = result.status.value
-        error = result.error_message if status == "failed" else None
-        answer = AskedStatus(status, error[:500] if error else None)
+        meaning = finality(result)
+        error = result.error_message if meaning is Finality.FAILED else None
+        answer = AskedStatus(result.status.value, error[:500] if error else None, finality=meaning)
     except RunComfyError as error:
         answer = AskedStatus(None, problem=error.message[:300])
     except Exception as error:  # no such connection, a malformed one: the page still renders
@@ -64,7 +69,7 @@ def ask_runcomfy(request_id: str, conn_id: str = "runcomfy_default") -> AskedSta
         answer = AskedStatus(
             None, problem=f"the connection {conn_id!r} could not be used ({type(error).__name__})"
         )
-    finished = answer.status in ("succeeded", "failed", "cancelled")
+    finished = answer.finality is not None and answer.finality.is_outcome
     with _LOCK:
         _ANSWERS[request_id] = (now + (FINISHED_TTL if finished else RUNNING_TTL), answer)
         if len(_ANSWERS) > 10_000:
@@ -76,19 +81,19 @@ def advice(state: str | None, asked: AskedStatus) -> str | None:
     """What the outputs tab tells a person whose task stopped with this RunComfy status."""
     if state not in ("failed", "up_for_retry"):
         return None
-    if asked.status == "succeeded":
+    if asked.finality is Finality.SUCCEEDED:
         return (
             "The task failed, but RunComfy finished this job and billed it. Clearing the task "
             "re-attaches to the job and keeps its outputs without paying again."
         )
-    if asked.status in ("in_queue", "in_progress", "completed"):
+    if asked.status and asked.finality in (Finality.WAITING, Finality.NOT_WRITTEN):
         return (
             f"The task failed while the RunComfy job was {asked.status.replace('_', ' ')}. Clearing the "
             "task re-attaches to the same job without paying again; to stop paying for it, cancel it."
         )
-    if asked.status == "cancelled":
+    if asked.finality is Finality.CANCELLED:
         return "The RunComfy job was cancelled: it has no outputs."
-    if asked.status == "failed":
+    if asked.finality is Finality.FAILED:
         return "RunComfy failed this job" + (f": {asked.error}" if asked.error else ".")
     if asked.problem:
         return f"The task failed; RunComfy could not be asked about its job: {asked.problem}"

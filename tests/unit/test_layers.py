@@ -168,16 +168,6 @@ DELIBERATE_STATUS_COMPARISONS = {
     "plugins/records.py": ['self.status == "succeeded"'],
     # The batch wait's own event (``batch/window.py``: ready, timeout, error), not a job's outcome.
     "operators/batch.py": ['status == "timeout"', 'status == "error"'],
-    # Leftover: the outputs tab's advice per RunComfy word (``plugins/status.py``) still reads the
-    # words itself; it only words advice and picks a cache lifetime, it decides nothing paid.
-    "plugins/status.py": [
-        'status == "failed"',
-        'answer.status in ("succeeded", "failed", "cancelled")',
-        'asked.status == "succeeded"',
-        'asked.status in ("in_queue", "in_progress", "completed")',
-        'asked.status == "cancelled"',
-        'asked.status == "failed"',
-    ],
 }
 
 

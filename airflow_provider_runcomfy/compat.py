@@ -8,6 +8,11 @@ something the provider's promises rest on, this module supplies the stand-in:
   a retry re-attach to its paid job. Below 3.3, :class:`VariableStateStore` keeps the
   same record in an Airflow Variable per task instance: the one durable store every
   worker reaches through the Task SDK on every executor, with or without ``output_dir``.
+* Before 3.1.1 a retry of a task that failed *after resuming from a deferral* is handed
+  that earlier try's trigger event again instead of starting at ``execute`` (Airflow keeps
+  ``next_method``/``next_kwargs``: apache/airflow#56704, fixed in 3.1.1 by #56731), so it
+  can never re-attach. :func:`note_deferral` and :func:`resumes_an_earlier_try` let the
+  operator notice and start the try from the beginning, as 3.1.1 does.
 
 See ``docs/compatibility.md`` for the feature-by-version table.
 """
@@ -40,9 +45,12 @@ else:
         from airflow.hooks.base import BaseHook as _AirflowBaseHook
 
 __all__ = [
+    "AIRFLOW_RELEASE",
     "AIRFLOW_VERSION",
+    "DEFERRED_IN_TRY_KEY",
     "HAS_PLUGIN_TABS",
     "HAS_TASK_STATE_STORE",
+    "RETRY_RESUMES_OLD_DEFERRAL",
     "AirflowFailException",
     "BaseHook",
     "StateStore",
@@ -51,7 +59,9 @@ __all__ = [
     "aget_connection",
     "airflow_conf",
     "has_fs",
+    "note_deferral",
     "omit_secret_values_from_test_log",
+    "resumes_an_earlier_try",
     "task_state_store",
 ]
 
@@ -62,12 +72,32 @@ def _release(version: str) -> tuple[int, int]:
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
 
 
+def _patch_release(version: str) -> tuple[int, int, int]:
+    """``(major, minor, patch)`` of a version string such as ``3.1.8``, ``3.1.0rc1`` or ``3.0.6.dev0``."""
+    patch = [*version.split("."), "0", "0"][2]
+    digits = ""
+    for char in patch:
+        if not char.isdigit():
+            break
+        digits += char
+    return (*_release(version), int(digits or 0))
+
+
 #: The running Airflow's ``(major, minor)``.
 AIRFLOW_VERSION = _release(airflow.__version__)
+#: The running Airflow's ``(major, minor, patch)``.
+AIRFLOW_RELEASE = _patch_release(airflow.__version__)
 #: ``context["task_state_store"]`` (AIP-103): a per-task-instance store kept across retries and clears.
 HAS_TASK_STATE_STORE = AIRFLOW_VERSION >= (3, 3)
 #: Plugin ``external_views`` shown as task-instance and DAG-run tabs in the UI.
 HAS_PLUGIN_TABS = AIRFLOW_VERSION >= (3, 1)
+#: A retry of a task that failed after resuming from a deferral resumes that deferral again
+#: (the earlier try's ``next_method`` and event) instead of calling ``execute``: Airflow's
+#: execution API cleared ``next_method``/``next_kwargs`` on retry, failure and success only
+#: from 3.1.1 (apache/airflow#56704, fixed by #56731; 3.0.6 and 3.1.0 keep them).
+RETRY_RESUMES_OLD_DEFERRAL = AIRFLOW_RELEASE < (3, 1, 1)
+#: XCom key of the try that deferred (pushed only where ``RETRY_RESUMES_OLD_DEFERRAL``).
+DEFERRED_IN_TRY_KEY = "runcomfy_deferred_in_try"
 
 
 def airflow_conf() -> Any:
@@ -171,6 +201,40 @@ async def aget_connection(hook: Any, conn_id: str) -> Any:
     from asgiref.sync import sync_to_async
 
     return await sync_to_async(hook.get_connection)(conn_id)
+
+
+def note_deferral(context: Mapping[str, Any]) -> None:
+    """Before ``defer()``: note which try deferred, where a retry may be handed its event (< 3.1.1).
+
+    An XCom of the task instance: pushed before the deferral, it survives it, and the
+    releases that hand a retry the old event do not clear XComs for that retry either
+    (they skip the clearing when ``next_method`` is set). Nothing is written on 3.1.1+.
+    """
+    ti: Any = context.get("ti")
+    if not RETRY_RESUMES_OLD_DEFERRAL or getattr(ti, "try_number", None) is None:
+        return
+    ti.xcom_push(key=DEFERRED_IN_TRY_KEY, value=int(ti.try_number))
+
+
+def resumes_an_earlier_try(context: Mapping[str, Any]) -> bool:
+    """Whether this resume carries the trigger event of an earlier try (Airflow < 3.1.1 only).
+
+    True when the try that deferred (:func:`note_deferral`) is not this one: the earlier try
+    resumed, failed, and Airflow handed its ``next_method`` and event to this retry. The
+    caller then runs the try from ``execute``, as Airflow 3.1.1 and later do. False on
+    3.1.1+, without a task instance, and when no try was noted (a deferral made before this
+    provider version): then the event is used as before.
+    """
+    ti: Any = context.get("ti")
+    if not RETRY_RESUMES_OLD_DEFERRAL or getattr(ti, "try_number", None) is None:
+        return False
+    deferred_in = ti.xcom_pull(task_ids=ti.task_id, key=DEFERRED_IN_TRY_KEY, map_indexes=ti.map_index)
+    if deferred_in is None:
+        return False
+    try:
+        return int(deferred_in) != int(ti.try_number)
+    except (TypeError, ValueError):
+        return False
 
 
 class StateStore(Protocol):

@@ -25,7 +25,7 @@ from airflow_provider_runcomfy.client import (
 )
 from airflow_provider_runcomfy.client._wait import deadline_after
 from airflow_provider_runcomfy.client.outcome import Outcome, OutcomeKind, describe_cancel, describe_status
-from airflow_provider_runcomfy.compat import AirflowFailException
+from airflow_provider_runcomfy.compat import AirflowFailException, note_deferral, resumes_an_earlier_try
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ class RunComfyWaitMixin:
         if self.deferrable:
             from airflow_provider_runcomfy.triggers.runcomfy import RunComfyRequestTrigger
 
+            note_deferral(context)  # Airflow < 3.1.1: lets a retry tell its own event from an old one
             self.defer(
                 trigger=RunComfyRequestTrigger(
                     request_id=request_id,
@@ -187,12 +188,31 @@ class RunComfyWaitMixin:
             self.cancel_request(self._in_flight, why="the task was killed")
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
-        """Cancel the job before failing when the triggerer's own defer timeout fired first."""
+        """Cancel the job before failing when the triggerer's own defer timeout fired first.
+
+        On Airflow < 3.1.1 a retry can be handed the event of the try before it (see
+        ``compat.RETRY_RESUMES_OLD_DEFERRAL``): that retry starts from ``execute`` instead,
+        where it re-attaches to the job it paid for, as on every later release.
+        """
+        if resumes_an_earlier_try(context):
+            self.log.warning(
+                "Airflow %s handed this try (%s) the trigger event of an earlier try "
+                "(apache/airflow#56704, fixed in 3.1.1); starting the try from the beginning instead.",
+                airflow_version(),
+                context["ti"].try_number,
+            )
+            return self.execute(context)  # type: ignore[attr-defined]
         if next_method == "__fail__":
             request_id = context["ti"].xcom_pull(task_ids=context["ti"].task_id, key="request_id")
             if request_id:
                 self.cancel_request(request_id, why="the deferral timed out")
         return super().resume_execution(next_method, next_kwargs, context)  # type: ignore[misc]
+
+
+def airflow_version() -> str:
+    import airflow
+
+    return str(airflow.__version__)
 
 
 def keeps_copies(output_dir: Any) -> bool:

@@ -228,25 +228,40 @@ def test_transient_poll_failures_are_tolerated(airflow_env: AirflowEnv, emu: Run
     assert "tolerated in a row" in run.output
 
 
+def release_after(emu: RunComfyEmulator, status_reads: int, timeout: float = 300) -> None:
+    """Let held jobs run once RunComfy has answered ``status_reads`` status requests (or at ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while emu.journal.count("status") < status_reads and time.monotonic() < deadline:
+        time.sleep(0.05)
+    emu.release()
+
+
 @pytest.mark.parametrize(
-    ("job_seconds", "what_the_retry_does"),
+    ("job_seconds", "held", "what_the_retry_does"),
     [
-        # The first try loses RunComfy for longer than tolerated and fails; its job still runs.
-        ({"queue_seconds": 0.5, "run_seconds": 6}, "Re-attaching to RunComfy request"),
+        # The first try loses RunComfy for longer than tolerated and fails; its job is still queued
+        # when the retry looks (held until then, however slow `dags test` is on a loaded machine).
+        ({"queue_seconds": 0, "run_seconds": 0.5}, True, "Re-attaching to RunComfy request"),
         # Four failed polls, 0.2 s apart, end the first try; the job finishes meanwhile.
-        ({"queue_seconds": 0.1, "run_seconds": 0.2}, "Reusing the outputs of RunComfy request"),
+        ({"queue_seconds": 0.1, "run_seconds": 0.2}, False, "Reusing the outputs of RunComfy request"),
     ],
     ids=["job-still-running", "job-already-succeeded"],
 )
 def test_a_retry_finds_the_job_of_the_failed_try_and_submits_nothing(
     airflow_env: AirflowEnv,
     emu: RunComfyEmulator,
+    in_background: Callable[[Callable[[], None]], None],
     job_seconds: dict[str, float],
+    held: bool,
     what_the_retry_does: str,
 ) -> None:
     """A retry re-attaches to a running job, or pays nothing and returns the outputs of a finished one."""
     emu.set_config(**job_seconds)
     emu.add_fault("status", "http", times=4, status=503)
+    if held:
+        emu.add_rule(hold=True)
+        # The first try's four failed polls, then the retry's own look at the job: released after it.
+        in_background(lambda: release_after(emu, status_reads=5))
     run = run_edit(airflow_env, emu, "it_retry", max_retries=0)
     run.assert_states(edit="success")
     assert what_the_retry_does in run.output

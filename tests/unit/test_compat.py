@@ -151,3 +151,70 @@ def test_a_real_workers_comms_are_left_alone(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
     compat.omit_secret_values_from_test_log()
     assert comms.log is WorkerComms.log
+
+
+# -- a retry handed the earlier try's trigger event (Airflow < 3.1.1) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "release", "affected"),
+    [
+        ("3.0.6", (3, 0, 6), True),
+        ("3.1.0", (3, 1, 0), True),
+        ("3.1.0rc2", (3, 1, 0), True),
+        ("3.1.1", (3, 1, 1), False),
+        ("3.1.8", (3, 1, 8), False),
+        ("3.3.2.dev0", (3, 3, 2), False),
+        ("3.4", (3, 4, 0), False),
+    ],
+)
+def test_the_releases_that_resume_an_old_deferral_on_retry(
+    version: str, release: tuple[int, int, int], affected: bool
+) -> None:
+    assert compat._patch_release(version) == release
+    assert (release < (3, 1, 1)) is affected
+
+
+def test_this_release_is_judged_by_its_patch_level() -> None:
+    running = compat._patch_release(airflow.__version__)
+    assert running == compat.AIRFLOW_RELEASE
+    assert running[:2] == RELEASE
+    assert compat.RETRY_RESUMES_OLD_DEFERRAL is (running < (3, 1, 1))
+
+
+class XComTaskInstance(TaskInstance):
+    """A task instance's own XComs, as the Task SDK keeps them across a deferral."""
+
+    def __init__(self, try_number: int, xcoms: dict[tuple[str, str, int], Any] | None = None) -> None:
+        self.try_number = try_number
+        self.map_index = -1
+        self.xcoms = {} if xcoms is None else xcoms
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcoms[(self.task_id, key, self.map_index)] = value
+
+    def xcom_pull(self, task_ids: str, key: str, map_indexes: int) -> Any:
+        return self.xcoms.get((task_ids, key, map_indexes))
+
+
+def test_a_retry_handed_the_event_of_the_try_before_it_is_told_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compat, "RETRY_RESUMES_OLD_DEFERRAL", True)
+    first = XComTaskInstance(try_number=1)
+    compat.note_deferral({"ti": first})
+    assert compat.resumes_an_earlier_try({"ti": first}) is False  # its own event: used
+    retry = XComTaskInstance(try_number=2, xcoms=first.xcoms)  # 3.0 keeps the XComs for that retry
+    assert compat.resumes_an_earlier_try({"ti": retry}) is True  # the first try's event: not used
+    compat.note_deferral({"ti": retry})  # the retry re-attached and deferred itself
+    assert compat.resumes_an_earlier_try({"ti": retry}) is False
+    # No try noted (deferred by an older provider version), or no task instance: the event is used.
+    assert compat.resumes_an_earlier_try({"ti": XComTaskInstance(try_number=2)}) is False
+    assert compat.resumes_an_earlier_try({}) is False
+
+
+def test_releases_that_start_a_retry_at_execute_note_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compat, "RETRY_RESUMES_OLD_DEFERRAL", False)
+    ti = XComTaskInstance(try_number=1)
+    compat.note_deferral({"ti": ti})
+    assert ti.xcoms == {}
+    ti.xcoms[(ti.task_id, compat.DEFERRED_IN_TRY_KEY, -1)] = 1
+    assert compat.resumes_an_earlier_try({"ti": XComTaskInstance(2, ti.xcoms)}) is False

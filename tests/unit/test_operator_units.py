@@ -213,3 +213,40 @@ def test_the_sensor_refuses_a_bad_request_id_before_any_request(runcomfy_emulato
     with pytest.raises(AirflowFailException, match="Invalid RunComfy request id"):
         sensor.execute({})  # type: ignore[arg-type]
     assert runcomfy_emulator.journal.count() == 0
+
+
+def test_a_retry_handed_the_earlier_trys_event_starts_at_execute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow < 3.1.1 resumes a retry into the failed try's event; the operator runs ``execute``."""
+    from airflow_provider_runcomfy import compat
+    from airflow_provider_runcomfy.operators import _wait
+
+    monkeypatch.setattr(compat, "RETRY_RESUMES_OLD_DEFERRAL", True)
+    xcoms: dict[str, object] = {}
+
+    class TI:
+        task_id, map_index = "edit", -1
+
+        def __init__(self, try_number: int) -> None:
+            self.try_number = try_number
+
+        def xcom_push(self, key: str, value: object) -> None:
+            xcoms[key] = value
+
+        def xcom_pull(self, task_ids: str, key: str, map_indexes: int) -> object:
+            return xcoms.get(key)
+
+    op = flux(timeout=60)
+    with pytest.raises(TaskDeferred):
+        op.wait_for({"ti": TI(1)}, "req-1", FLUX_KONTEXT_PRO_EDIT)  # type: ignore[arg-type]
+    assert xcoms[compat.DEFERRED_IN_TRY_KEY] == 1
+    stale_event = {"status": "timeout", "request_id": "req-1", "message": "x"}
+    started: list[object] = []
+    monkeypatch.setattr(op, "execute", lambda context: started.append(context["ti"]) or "from execute")
+    # Its own try's event is used (here: the timeout fails the task; the cancel finds no connection).
+    monkeypatch.setattr(_wait.RunComfyWaitMixin, "cancel_request", lambda self, request_id, why: None)
+    with pytest.raises(JobTimeoutError):
+        op.resume_execution("execute_complete", {"event": stale_event}, {"ti": TI(1)})  # type: ignore[arg-type]
+    assert started == []
+    retry = TI(2)
+    assert op.resume_execution("execute_complete", {"event": stale_event}, {"ti": retry}) == "from execute"  # type: ignore[arg-type]
+    assert started == [retry]

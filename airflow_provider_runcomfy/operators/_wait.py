@@ -203,7 +203,9 @@ class RunComfyWaitMixin:
             )
             return self.execute(context)  # type: ignore[attr-defined]
         if next_method == "__fail__":
-            request_id = context["ti"].xcom_pull(task_ids=context["ti"].task_id, key="request_id")
+            ti = context["ti"]
+            # Its own map index: without it Airflow pulls every mapped task's request id (a list).
+            request_id = ti.xcom_pull(task_ids=ti.task_id, key="request_id", map_indexes=ti.map_index)
             if request_id:
                 self.cancel_request(request_id, why="the deferral timed out")
         return super().resume_execution(next_method, next_kwargs, context)  # type: ignore[misc]

@@ -250,3 +250,32 @@ def test_a_retry_handed_the_earlier_trys_event_starts_at_execute(monkeypatch: py
     retry = TI(2)
     assert op.resume_execution("execute_complete", {"event": stale_event}, {"ti": retry}) == "from execute"  # type: ignore[arg-type]
     assert started == [retry]
+
+
+def test_a_mapped_task_whose_deferral_timed_out_cancels_its_own_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow's own defer timeout (``__fail__``) on map index 2 cancels map index 2's job only.
+
+    Airflow's ``xcom_pull`` without ``map_indexes`` returns every map index's value (a list)
+    for a mapped task; the operator must ask for its own.
+    """
+    from airflow_provider_runcomfy.operators import _wait
+
+    pushed = {0: "req-0", 1: "req-1", 2: "req-2"}
+
+    class MappedTI:
+        task_id, map_index, try_number = "edit", 2, 1
+
+        def xcom_pull(self, task_ids: str, key: str, map_indexes: object = None, **_: object) -> object:
+            assert key == "request_id" and task_ids == "edit"
+            if isinstance(map_indexes, int):
+                return pushed.get(map_indexes)
+            return list(pushed.values())  # Airflow: every map index when none is given
+
+    cancelled: list[object] = []
+    monkeypatch.setattr(
+        _wait.RunComfyWaitMixin, "cancel_request", lambda self, rid, why: cancelled.append(rid)
+    )
+    op = flux(timeout=60)
+    with pytest.raises(Exception):  # noqa: B017, PT011 -- Airflow's own "trigger timeout" failure
+        op.resume_execution("__fail__", {"error": "Trigger timeout"}, {"ti": MappedTI()})  # type: ignore[arg-type]
+    assert cancelled == ["req-2"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import itertools
 import json
 import sys
 from collections.abc import Mapping
@@ -66,27 +67,17 @@ __all__ = [
 ]
 
 
-def _release(version: str) -> tuple[int, int]:
-    """``(major, minor)`` of a version string such as ``3.1.8`` or ``3.3.0rc1``."""
-    major, minor = [*version.split("."), "0"][:2]
-    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
-
-
 def _patch_release(version: str) -> tuple[int, int, int]:
     """``(major, minor, patch)`` of a version string such as ``3.1.8``, ``3.1.0rc1`` or ``3.0.6.dev0``."""
-    patch = [*version.split("."), "0", "0"][2]
-    digits = ""
-    for char in patch:
-        if not char.isdigit():
-            break
-        digits += char
-    return (*_release(version), int(digits or 0))
+    parts = [*version.split("."), "0", "0"][:3]
+    major, minor, patch = (int("".join(itertools.takewhile(str.isdigit, part)) or 0) for part in parts)
+    return major, minor, patch
 
 
-#: The running Airflow's ``(major, minor)``.
-AIRFLOW_VERSION = _release(airflow.__version__)
 #: The running Airflow's ``(major, minor, patch)``.
 AIRFLOW_RELEASE = _patch_release(airflow.__version__)
+#: The running Airflow's ``(major, minor)``.
+AIRFLOW_VERSION = AIRFLOW_RELEASE[:2]
 #: ``context["task_state_store"]`` (AIP-103): a per-task-instance store kept across retries and clears.
 HAS_TASK_STATE_STORE = AIRFLOW_VERSION >= (3, 3)
 #: Plugin ``external_views`` shown as task-instance and DAG-run tabs in the UI.

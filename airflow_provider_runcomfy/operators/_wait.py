@@ -25,7 +25,12 @@ from airflow_provider_runcomfy.client import (
 )
 from airflow_provider_runcomfy.client._wait import deadline_after
 from airflow_provider_runcomfy.client.outcome import Outcome, OutcomeKind, describe_cancel, describe_status
-from airflow_provider_runcomfy.compat import AirflowFailException, note_deferral, resumes_an_earlier_try
+from airflow_provider_runcomfy.compat import (
+    AIRFLOW_RELEASE,
+    AirflowFailException,
+    note_deferral,
+    resumes_an_earlier_try,
+)
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 
 if TYPE_CHECKING:
@@ -198,7 +203,7 @@ class RunComfyWaitMixin:
             self.log.warning(
                 "Airflow %s handed this try (%s) the trigger event of an earlier try "
                 "(apache/airflow#56704, fixed in 3.1.1); starting the try from the beginning instead.",
-                airflow_version(),
+                ".".join(map(str, AIRFLOW_RELEASE)),
                 context["ti"].try_number,
             )
             return self.execute(context)  # type: ignore[attr-defined]
@@ -209,12 +214,6 @@ class RunComfyWaitMixin:
             if request_id:
                 self.cancel_request(request_id, why="the deferral timed out")
         return super().resume_execution(next_method, next_kwargs, context)  # type: ignore[misc]
-
-
-def airflow_version() -> str:
-    import airflow
-
-    return str(airflow.__version__)
 
 
 def keeps_copies(output_dir: Any) -> bool:

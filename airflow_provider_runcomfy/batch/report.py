@@ -93,3 +93,52 @@ def summary(run: BatchRun, manifest_uri: str) -> dict[str, Any]:
 def describe_counts(result: dict[str, Any]) -> str:
     """``"7 succeeded, 2 failed"``: the non-zero counts of a summary, for the log and messages."""
     return ", ".join(f"{result[status]} {status}" for status in STATUSES if result[status])
+
+
+def failure_message(
+    result: dict[str, Any], *, stopped: str | None, stop_message: str | None, max_failed_items: int | None
+) -> str | None:
+    """Why the finished batch fails the task, by its failure policy; None when it succeeds.
+
+    A plain answer rather than an exception, so the policy is decided without Airflow and
+    the operator chooses how a failure reaches Airflow (it fails the task without retries:
+    a retry would meet the same items and the same answer).
+    """
+    counts = describe_counts(result)
+    uri = result["manifest"]
+    not_ok = result["total"] - result["succeeded"] - result["invalid"]
+    if stopped == "balance":
+        return (
+            f"RunComfy says the account is out of balance: {result['not_submitted']} items were not submitted "
+            f"({stop_message}). Top up, then clear the task: finished items are not paid for again. "
+            f"Manifest: {uri}"
+        )
+    if result["succeeded"] == 0 and not_ok > 0:
+        return f"No item of the batch succeeded ({counts}). Manifest: {uri}"
+    if max_failed_items is not None and not_ok > max_failed_items:
+        return (
+            f"{not_ok} items did not succeed, more than max_failed_items={max_failed_items} ({counts}). "
+            f"Manifest: {uri}"
+        )
+    return None
+
+
+def timeout_message(result: dict[str, Any], timeout: float | None) -> str:
+    """What a batch stopped by its ``timeout`` says (a retry of the task resumes it)."""
+    return (
+        f"The batch did not finish within timeout={timeout} s ({describe_counts(result)}); queued jobs were "
+        f"cancelled. A retry resumes it: finished items are not paid for again. Manifest: {result['manifest']}"
+    )
+
+
+def write_batch_manifest(run: BatchRun) -> str:
+    """Write ``manifest.jsonl`` and fold the ledger into its checkpoint; the manifest's URI.
+
+    The checkpoint is forced here because a finished batch's next reader (a clear, the
+    outputs view) should load one file, not every segment of the last worker part.
+    """
+    from airflow_provider_runcomfy.outputs.manifest import write_manifest
+
+    path = write_manifest(run.folder / "manifest.jsonl", manifest_rows(run))
+    run.ledger.compact(force=True)
+    return str(path)

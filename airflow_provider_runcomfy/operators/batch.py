@@ -31,12 +31,12 @@ from airflow_provider_runcomfy.arguments import (
     check_sign_expiry,
     keep_wait_arguments,
 )
-from airflow_provider_runcomfy.batch.finishing import BatchFinishing, BatchLineage
 from airflow_provider_runcomfy.batch.owner import OwnershipLost
-from airflow_provider_runcomfy.batch.worker import ON_KILL_SECONDS, BatchWorkerIO
 from airflow_provider_runcomfy.client.errors import RunComfyError
 from airflow_provider_runcomfy.compat import AirflowFailException
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+from airflow_provider_runcomfy.operators._batch_finishing import BatchFinishing, BatchLineage
+from airflow_provider_runcomfy.operators._batch_worker import ON_KILL_SECONDS, BatchWorkerIO
 from airflow_provider_runcomfy.operators.links import RunComfyManifestLink, RunComfyOutputLink
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ on the operator after the task ends. The mixin answers with:
   model, RunComfy's status and the cost when known.
 
 The batch operator answers with its input source, its ``output_dir`` and a
-``runcomfyBatch`` run facet of counts (``batch.finishing.BatchLineage``). The
+``runcomfyBatch`` run facet of counts (``operators._batch_finishing.BatchLineage``). The
 naming both use is ``outputs.lineage``'s (re-exported here for older imports).
 Nothing is imported from OpenLineage until the listener asks.
 """

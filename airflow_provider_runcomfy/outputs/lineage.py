@@ -1,7 +1,7 @@
 """OpenLineage naming of RunComfy's pictures, copies and jobs: datasets and run facets.
 
 The single-job operators (``operators.lineage.RunComfyLineageMixin``) and the batch
-(``batch.finishing.BatchLineage``) both name inputs, kept copies and requests the same
+(``operators._batch_finishing.BatchLineage``) both name inputs, kept copies and requests the same
 way, so the naming lives here, below both. Nothing is imported from OpenLineage until
 a facet is built (the listener asks only where the openlineage provider is installed).
 """

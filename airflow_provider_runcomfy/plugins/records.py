@@ -131,7 +131,7 @@ class Item:
         return self.in_task_folder(uri) and extension(uri) in MEDIA_EXTENSIONS
 
     def is_own_manifest(self, uri: str) -> bool:
-        """Whether ``uri`` is this task instance's ``manifest.jsonl`` (``batch.finishing`` writes it)."""
+        """Whether ``uri`` is this task instance's ``manifest.jsonl`` (``batch.report`` writes it)."""
         folder, found = self.task_folder(), location_parts(uri)
         return folder is not None and found == (folder[0], folder[1], (*folder[2], "manifest.jsonl"))
 

@@ -25,7 +25,7 @@ PACKAGE = REPO / "airflow_provider_runcomfy"
 #: Modules whose imports belong to an extra rather than to the base install (a folder: all of it).
 EXTRA_OF_MODULE = {"emulator/pytest_plugin.py": "emulator"}
 #: Imports made only when an optional integration calls us: the OpenLineage listener asks
-#: ``operators/lineage.py`` (and ``batch/finishing.py``, both through ``outputs/lineage.py``) for facets only where
+#: ``operators/lineage.py`` (and ``operators/_batch_finishing.py``, both through ``outputs/lineage.py``) for facets only where
 #: the openlineage provider (and its attrs) is
 #: installed, so a user without it installs none of them.
 _OPENLINEAGE = {
@@ -36,7 +36,7 @@ _OPENLINEAGE = {
 OPTIONAL_INTEGRATIONS = {
     "operators/lineage.py": _OPENLINEAGE,
     "outputs/lineage.py": _OPENLINEAGE,
-    "batch/finishing.py": _OPENLINEAGE,
+    "operators/_batch_finishing.py": _OPENLINEAGE,
 }
 
 

@@ -2,7 +2,9 @@
 
 ``BatchWorkerIO`` is a part of ``RunComfyBatchOperator`` (which provides ``hook``,
 ``model_id``, ``poll_interval``, ``deferrable`` and the seams), kept apart so the
-operator reads as the cycle it runs.
+operator reads as the cycle it runs. It lives at the Airflow edge, not in ``batch/``,
+because it reads the task instance and fails the task: ``batch/`` stays free of Airflow,
+as ``client/`` is.
 """
 
 from __future__ import annotations

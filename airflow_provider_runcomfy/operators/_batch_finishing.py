@@ -1,10 +1,11 @@
-"""How a batch ends: the manifest, one summary line, the failure policy, the return value, its lineage.
+"""How a batch ends at the Airflow edge: the manifest's XCom, one summary line, the verdict, the lineage.
 
 ``BatchFinishing`` and ``BatchLineage`` are parts of ``RunComfyBatchOperator`` (which
 provides ``log``, ``timeout``, ``max_failed_items``, ``inputs``, ``output_dir``), kept apart
-so the operator reads as the cycle it runs. The rows and the counts themselves are
-``report``'s; the OpenLineage naming is ``outputs.lineage``'s, imported only when the
-OpenLineage listener asks.
+so the operator reads as the cycle it runs. What the batch decides is ``batch.report``'s
+(the rows, the counts, the failure policy as a message or None); this module only turns
+that into Airflow's terms (XCom, ``AirflowFailException``). The OpenLineage naming is
+``outputs.lineage``'s, imported only when the OpenLineage listener asks.
 """
 
 from __future__ import annotations
@@ -39,12 +40,9 @@ class BatchFinishing:
 
     def _write_manifest(self, context: Context, run: BatchRun) -> str:
         """Write ``manifest.jsonl`` (failure or not) and push its URI as XCom ``manifest``."""
-        from airflow_provider_runcomfy.batch.report import manifest_rows
-        from airflow_provider_runcomfy.outputs.manifest import write_manifest
+        from airflow_provider_runcomfy.batch.report import write_batch_manifest
 
-        path = write_manifest(run.folder / "manifest.jsonl", manifest_rows(run))
-        run.ledger.compact(force=True)
-        uri = str(path)
+        uri = write_batch_manifest(run)
         try:
             context["ti"].xcom_push(key="manifest", value=uri)
         except Exception as error:  # the manifest is written; its XCom is a convenience
@@ -53,7 +51,12 @@ class BatchFinishing:
 
     def _finish(self, context: Context, run: BatchRun, *, timed_out: bool = False) -> dict[str, Any]:
         """Write the manifest, say what happened, then return the summary or fail by the failure policy."""
-        from airflow_provider_runcomfy.batch.report import describe_counts, summary
+        from airflow_provider_runcomfy.batch.report import (
+            describe_counts,
+            failure_message,
+            summary,
+            timeout_message,
+        )
 
         uri = self._write_manifest(context, run)
         result = summary(run, uri)
@@ -66,25 +69,13 @@ class BatchFinishing:
         if run.stopped == "budget":
             self.log.warning("The batch stopped submitting by its budget: %s.", result["stop_reason"])
         self._log_failures(run)
-        not_ok = result["total"] - result["succeeded"] - result["invalid"]
-        if timed_out:
-            raise JobTimeoutError(
-                f"The batch did not finish within timeout={self.timeout} s ({counts}); queued jobs were cancelled. "
-                f"A retry resumes it: finished items are not paid for again. Manifest: {uri}"
-            )
-        if run.stopped == "balance":
-            raise AirflowFailException(
-                f"RunComfy says the account is out of balance: {result['not_submitted']} items were not submitted "
-                f"({run.stop_message}). Top up, then clear the task: finished items are not paid for again. "
-                f"Manifest: {uri}"
-            )
-        if result["succeeded"] == 0 and not_ok > 0:
-            raise AirflowFailException(f"No item of the batch succeeded ({counts}). Manifest: {uri}")
-        if self.max_failed_items is not None and not_ok > self.max_failed_items:
-            raise AirflowFailException(
-                f"{not_ok} items did not succeed, more than max_failed_items={self.max_failed_items} ({counts}). "
-                f"Manifest: {uri}"
-            )
+        if timed_out:  # a RunComfyError: Airflow retries it, and the retry resumes the batch
+            raise JobTimeoutError(timeout_message(result, self.timeout))
+        message = failure_message(
+            result, stopped=run.stopped, stop_message=run.stop_message, max_failed_items=self.max_failed_items
+        )
+        if message is not None:
+            raise AirflowFailException(message)
         return result
 
     def _report_invalid(self, run: BatchRun, invalid: int) -> None:

@@ -184,11 +184,10 @@ def _not_a_dict(item: BatchItem) -> RunComfyError:
 
 
 def _is_storage_path(value: Any) -> bool:
-    try:
-        from airflow.sdk import ObjectStoragePath
-    except ImportError:  # pragma: no cover - Airflow is a dependency
-        return False
-    return isinstance(value, ObjectStoragePath)
+    # Asked of ``outputs.files``, the one place that knows storage paths are Airflow's type.
+    from airflow_provider_runcomfy.outputs.files import is_storage_path
+
+    return is_storage_path(value)
 
 
 def _inputs_path(uri: Any) -> Any:

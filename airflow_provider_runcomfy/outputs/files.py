@@ -77,6 +77,15 @@ _PROVIDERS = (
 )
 
 
+def is_storage_path(value: Any) -> bool:
+    """Whether ``value`` is already an ``ObjectStoragePath`` (Airflow's, which ``storage_path`` returns)."""
+    try:
+        from airflow.sdk import ObjectStoragePath
+    except ImportError:  # pragma: no cover - Airflow is a dependency
+        return False
+    return isinstance(value, ObjectStoragePath)
+
+
 def storage_path(
     location: Any,
     *,

@@ -8,6 +8,10 @@ function or only for type checking, since each is a dependency a reader has to f
 Two more decisions keep one home: what a RunComfy status or a wait's outcome means is asked
 of ``client/outcome.py``, not compared word by word elsewhere; and a typed model operator's
 model is read from what its task renders, not from a table of operator class names.
+
+And ``batch/`` is a core like ``client/``: it runs without Airflow (no ``airflow`` import
+outside type checking, no ``AirflowFailException``, nothing of the Airflow edge), so what
+it decides comes back as a value the operator maps to Airflow.
 """
 
 from __future__ import annotations
@@ -255,3 +259,96 @@ def test_every_typed_model_operator_renders_its_model_id_and_no_table_names_it()
     assert {cls.__name__ for cls in typed} >= {"FluxKontextProEditOperator", "NanoBananaEditOperator"}
     assert [cls.__name__ for cls in typed if "model_id" not in cls.template_fields] == []
     assert set(_LEGACY_MODEL_OF_OPERATOR) == {"FluxKontextProEditOperator", "NanoBananaEditOperator"}
+
+
+# -- the batch core -----------------------------------------------------------------------------
+
+#: Modules a batch module may not import, even lazily or for type checking: the Airflow edge
+#: (which maps the core's answers to ``defer``, XCom and task failures) and Airflow's version module.
+BATCH_FORBIDDEN = ("operators", "plugins", "triggers", "sensors", "compat")
+
+
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """Ids of the import nodes inside ``if TYPE_CHECKING:`` (never run, so never an Airflow import at run time)."""
+    guarded: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (
+            (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+            or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
+        ):
+            for inner in node.body:
+                guarded.update(id(n) for n in ast.walk(inner) if isinstance(n, (ast.Import, ast.ImportFrom)))
+    return guarded
+
+
+def airflow_bindings(source: str) -> list[str]:
+    """The imports in ``source`` that tie it to Airflow when it runs.
+
+    An ``airflow`` import outside ``if TYPE_CHECKING:`` (at module level or inside a function),
+    and any import of ``AirflowFailException``, whatever module it comes from: a core that
+    fails the task itself cannot be asked what it decided.
+    """
+    tree = ast.parse(source)
+    guarded = _type_checking_only(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+            names: list[str] = []
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            modules, names = [node.module or ""], [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            modules, names = [], [alias.name for alias in node.names]
+        else:
+            continue
+        runtime_airflow = id(node) not in guarded and any(
+            m == "airflow" or m.startswith("airflow.") for m in modules
+        )
+        if runtime_airflow or "AirflowFailException" in names:
+            found.append(ast.get_source_segment(source, node) or "")
+    return found
+
+
+def test_the_batch_core_imports_no_airflow_when_it_runs() -> None:
+    """``batch/`` decides; the operator maps its answers to Airflow (as ``client/`` is used by the hook).
+
+    So ``batch/`` is tested, and read, without Airflow: no ``airflow`` import outside type checking,
+    no ``AirflowFailException``, nothing from the Airflow edge (even lazily or for type checking).
+    """
+    graph = import_graph()
+    found: dict[str, list[str]] = {}
+    for path in sorted((PACKAGE / "batch").rglob("*.py")):
+        module = path.relative_to(PACKAGE).as_posix()
+        dotted = f"{NAME}." + module.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        edge = sorted(t for t in graph.get(dotted, set()) if _layer(t) in BATCH_FORBIDDEN)
+        if bound := airflow_bindings(path.read_text()) + edge:
+            found[module] = bound
+    assert found == {}
+
+
+def test_the_batch_modules_import_each_other_in_no_circle() -> None:
+    """``items`` and ``submitting`` once imported each other (one lazily): a circle is a decision split in two."""
+    graph = import_graph()
+    batch = {
+        name: {t for t in targets if _layer(t) == "batch"}
+        for name, targets in graph.items()
+        if _layer(name) == "batch"
+    }
+    assert cycles(batch) == []
+
+
+def test_the_airflow_scan_sees_lazy_imports_and_spares_type_checking_ones() -> None:
+    code = """
+from typing import TYPE_CHECKING
+from airflow_provider_runcomfy.compat import AirflowFailException
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+def f():
+    from airflow.sdk import ObjectStoragePath
+    import airflow.providers.openlineage
+"""
+    assert airflow_bindings(code) == [
+        "from airflow_provider_runcomfy.compat import AirflowFailException",
+        "from airflow.sdk import ObjectStoragePath",
+        "import airflow.providers.openlineage",
+    ]

@@ -21,7 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.integration.forkserver import ForkServer, differs
+
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from airflow_provider_runcomfy.emulator import RunComfyEmulator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,13 +109,18 @@ class AirflowEnv:
         }
         self.db = home / "airflow.db"
         self._files_by_dag: dict[str, set[Path]] | None = None
+        self.forks: ForkServer | None = None
 
     def airflow(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
+        """``airflow *args``: forked from the fork server when one runs and ``env`` allows it."""
+        full_env = {**self.env, **(env or {})}
+        if self.forks is not None and not differs(full_env, self.env):
+            return self.forks.run(list(args), full_env, timeout)
         return subprocess.run(
             [AIRFLOW, *args],
-            env={**self.env, **(env or {})},
+            env=full_env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -159,11 +168,19 @@ def emu(runcomfy_emulator: RunComfyEmulator) -> RunComfyEmulator:
 
 
 @pytest.fixture(scope="session")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> AirflowEnv:
-    """One migrated Airflow per session (SQLite), with the pool the batch example uses."""
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowEnv]:
+    """One migrated Airflow per session (SQLite), with the pool the batch example uses.
+
+    Commands run as forks of one process that imported Airflow once (``forkserver``), unless
+    ``RUNCOMFY_IT_FORK=0``.
+    """
     env = AirflowEnv(tmp_path_factory.mktemp("airflow-home"))
     migrated = env.airflow("db", "migrate")
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    if os.environ.get("RUNCOMFY_IT_FORK", "1") != "0":
+        env.forks = ForkServer(tmp_path_factory.mktemp("forkserver"), env.env)
     pool = env.airflow("pools", "set", "runcomfy", "4", "RunComfy concurrency", "--include-deferred")
     assert pool.returncode == 0, pool.stdout + pool.stderr
-    return env
+    yield env
+    if env.forks is not None:
+        env.forks.stop()

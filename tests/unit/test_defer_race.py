@@ -53,12 +53,13 @@ def in_triggerer(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture
 def short_guard(monkeypatch: pytest.MonkeyPatch) -> float:
-    """A guard of 1.5 s (a 1.5 s worker heartbeat, no idle sleep, no margin): short, yet far longer
-    than the emulator takes to answer that a job is done."""
-    monkeypatch.setenv("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", "1.5")
+    """A guard of 4 s (a 4 s worker heartbeat, no idle sleep, no margin): short, yet far longer
+    than the emulator takes to answer that a job is done, even on a loaded machine (with 1.5 s the
+    first answer came after the guard about once in ten CI runs, so nothing was held)."""
+    monkeypatch.setenv("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", "4")
     monkeypatch.setenv("AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "0")
     monkeypatch.setattr(_base, "RESUME_GUARD_MARGIN", 0.0)
-    return 1.5
+    return 4.0
 
 
 def finished_job(client: RunComfyClient, emu: RunComfyEmulator) -> str:

@@ -2,7 +2,8 @@
 
 ``BatchRun`` is one worker part's view of the batch: the items, the ledger read
 back from ``output_dir``, and the steps the operator calls in order. Every state
-change goes to the ledger before the step that depends on it (see ``ledger``).
+change goes to the ledger before the step that depends on it (see ``ledger``), and
+every one is a row of ``transitions.TRANSITIONS``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from airflow_provider_runcomfy.batch.items import BatchItem, ItemList
 from airflow_provider_runcomfy.batch.lean import clip, slim_outcome
 from airflow_provider_runcomfy.batch.owner import INTENT_GRACE, Owner
 from airflow_provider_runcomfy.batch.submitting import BatchSpend, RefillResult, SubmitSteps
+from airflow_provider_runcomfy.batch.transitions import Event, change
 from airflow_provider_runcomfy.client.errors import InvalidInputError, RunComfyError
 from airflow_provider_runcomfy.client.outcome import OutcomeKind, event_kind
 from airflow_provider_runcomfy.policy import MAX_COPY_FAILURES
@@ -36,8 +38,8 @@ DOWNLOAD_CONCURRENCY = 8
 #: Outcomes of recent jobs used to estimate how long a job takes.
 DURATION_SAMPLE = 200
 
-#: What a first record of an item expects: none yet (a record another execution wrote first wins).
-_NEW: dict[str, Any] = {"state": [None]}
+#: What a first record of an item starts from: none yet (a record another execution wrote first wins).
+_NEW: list[str | None] = [None]
 #: States of an item whose job RunComfy accepted (what ``BatchSpend.submitted`` counts).
 _PAID_STATES = (L.SUBMITTED, L.FINISHED, L.SUCCEEDED, L.FAILED, L.CANCELLED)
 
@@ -156,16 +158,10 @@ class BatchRun(SubmitSteps):
                         error = InvalidInputError(f"Item {item.index}: {bad}")
                 if error is not None:
                     events.append(
-                        {
-                            "key": item.key,
-                            "index": item.index,
-                            "state": L.INVALID,
-                            "error": clip(error.message),
-                            "expect": _NEW,
-                        }
+                        change(Event.REJECTED, item.key, _NEW, index=item.index, error=clip(error.message))
                     )
                 else:
-                    events.append({"key": item.key, "index": item.index, "state": L.READY, "expect": _NEW})
+                    events.append(change(Event.CHECKED, item.key, _NEW, index=item.index))
             self.ledger.append(events)
         return self.ledger.count_in([L.INVALID], self.by_key)
 
@@ -183,13 +179,14 @@ class BatchRun(SubmitSteps):
             if record.state == L.FAILED and event_kind(record.outcome or {}) is OutcomeKind.SUCCEEDED:
                 # The job succeeded but its outputs could not be kept: try the copy again, not the job.
                 events.append(
-                    {
-                        "key": item.key,
-                        "state": L.FINISHED,
-                        "error": None,
-                        "copy_failures": 0,
-                        "expect": {"state": [L.FAILED], "request_id": record.request_id},
-                    }
+                    change(
+                        Event.RETRY_KEEP,
+                        item.key,
+                        [L.FAILED],
+                        guard={"request_id": record.request_id},
+                        error=None,
+                        copy_failures=0,
+                    )
                 )
             elif record.state in (L.FAILED, L.CANCELLED):
                 events.append(_reset(item, record))
@@ -257,18 +254,24 @@ class BatchRun(SubmitSteps):
             kind = event_kind(outcome)
             slim = slim_outcome(outcome)
             slim.pop("key", None)
-            event: dict[str, Any] = {
-                "key": record.key,
-                "outcome": slim,
-                "expect": {"state": [L.SUBMITTED], "request_id": record.request_id},
-            }
+            guard = {"request_id": record.request_id}
             if kind is OutcomeKind.SUCCEEDED:
-                event["state"] = L.FINISHED if outcome.get("outputs") else L.SUCCEEDED
+                happened = Event.OUTPUTS_READY if outcome.get("outputs") else Event.JOB_SUCCEEDED
+                events.append(change(happened, record.key, [L.SUBMITTED], guard=guard, outcome=slim))
             elif kind is OutcomeKind.CANCELLED:
-                event.update(state=L.CANCELLED, error=clip(outcome.get("message") or "cancelled"))
+                error = clip(outcome.get("message") or "cancelled")
+                events.append(
+                    change(
+                        Event.JOB_CANCELLED, record.key, [L.SUBMITTED], guard=guard, outcome=slim, error=error
+                    )
+                )
             else:  # failed, timeout, error (expired: 404001), or a word no version wrote
-                event.update(state=L.FAILED, error=clip(outcome.get("message") or outcome.get("status")))
-            events.append(event)
+                error = clip(outcome.get("message") or outcome.get("status"))
+                events.append(
+                    change(
+                        Event.JOB_FAILED, record.key, [L.SUBMITTED], guard=guard, outcome=slim, error=error
+                    )
+                )
         self.ledger.append(events)
 
     # -- cancelling -----------------------------------------------------------------------------
@@ -295,12 +298,13 @@ class BatchRun(SubmitSteps):
         results = await cancel_all(client, [str(r.request_id) for r in records], self.log, why)
         self.ledger.append(
             [
-                {
-                    "key": r.key,
-                    "state": L.CANCELLED,
-                    "error": f"cancelled because {why}",
-                    "expect": {"state": [L.SUBMITTED], "request_id": r.request_id},
-                }
+                change(
+                    Event.JOB_CANCELLED,
+                    r.key,
+                    [L.SUBMITTED],
+                    guard={"request_id": r.request_id},
+                    error=f"cancelled because {why}",
+                )
                 for r in records
                 if results.get(str(r.request_id))
             ]
@@ -353,7 +357,7 @@ class BatchRun(SubmitSteps):
                 for item, record in todo
             ]
             for item, record, future in futures:
-                expect = {"state": [L.FINISHED], "request_id": record.request_id}
+                guard = {"request_id": record.request_id}
                 try:
                     stored = future.result()
                 except (RunComfyError, ValueError) as error:
@@ -372,26 +376,27 @@ class BatchRun(SubmitSteps):
                         record.request_id,
                         clip(message),
                     )
-                    events.append(
-                        {
-                            "key": item.key,
-                            "copy_failures": failures,
-                            "expect": expect,
-                            **(
-                                {
-                                    "state": L.FAILED,
-                                    "error": clip(
-                                        f"the job succeeded but its outputs could not be kept: {message}"
-                                    ),
-                                }
-                                if final
-                                else {}
-                            ),
-                        }
-                    )
+                    if final:
+                        error_text = clip(f"the job succeeded but its outputs could not be kept: {message}")
+                        events.append(
+                            change(
+                                Event.KEEP_FAILED,
+                                item.key,
+                                [L.FINISHED],
+                                guard=guard,
+                                copy_failures=failures,
+                                error=error_text,
+                            )
+                        )
+                    else:  # counted; the copy is tried again by a later worker part
+                        events.append(
+                            change(
+                                Event.KEEP_RETRY, item.key, [L.FINISHED], guard=guard, copy_failures=failures
+                            )
+                        )
                     continue
                 kept += len(stored)
-                events.append({"key": item.key, "state": L.SUCCEEDED, "stored": stored, "expect": expect})
+                events.append(change(Event.KEPT, item.key, [L.FINISHED], guard=guard, stored=stored))
                 if len(events) >= 100:  # recorded as they come, so a crash re-copies little
                     self.ledger.append(events)
                     events = []
@@ -410,29 +415,31 @@ class BatchRun(SubmitSteps):
 
 def _reset(item: BatchItem, record: L.ItemRecord) -> dict[str, Any]:
     """Back to ready for a new try; what the earlier attempt cost stays counted (``paid_usd``)."""
-    return {
-        "key": item.key,
-        "state": L.READY,
-        "request_id": None,
-        "submitted_at": None,
-        "outcome": None,
-        "stored": [],
-        "error": None,
-        "copy_failures": 0,
-        "owner": None,
-        "intent_at": None,
-        "paid_usd": record.spent_usd(),
-        "expect": {"state": [record.state], "request_id": record.request_id},
-    }
+    return change(
+        Event.RESET,
+        item.key,
+        [record.state],
+        guard={"request_id": record.request_id},
+        request_id=None,
+        submitted_at=None,
+        outcome=None,
+        stored=[],
+        error=None,
+        copy_failures=0,
+        owner=None,
+        intent_at=None,
+        paid_usd=record.spent_usd(),
+    )
 
 
 def _to_unknown(item: BatchItem, record: L.ItemRecord) -> dict[str, Any]:
-    return {
-        "key": item.key,
-        "state": L.UNKNOWN,
-        "error": _unknown_message(item, record),
-        "expect": {"state": [L.INTENT], "owner": record.owner},
-    }
+    return change(
+        Event.ABANDONED,
+        item.key,
+        [L.INTENT],
+        guard={"owner": record.owner},
+        error=_unknown_message(item, record),
+    )
 
 
 def _fresh_foreign(record: L.ItemRecord, owner: Owner | None, now: float) -> bool:

@@ -63,7 +63,7 @@ OWNER = "owner.json"
 #: Where ``batch.reconcile`` moves the files it could not trust (kept for a person to look at).
 DAMAGED_DIR = "damaged"
 
-#: Item states as the ledger records them; ``batch.states`` says which change may follow which.
+#: Item states as the ledger records them; ``batch.transitions`` says which change may follow which.
 READY = "ready"
 INVALID = "invalid"
 INTENT = "intent"

@@ -19,6 +19,7 @@ from airflow_provider_runcomfy.batch.items import BatchItem
 from airflow_provider_runcomfy.batch.lean import clip
 from airflow_provider_runcomfy.batch.owner import Owner, OwnershipLost
 from airflow_provider_runcomfy.batch.pacing import SubmitPacer
+from airflow_provider_runcomfy.batch.transitions import Event, change
 from airflow_provider_runcomfy.client.errors import (
     AuthenticationError,
     InputRejectedError,
@@ -135,16 +136,16 @@ class SubmitSteps:
                 launch = [item for item in launch if item.key in payloads]
                 me = self.owner.id if self.owner is not None else None
                 intents = [
-                    {
-                        "key": i.key,
-                        "index": i.index,
-                        "state": L.INTENT,
-                        "try_number": try_number,
-                        "attempt": _attempts(self.ledger.get(i.key)) + 1,
-                        "owner": me,
-                        "intent_at": time.time(),
-                        "expect": {"state": [L.READY]},
-                    }
+                    change(
+                        Event.INTENDED,
+                        i.key,
+                        [L.READY],
+                        index=i.index,
+                        try_number=try_number,
+                        attempt=_attempts(self.ledger.get(i.key)) + 1,
+                        owner=me,
+                        intent_at=time.time(),
+                    )
                     for i in launch
                 ]
                 applied = await asyncio.to_thread(self.ledger.append, [*pending_events, *intents])
@@ -165,8 +166,6 @@ class SubmitSteps:
             done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 item, event, error = task.result()
-                # Only over this execution's own intent (or the unknown a newer owner made of it).
-                event["expect"] = {"state": [L.INTENT, L.UNKNOWN], "owner": me}
                 pending_events.append(event)
                 if event["state"] == L.SUBMITTED:
                     result.submitted += 1
@@ -196,14 +195,15 @@ class SubmitSteps:
             await asyncio.to_thread(self.owner.check)
         except OwnershipLost:
             withdrawn = [
-                {
-                    "key": item.key,
-                    "state": L.READY,
-                    "owner": None,
-                    "intent_at": None,
-                    "attempt": _attempts(self.ledger.get(item.key)) - 1,
-                    "expect": {"state": [L.INTENT], "owner": me},
-                }
+                change(
+                    Event.WITHDRAWN,
+                    item.key,
+                    [L.INTENT],
+                    guard={"owner": me},
+                    owner=None,
+                    intent_at=None,
+                    attempt=_attempts(self.ledger.get(item.key)) - 1,
+                )
                 for item in launch
             ]
             await asyncio.to_thread(self.ledger.append, withdrawn)
@@ -224,14 +224,7 @@ class SubmitSteps:
                     raise prepared
                 payloads[item.key] = validate(self.model_id, prepared)
             except RunComfyError as error:
-                events.append(
-                    {
-                        "key": item.key,
-                        "state": L.INVALID,
-                        "error": clip(error.message),
-                        "expect": {"state": [L.READY]},
-                    }
-                )
+                events.append(change(Event.REJECTED, item.key, [L.READY], error=clip(error.message)))
         return payloads
 
     async def _submit(
@@ -243,30 +236,31 @@ class SubmitSteps:
             response = await client.submit(self.model_id, payload)
         except RateLimitedError as error:
             pacer.refused(error.retry_after)
-            return item, {"key": item.key, "state": L.READY}, error
+            return item, self._answer(Event.NOT_SENT, item), error
         except TransportError as error:
             if not error.request_sent:
                 pacer.refused(None)
-                return item, {"key": item.key, "state": L.READY}, error
+                return item, self._answer(Event.NOT_SENT, item), error
             return item, self._unknown(item, error), error
         except SubmitOutcomeUnknownError as error:
             return item, self._unknown(item, error), error
         except InsufficientBalanceError as error:
-            return item, {"key": item.key, "state": L.READY}, error
+            return item, self._answer(Event.NOT_SENT, item), error
         except (InputRejectedError, InvalidInputError) as error:
-            return item, {"key": item.key, "state": L.INVALID, "error": clip(error.message)}, error
+            return item, self._answer(Event.REJECTED, item, error=clip(error.message)), error
         except FATAL_SUBMIT_ERRORS as error:
-            return item, {"key": item.key, "state": L.READY}, error
+            return item, self._answer(Event.NOT_SENT, item), error
         except RunComfyError as error:  # a 5xx or an unreadable answer: the job may exist
             return item, self._unknown(item, error), error
         pacer.accepted()
-        event = {
-            "key": item.key,
-            "state": L.SUBMITTED,
-            "request_id": response.request_id,
-            "submitted_at": time.time(),
-        }
+        event = self._answer(Event.ACCEPTED, item, request_id=response.request_id, submitted_at=time.time())
         return item, event, None
+
+    def _answer(self, event: Event, item: BatchItem, **fields: Any) -> dict[str, Any]:
+        """The event of a submit's answer: over this execution's own intent only (or the unknown a
+        newer owner made of it meanwhile), so a stale execution's answer never undoes a newer record."""
+        me = self.owner.id if self.owner is not None else None
+        return change(event, item.key, [L.INTENT, L.UNKNOWN], guard={"owner": me}, **fields)
 
     def _unknown(self, item: BatchItem, error: RunComfyError) -> dict[str, Any]:
         message = (
@@ -276,8 +270,8 @@ class SubmitSteps:
             "dashboard; clear the task with on_unknown_submit='resubmit' to pay for it again."
         )
         if self.resubmit_unknown:
-            return {"key": item.key, "state": L.READY, "error": clip(message)}
-        return {"key": item.key, "state": L.UNKNOWN, "error": clip(message)}
+            return self._answer(Event.ANSWER_LOST_RESUBMIT, item, error=clip(message))
+        return self._answer(Event.ANSWER_LOST, item, error=clip(message))
 
 
 def _attempts(record: L.ItemRecord | None) -> int:

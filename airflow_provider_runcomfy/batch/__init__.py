@@ -12,6 +12,7 @@ batch API does server-side:
 - ``window``: the one poll loop over the jobs in flight, shared by the trigger and the
   blocking mode, and the rule of when to wake the worker to refill;
 - ``engine``: what the worker does between waits -- check, submit, record, copy;
+- ``step``: what comes next after a worker part -- finish, wait (for what, until when), fail;
 - ``pacing``: how fast submits go, slowed by 429s and recovering;
 - ``progress``: the log line a person follows;
 - ``report``: the manifest, the return value and the failure policy's verdict.

@@ -55,8 +55,6 @@ OnDamagedLedger = Literal["fail", "reconcile"]
 #: Inputs checked (pre-flighted) per worker part at least, when not all are needed before the first
 #: submit: the first submits of a batch of thousands start after this many checks, not all of them.
 CHECK_CHUNK = 256
-#: How often a batch waiting on another execution's intents looks at the ledger again.
-LIMBO_RECHECK = 5.0
 #: The triggerer's own defer timeout is a backstop behind the batch's deadline (``policy``).
 DEFER_TIMEOUT_MARGIN = policy.DEFER_TIMEOUT_MARGIN
 
@@ -338,6 +336,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
         from airflow_provider_runcomfy.batch import ledger as L
         from airflow_provider_runcomfy.batch.pacing import SubmitPacer
         from airflow_provider_runcomfy.batch.progress import Progress
+        from airflow_provider_runcomfy.batch.step import Action, after_refill, next_step
 
         pacer = SubmitPacer(max_concurrency=self.submit_concurrency, concurrency=self.submit_concurrency)
         progress = Progress(
@@ -356,12 +355,10 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             except OwnershipLost as lost:
                 raise AirflowFailException(str(lost)) from lost
             submitted_in = time.monotonic() - started
-            if refill.fatal is not None:
+            failed = after_refill(refill)
+            if failed is not None:
                 self._write_manifest(context, run)
-                raise AirflowFailException(
-                    f"{refill.fatal.message} Nothing more is submitted; the jobs already in flight are "
-                    "recorded and a clear of the task re-attaches to them."
-                )
+                raise AirflowFailException(failed.message)
             if refill.stopped == "balance" and refill.message:  # said once, when it happens
                 self.log.error(
                     "RunComfy says the account is out of balance: no more items are submitted; the %d jobs in "
@@ -381,24 +378,15 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             )
             progress.done = run.done_count()
             progress.maybe_log(self.log.info, in_flight=len(run.records(L.SUBMITTED)), force=True)
-            window = run.in_flight()
-            waiting_to_submit = (run.ready_count() > 0 or run.unchecked_count() > 0) and not run.stopped
-            limbo_ends_at = run.limbo_ends_at()
-            if not window and not run.records(L.FINISHED) and not waiting_to_submit and limbo_ends_at is None:
+            # The core decides (``batch.step``); here its answer becomes Airflow's.
+            step = next_step(run, refill, deadline=deadline)
+            if step.action is Action.FINISH:
                 return self._finish(context, run)
-            if deadline is not None and time.time() >= deadline:
+            if step.action is Action.TIMED_OUT:
                 asyncio.run(self._cancel(run, f"the batch's timeout of {self.timeout} s passed"))
-                self._finish(context, run, timed_out=True)
-            wake_at = refill.paused_until
-            if limbo_ends_at is not None:
-                # Another execution's intents: look again soon for their request ids (or withdrawal).
-                wake_at = min(wake_at or limbo_ends_at, limbo_ends_at, time.time() + LIMBO_RECHECK)
-            if not window and wake_at is None:
-                # Nothing to watch: submits were refused (try again shortly), or copies failed
-                # for a passing reason (try them again a little later).
-                wake_at = time.time() + (1.0 if waiting_to_submit else 5.0)
+                self._finish(context, run, timed_out=True)  # raises JobTimeoutError (a retry resumes)
             trigger_kwargs = self._wait_args(
-                run, window, progress, wake_at=wake_at, deadline=deadline, tail=not waiting_to_submit
+                run, step.window, progress, wake_at=step.wake_at, deadline=deadline, tail=step.tail
             )
             run.ledger.compact()
             if self.deferrable:

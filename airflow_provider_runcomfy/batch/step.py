@@ -1,0 +1,89 @@
+"""What a batch does after a worker part's submits and copies: finish, wait for its jobs, or fail.
+
+The core decides; the operator only maps the answer to Airflow (``RunComfyBatchOperator._advance``):
+``FINISH`` to its return value (after the failure policy), ``WAIT`` to ``defer`` (or the blocking
+wait), ``FAIL`` and ``TIMED_OUT`` to a failed task. So the cycle is tested without Airflow, and a
+reader finds the batch's next move here rather than in the branches of an Airflow method.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_runcomfy.batch import ledger as L
+
+if TYPE_CHECKING:
+    from airflow_provider_runcomfy.batch.engine import BatchRun
+    from airflow_provider_runcomfy.batch.submitting import RefillResult
+
+#: How often a batch waiting on another execution's intents looks at the ledger again.
+LIMBO_RECHECK = 5.0
+
+
+class Action(StrEnum):
+    """The batch's next move."""
+
+    #: Nothing is in flight, to keep or to submit: write the manifest and end.
+    FINISH = "finish"
+    #: Wait for the jobs in flight (or until ``wake_at``), then run another worker part.
+    WAIT = "wait"
+    #: No submit of this batch can succeed any more (a token or model refused): fail, say ``message``.
+    FAIL = "fail"
+    #: The batch's ``timeout`` passed: cancel the queued jobs, write the manifest, fail (a retry resumes).
+    TIMED_OUT = "timed_out"
+
+
+@dataclass(frozen=True)
+class Step:
+    """The batch's next move and what it needs.
+
+    :param action: finish, wait, fail or timed out.
+    :param message: why it fails (``FAIL``).
+    :param window: ``[request_id, key, submitted_at]`` of the jobs to wait for (``WAIT``).
+    :param wake_at: ``time.time()`` by which the worker must run again even if no job ended
+        (a 429 pause, another execution's intents, copies to try again); None: when jobs end.
+    :param tail: nothing more is to be submitted: the wait is for the last jobs only.
+    """
+
+    action: Action
+    message: str | None = None
+    window: list[list[Any]] = field(default_factory=list)
+    wake_at: float | None = None
+    tail: bool = False
+
+
+def after_refill(refill: RefillResult) -> Step | None:
+    """``FAIL`` when the refill met an error no later submit escapes; None to go on (copy, then ``next_step``)."""
+    if refill.fatal is None:
+        return None
+    return Step(
+        Action.FAIL,
+        message=f"{refill.fatal.message} Nothing more is submitted; the jobs already in flight are recorded "
+        "and a clear of the task re-attaches to them.",
+    )
+
+
+def next_step(
+    run: BatchRun, refill: RefillResult, *, deadline: float | None, now: float | None = None
+) -> Step:
+    """After the refill and the copies: finish, stop at the deadline, or wait (for what, until when)."""
+    now = time.time() if now is None else now
+    window = run.in_flight()
+    waiting_to_submit = (run.ready_count() > 0 or run.unchecked_count() > 0) and not run.stopped
+    limbo_ends_at = run.limbo_ends_at()
+    if not window and not run.records(L.FINISHED) and not waiting_to_submit and limbo_ends_at is None:
+        return Step(Action.FINISH)
+    if deadline is not None and now >= deadline:
+        return Step(Action.TIMED_OUT)
+    wake_at = refill.paused_until
+    if limbo_ends_at is not None:
+        # Another execution's intents: look again soon for their request ids (or withdrawal).
+        wake_at = min(wake_at or limbo_ends_at, limbo_ends_at, now + LIMBO_RECHECK)
+    if not window and wake_at is None:
+        # Nothing to watch: submits were refused (try again shortly), or copies failed
+        # for a passing reason (try them again a little later).
+        wake_at = now + (1.0 if waiting_to_submit else 5.0)
+    return Step(Action.WAIT, window=window, wake_at=wake_at, tail=not waiting_to_submit)

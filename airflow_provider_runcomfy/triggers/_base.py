@@ -30,6 +30,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_runcomfy.triggers._guard import finish_pending_cancel
+
 #: Set to ``off`` to disable the hold: for ``bench/defer_race.py`` only, which shows the race
 #: the hold prevents. Read in the triggerer.
 RESUME_GUARD_ENV = "RUNCOMFY_RESUME_GUARD"
@@ -144,6 +146,11 @@ class FieldsTrigger(BaseTrigger):
         credentials).
         """
         return None
+
+    async def cleanup(self) -> None:
+        """Airflow's last call before "trigger completed": a cancel ``on_kill`` started ends first."""
+        await finish_pending_cancel(self)
+        await super().cleanup()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Class path and arguments; ``cls(**kwargs)`` rebuilds the trigger after a restart."""

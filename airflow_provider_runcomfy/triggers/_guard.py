@@ -35,15 +35,11 @@ async def cancel_if_task_finished(
     loop = asyncio.get_running_loop()
     work = loop.create_task(_cancel_unless_still_wanted(trigger, what, cancel))
     give_up = loop.time() + ON_KILL_SECONDS
-    while not work.done() and (left := give_up - loop.time()) > 0:
-        try:
-            await asyncio.wait({work}, timeout=left)
-        except asyncio.CancelledError:
-            # Airflow 3.3.2 keeps cancelling a trigger until it reports finished, also while
-            # on_kill runs; giving in would drop the cancel and queued jobs would run and be
-            # billed. The wait stays bounded by ON_KILL_SECONDS.
-            if (task := asyncio.current_task()) is not None:
-                task.uncancel()
+    _PENDING[id(trigger)] = (work, give_up)
+    try:
+        await _outlast_cancellation(work, give_up)
+    finally:
+        _PENDING.pop(id(trigger), None)
     if not work.done():
         work.cancel()
         trigger.log.warning(
@@ -53,6 +49,38 @@ async def cancel_if_task_finished(
         )
         return
     work.result()  # an error is Airflow's to log
+
+
+async def finish_pending_cancel(trigger: BaseTrigger) -> None:
+    """For the trigger's ``cleanup``: wait out an ``on_kill`` cancel that Airflow stopped waiting for.
+
+    Airflow awaits ``on_kill`` through ``asyncio.wait_for``; on Python 3.11 that gives up when the
+    triggerer cancels the trigger once more meanwhile (Airflow 3.3.2 keeps doing so), and the
+    trigger then completes and its log closes while the cancel still runs. Seen in CI (Celery, a
+    cancel RunComfy answered 503 with ``Retry-After: 2``): the job was cancelled, but the line
+    saying so never reached the task's log. Airflow awaits ``cleanup`` before "trigger completed".
+    """
+    pending = _PENDING.get(id(trigger))
+    if pending is not None:
+        await _outlast_cancellation(*pending)
+
+
+#: The cancels ``on_kill`` has started and not finished, by trigger (``id``), with their deadline.
+_PENDING: dict[int, tuple[asyncio.Task[None], float]] = {}
+
+
+async def _outlast_cancellation(work: asyncio.Task[None], give_up: float) -> None:
+    """Wait for ``work`` until ``give_up`` (loop time), whatever cancels the waiting task."""
+    loop = asyncio.get_running_loop()
+    while not work.done() and (left := give_up - loop.time()) > 0:
+        try:
+            await asyncio.wait({work}, timeout=left)
+        except asyncio.CancelledError:
+            # Airflow 3.3.2 keeps cancelling a trigger until it reports finished, also while
+            # on_kill runs; giving in would drop the cancel and queued jobs would run and be
+            # billed. The wait stays bounded by ON_KILL_SECONDS.
+            if (task := asyncio.current_task()) is not None:
+                task.uncancel()
 
 
 async def _cancel_unless_still_wanted(

@@ -58,3 +58,30 @@ async def kill_while_airflow_recancels(on_kill: Coroutine[Any, Any, None]) -> No
     # Generous (the guard itself gives up after ON_KILL_SECONDS, 25 s); a hang fails loudly.
     await asyncio.wait({killing}, timeout=60)
     assert killing.done(), "on_kill did not return within 60 s"
+
+
+async def airflow_kills(trigger: Any, *, recancel_every: float = 0.1) -> None:
+    """What Airflow 3.3.2's triggerer does to a trigger a user acted on, re-cancelling it meanwhile.
+
+    Its ``run_trigger``: ``await asyncio.wait_for(trigger.on_kill(), ...)``, a ``CancelledError``
+    from that swallowed, then ``await trigger.cleanup()`` in ``finally``, then "trigger
+    completed" (when this returns). On Python 3.11 a second cancel makes ``wait_for`` give up
+    on ``on_kill``, which is why ``cleanup`` must wait for the cancel.
+    """
+
+    async def run_trigger() -> None:
+        try:
+            await asyncio.wait_for(trigger.on_kill(), timeout=30)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await trigger.cleanup()
+
+    task = asyncio.ensure_future(run_trigger())
+    for _ in range(300):  # at most 30 s of re-cancelling
+        await asyncio.sleep(recancel_every)
+        if task.done():
+            break
+        task.cancel()
+    await asyncio.wait({task}, timeout=60)
+    assert task.done(), "the trigger did not complete within 60 s"

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from airflow.sdk.execution_time import task_runner
-from task_states import TaskInstance, install, kill_while_airflow_recancels
+from task_states import TaskInstance, airflow_kills, install, kill_while_airflow_recancels
 
 from airflow_provider_runcomfy.client import RunComfyClient
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
@@ -210,6 +210,27 @@ async def test_on_kill_finishes_its_cancel_although_airflow_keeps_cancelling_it(
     await kill_while_airflow_recancels(trigger.on_kill())
     assert client.get_result(queued_job).status.value == "cancelled"
     assert runcomfy_emulator.journal.count("cancel") == 1
+
+
+async def test_the_trigger_completes_only_after_the_cancel_and_its_log_line(
+    client: RunComfyClient,
+    runcomfy_emulator: RunComfyEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    queued_job: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Airflow's own sequence (``airflow_kills``): a slow task-state read and a cancel RunComfy
+    first answers 503 + ``Retry-After: 1``; when the trigger completes (its log closes), the job
+    is cancelled and the line saying so was logged. Seen failing in CI without ``cleanup``."""
+    conn = {"conn_type": "runcomfy", "host": runcomfy_emulator.base_url, "password": runcomfy_emulator.token}
+    monkeypatch.setenv("AIRFLOW_CONN_RUNCOMFY_RETRYING", json.dumps({**conn, "extra": {"max_retries": 2}}))
+    trigger, comms = killed_trigger(queued_job, "failed", monkeypatch)
+    trigger.runcomfy_conn_id = "runcomfy_retrying"  # the cancel is retried, as on a real connection
+    comms.delay = 0.5
+    runcomfy_emulator.add_fault("cancel", "http", status=503, retry_after=1, times=1, request_id=queued_job)
+    await airflow_kills(trigger)
+    assert [entry.status_code for entry in runcomfy_emulator.journal.of("cancel")] == [503, 202]
+    assert f"RunComfy request {queued_job} was cancelled" in capsys.readouterr().out
 
 
 async def test_on_kill_asks_for_the_mapped_task_instance(

@@ -114,7 +114,11 @@ def test_waiting_jobs_hold_no_worker_slot(airflow: AirflowDeployment, emulator, 
     parts = worker_parts(airflow, (ti["id"] for ti in tis))
     states = {ti_id: [w.final_state for w in ws] for ti_id, ws in parts.items()}
     assert all(s == ["deferred", "success"] for s in states.values()), states
-    assert max_overlap(((w.start, w.end) for w in airflow.workloads()), OVERLAP_TOLERANCE) == 1
+    # This run's workloads: the deployment (and its logs) is shared with the other test_runcomfy_*
+    # modules, whose killed workers and restarted components leave workloads of their own there.
+    ours = [(w.start, w.end) for ws in parts.values() for w in ws]
+    assert len(ours) == 2 * count
+    assert max_overlap(ours, OVERLAP_TOLERANCE) == 1
     jobs = {map_index_of(job): job for job in jobs_tagged(emulator, tag)}
     for ti in tis:
         job = jobs[ti["map_index"]]

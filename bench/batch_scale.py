@@ -27,6 +27,7 @@ Examples::
     .venv/bin/python bench/batch_scale.py                       # N=10,000, 500 in flight, 10 s jobs
     .venv/bin/python bench/batch_scale.py --n 2000 --mapped-n 200
     .venv/bin/python bench/batch_scale.py --n 10000,100000 --job-seconds 1 --mapped-n 0
+    .venv/bin/python bench/batch_scale.py --n 2000 --max-in-flight 200 --job-seconds 5 --mapped-n 0 --output-bytes 2000000
 
 A measurement, not a test: nothing fails. Only 127.0.0.1 is contacted; every wait is
 bounded (``--max-minutes``) and the deployment is stopped at the end.
@@ -295,6 +296,12 @@ def main() -> int:
         "--mapped-n", type=int, default=300, help="items through the mapped pattern (0: skip)"
     )
     parser.add_argument("--poll", type=float, default=2.0, help="poll_interval of both")
+    parser.add_argument(
+        "--output-bytes",
+        type=int,
+        default=0,
+        help="pad every output file to about this many bytes (issue 18's real image sizes: 2000000)",
+    )
     parser.add_argument("--parallelism", type=int, default=8)
     parser.add_argument("--max-minutes", type=float, default=30.0)
     args = parser.parse_args()
@@ -311,6 +318,8 @@ def main() -> int:
     inputs = work / "inputs.jsonl"
     print(f"work folder: {work}")
     with RunComfyEmulator(queue_seconds=0.0, run_seconds=args.job_seconds, image_long_side=64) as emu:
+        if args.output_bytes:
+            emu.add_rule(output_bytes=args.output_bytes)  # every job
         env = {
             **emu.airflow_conn_env(),
             "BENCH_OUT": str(work / "out"),

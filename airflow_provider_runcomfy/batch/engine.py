@@ -254,24 +254,17 @@ class BatchRun(SubmitSteps):
             kind = event_kind(outcome)
             slim = slim_outcome(outcome)
             slim.pop("key", None)
-            guard = {"request_id": record.request_id}
+            extra: dict[str, Any] = {}
             if kind is OutcomeKind.SUCCEEDED:
                 happened = Event.OUTPUTS_READY if outcome.get("outputs") else Event.JOB_SUCCEEDED
-                events.append(change(happened, record.key, [L.SUBMITTED], guard=guard, outcome=slim))
             elif kind is OutcomeKind.CANCELLED:
-                error = clip(outcome.get("message") or "cancelled")
-                events.append(
-                    change(
-                        Event.JOB_CANCELLED, record.key, [L.SUBMITTED], guard=guard, outcome=slim, error=error
-                    )
-                )
+                happened = Event.JOB_CANCELLED
+                extra["error"] = clip(outcome.get("message") or "cancelled")
             else:  # failed, timeout, error (expired: 404001), or a word no version wrote
-                error = clip(outcome.get("message") or outcome.get("status"))
-                events.append(
-                    change(
-                        Event.JOB_FAILED, record.key, [L.SUBMITTED], guard=guard, outcome=slim, error=error
-                    )
-                )
+                happened = Event.JOB_FAILED
+                extra["error"] = clip(outcome.get("message") or outcome.get("status"))
+            guard = {"request_id": record.request_id}
+            events.append(change(happened, record.key, [L.SUBMITTED], guard=guard, outcome=slim, **extra))
         self.ledger.append(events)
 
     # -- cancelling -----------------------------------------------------------------------------
@@ -376,24 +369,17 @@ class BatchRun(SubmitSteps):
                         record.request_id,
                         clip(message),
                     )
+                    # Final: the item failed. Else counted, and a later worker part tries the copy again.
+                    extra: dict[str, Any]
+                    happened, extra = Event.KEEP_RETRY, {}
                     if final:
-                        error_text = clip(f"the job succeeded but its outputs could not be kept: {message}")
-                        events.append(
-                            change(
-                                Event.KEEP_FAILED,
-                                item.key,
-                                [L.FINISHED],
-                                guard=guard,
-                                copy_failures=failures,
-                                error=error_text,
-                            )
+                        happened = Event.KEEP_FAILED
+                        extra["error"] = clip(
+                            f"the job succeeded but its outputs could not be kept: {message}"
                         )
-                    else:  # counted; the copy is tried again by a later worker part
-                        events.append(
-                            change(
-                                Event.KEEP_RETRY, item.key, [L.FINISHED], guard=guard, copy_failures=failures
-                            )
-                        )
+                    events.append(
+                        change(happened, item.key, [L.FINISHED], guard=guard, copy_failures=failures, **extra)
+                    )
                     continue
                 kept += len(stored)
                 events.append(change(Event.KEPT, item.key, [L.FINISHED], guard=guard, stored=stored))

@@ -319,9 +319,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             # Read the jobs that were expected to end while the worker was on its way.
             run.apply_outcomes(asyncio.run(self._catch_up(run)))
         if status == "timeout":
-            asyncio.run(self._cancel(run, f"the batch's timeout of {self.timeout} s passed"))
-            run.store_outputs()
-            self._finish(context, run, timed_out=True)
+            self._time_out(context, run, keep_outputs=True)
         if status == "error":
             message = str(event.get("message") or "RunComfy could not be read.")
             self._write_manifest(context, run)
@@ -331,6 +329,14 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
                 message + " The jobs in flight are recorded; a clear re-attaches to them."
             )
         return self._advance(context, run)
+
+    def _time_out(self, context: Context, run: BatchRun, *, keep_outputs: bool = False) -> None:
+        """The batch's ``timeout`` passed: cancel the queued jobs, keep what arrived (after a wait),
+        write the manifest and raise ``JobTimeoutError`` (a retry resumes the batch)."""
+        asyncio.run(self._cancel(run, f"the batch's timeout of {self.timeout} s passed"))
+        if keep_outputs:
+            run.store_outputs()
+        self._finish(context, run, timed_out=True)
 
     def _advance(self, context: Context, run: BatchRun) -> Any:
         from airflow_provider_runcomfy.batch import ledger as L
@@ -383,8 +389,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             if step.action is Action.FINISH:
                 return self._finish(context, run)
             if step.action is Action.TIMED_OUT:
-                asyncio.run(self._cancel(run, f"the batch's timeout of {self.timeout} s passed"))
-                self._finish(context, run, timed_out=True)  # raises JobTimeoutError (a retry resumes)
+                self._time_out(context, run)
             trigger_kwargs = self._wait_args(
                 run, step.window, progress, wake_at=step.wake_at, deadline=deadline, tail=step.tail
             )

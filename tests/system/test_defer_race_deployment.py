@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from deployment import AIRFLOW_DEFAULT_INTERVALS, AirflowDeployment
 from deployment_race import mismatch_lines, paid_request_ids, plan_jobs, read_race
+from scenario_helpers import wait_for_log
 
 pytestmark = pytest.mark.system
 
@@ -74,13 +75,10 @@ def test_no_paid_job_ends_as_a_failed_task_on_default_intervals(
     # a task the race fails ends.
     # The triggerer writes a trigger's last lines to the task's log a little later: the last
     # triggers of a run showed their hold line but not yet this one (nor Airflow's own "Trigger
-    # fired event") right after the run ended, so a missing line is read again for up to 60 s.
+    # fired event") right after the run ended, so each log is waited for, up to 60 s.
     paid = paid_request_ids(runcomfy_emulator, tag)
     assert sorted(paid) == list(range(COUNT))
-    deadline = time.monotonic() + 60
-    while missing := [i for i, log in logs.items() if f"RunComfy request {paid[i]} {BILLED}" not in log]:
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(2)
-        logs.update({i: stock_airflow.task_log(DAG_ID, run_id, "edit", map_index=i) for i in missing})
-    assert not missing, {i: logs[i][-1500:] for i in missing}
+    for index in range(COUNT):
+        wait_for_log(
+            stock_airflow, DAG_ID, run_id, f"RunComfy request {paid[index]} {BILLED}", 60, map_index=index
+        )

@@ -7,7 +7,7 @@ hashed, never authenticated) into a part file that is renamed once whole
     {task folder}/outputs/{index:06d}_{request_id}_{n}.{ext}
 
 so a copy cut short by a crash is made again under the same name, never twice.
-Called from worker threads: each thread has its own downloader.
+Called from worker threads, which share one downloader (its connections) per process.
 """
 
 from __future__ import annotations
@@ -24,15 +24,21 @@ if TYPE_CHECKING:
     from airflow_provider_runcomfy.batch.items import BatchItem
     from airflow_provider_runcomfy.batch.ledger import ItemRecord
 
-_local = threading.local()
+_lock = threading.Lock()
+_downloaders: dict[tuple[int, str | None], OutputDownloader] = {}
 
 
 def _downloader(max_bytes: int, api_base_url: str | None) -> OutputDownloader:
-    key = (max_bytes, api_base_url)
-    if getattr(_local, "key", None) != key:
-        # The URL policy depends on where the API is: http:// outputs only from a loopback emulator.
-        _local.downloader, _local.key = OutputDownloader(max_bytes=max_bytes, api_base_url=api_base_url), key
-    downloader: OutputDownloader = _local.downloader
+    """One downloader per process and settings, shared by the copy threads of every worker part's loop.
+
+    Its connection pool is thread-safe (``Opener``) and costs ~30 ms of CPU to build (an SSL
+    context): built per thread of each copy round, that was a fifth of a batch's copy time.
+    """
+    key = (max_bytes, api_base_url)  # the URL policy depends on where the API is
+    with _lock:
+        downloader = _downloaders.get(key)
+        if downloader is None:
+            downloader = _downloaders[key] = OutputDownloader(max_bytes=max_bytes, api_base_url=api_base_url)
     return downloader
 
 

@@ -219,18 +219,26 @@ class InputPreparer(Closing):
         results = list(self._pool.map(one, payloads))
         if results:
             counts: dict[str, int] = {}
+            unchecked: list[PreparedInput] = []
             for result in results:
-                hows = (
-                    ["invalid"] if isinstance(result, InvalidInputError) else [i.how for i in result.inputs]
-                )
+                if isinstance(result, InvalidInputError):
+                    hows = ["invalid"]
+                else:
+                    hows = [report.how for report in result.inputs]
+                    unchecked += [report for report in result.inputs if report.how == "not checked"]
                 for how in hows:
                     counts[how] = counts.get(how, 0) + 1
-            self.log.info(
+            # Nothing done to any input (sent as given): a line per submit wave would only be noise.
+            level = logging.DEBUG if set(counts) <= {"sent as is"} else logging.INFO
+            self.log.log(
+                level,
                 "%s %d RunComfy input(s): %s.",
                 "Checked" if self.check_only else "Prepared",
                 len(results),
                 ", ".join(f"{n} {how}" for how, n in sorted(counts.items())) or "no files among them",
             )
+            if unchecked:
+                _warn_unchecked(self.log, len(unchecked), unchecked[0])
         return results
 
     # -- one input -------------------------------------------------------------------------------
@@ -256,6 +264,8 @@ class InputPreparer(Closing):
         reports = tuple(report for _, report, _ in done)
         for report in reports:
             self.log.log(level, "RunComfy input %s", report.describe())
+            if report.how == "not checked" and level > logging.DEBUG:  # many inputs: one line for all
+                _warn_unchecked(self.log, 1, report)
         return Prepared(send, record, tuple(secrets), reports)
 
     def _one(self, target: Target) -> tuple[str, PreparedInput, str | None]:
@@ -285,20 +295,12 @@ class InputPreparer(Closing):
                 secret,
             )
         result = self._preflight_client().check(target.label, value, target.kind)
-        if result.warning:
-            self.log.warning(
-                "Could not check RunComfy input %s %s before the submit (%s); submitting anyway, since "
-                "RunComfy may reach hosts this worker cannot. preflight='strict' makes this an error.",
-                target.label,
-                shown_url(value),
-                result.warning,
-            )
-            how = "not checked"
-        else:
-            how = "checked"
+        how = "not checked" if result.warning else "checked"
         return (
             value,
-            PreparedInput(target.label, shown_url(value), how, result.describe(), result.seconds),
+            PreparedInput(
+                target.label, shown_url(value), how, result.warning or result.describe(), result.seconds
+            ),
             secret,
         )
 
@@ -339,3 +341,25 @@ def _airflow_mask(secret: str) -> None:
     except ImportError:  # pragma: no cover - the provider always runs with Airflow
         return
     mask_secret(secret)
+
+
+def _warn_unchecked(log: Any, count: int, first: PreparedInput) -> None:
+    """One warning for the inputs pre-flight could not reach (a batch has thousands on one host)."""
+    if count == 1:
+        log.warning(
+            "Could not check RunComfy input %s %s before the submit (%s); submitting anyway, since "
+            "RunComfy may reach hosts this worker cannot. preflight='strict' makes this an error.",
+            first.field,
+            first.given,
+            first.detail,
+        )
+        return
+    log.warning(
+        "Could not check %d RunComfy inputs before the submit (the first, %s %s: %s); submitting them "
+        "anyway, since RunComfy may reach hosts this worker cannot. preflight='strict' makes this an "
+        "error.",
+        count,
+        first.field,
+        first.given,
+        first.detail,
+    )

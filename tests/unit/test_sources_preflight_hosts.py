@@ -11,6 +11,7 @@ and ``socket.create_connection`` with counters that call the real ones.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections import Counter
@@ -89,6 +90,24 @@ def test_inputs_on_a_host_that_does_not_resolve_cost_one_lookup(counting: Counti
     assert counting.lookups[NOWHERE] == 1
     # Each item still says why it was not checked, and that the host was found down before.
     assert "not tried again" in results[-1].inputs[0].detail  # type: ignore[union-attr]
+
+
+def test_a_batch_s_unreachable_inputs_are_one_warning_not_one_per_item(
+    counting: Counting, caplog: pytest.LogCaptureFixture
+) -> None:
+    payloads = [flux(f"https://{NOWHERE}/{n}.png") for n in range(ITEMS)]
+
+    with (
+        caplog.at_level(logging.INFO),
+        InputPreparer(max_concurrency=8, check_only=True, mask=lambda _: None, api_base_url=API) as preparer,
+    ):
+        preparer.prepare_many(FLUX, payloads)
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert f"Could not check {ITEMS} RunComfy inputs before the submit" in warnings[0]
+    assert NOWHERE in warnings[0] and "preflight='strict'" in warnings[0]
+    assert f"Checked {ITEMS} RunComfy input(s): {ITEMS} not checked." in caplog.text
 
 
 def test_inputs_on_a_port_that_refuses_cost_one_connection_attempt(counting: Counting) -> None:

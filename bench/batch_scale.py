@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -351,6 +352,10 @@ def main() -> int:
                     )
                 )
         finally:
+            logs = deployment.home / "logs"
+            if logs.is_dir():  # kept for reading what each worker part did (the deployment's home goes)
+                shutil.copytree(logs, work / "logs", dirs_exist_ok=True)
+                print(f"task logs: {work / 'logs'}")
             deployment.stop()
     print()
     print(

@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 
 #: How often a batch waiting on another execution's intents looks at the ledger again.
 LIMBO_RECHECK = 5.0
+#: The shortest wait a worker part does in place rather than deferring. A deferral's round trip
+#: (the trigger starts, holds its event back for Airflow's defer/resume race, a new task process
+#: starts and reads the ledger) takes longer, so for jobs this close to their end it would hold
+#: the batch up and cost a process start; the operator raises it to the trigger's hold.
+STAY_SECONDS = 3.0
+#: Waits in place one worker part makes at most before it defers anyway: the part's memory and
+#: CPU stay bounded whatever N is, and the slot is given back now and then.
+MAX_WAITS_IN_PLACE = 20
 
 
 class Action(StrEnum):
@@ -87,3 +95,23 @@ def next_step(
         # for a passing reason (try them again a little later).
         wake_at = now + (1.0 if waiting_to_submit else 5.0)
     return Step(Action.WAIT, window=window, wake_at=wake_at, tail=not waiting_to_submit)
+
+
+def waits_in_place(
+    step: Step,
+    expected_wake: float | None,
+    *,
+    waits_so_far: int,
+    now: float,
+    stay_seconds: float = STAY_SECONDS,
+) -> bool:
+    """Wait for the next refill in the worker (True) or defer (False).
+
+    In place only when the jobs are expected to be due within ``stay_seconds`` (short jobs, or
+    a part whose submits and copies took most of the jobs' run time) and the part has made
+    fewer than ``MAX_WAITS_IN_PLACE`` such waits. ``expected_wake`` is the in-place wait's own
+    estimate (``Window.expected_wake``); None when there is no estimate (defer).
+    """
+    if step.action is not Action.WAIT or expected_wake is None or waits_so_far >= MAX_WAITS_IN_PLACE:
+        return False
+    return expected_wake - now <= max(STAY_SECONDS, stay_seconds)

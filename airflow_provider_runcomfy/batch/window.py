@@ -226,6 +226,24 @@ class Window:
         await asyncio.gather(*(poll(entry) for entry in due))
         return list(self.outcomes.values())
 
+    def expected_wake(self, now: float) -> float:
+        """When ``wait`` would end if every job ends when expected (``time.time()``; ``now`` or later).
+
+        The ``wake_count``-th due read among the jobs in flight, or ``wake_at`` if sooner. What
+        decides whether a worker part waits in place or defers (``batch.step.waits_in_place``).
+        """
+        times = [] if self.rule.wake_at is None else [self.rule.wake_at]
+        needed = self.rule.wake_count - len(self.outcomes)
+        if needed <= 0 or not (self._heap or times):
+            times.append(now)
+        elif not self._heap:
+            pass  # nothing in flight: only the clock wakes it
+        elif len(self._heap) >= needed:
+            times.append(heapq.nsmallest(needed, (entry.next_poll for entry in self._heap))[-1])
+        else:  # fewer in flight than the rule asks for: the last of them (then the rule wakes anyway)
+            times.append(max(entry.next_poll for entry in self._heap))
+        return max(now, min(times))
+
     def due_within(self, seconds: float) -> int:
         """How many jobs in flight are due to be read (expected to end) within ``seconds``."""
         horizon = time.time() + seconds

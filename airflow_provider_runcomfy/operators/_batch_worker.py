@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_runcomfy.batch.step import MAX_WAITS_IN_PLACE, STAY_SECONDS, waits_in_place
 from airflow_provider_runcomfy.client.errors import RunComfyError
 from airflow_provider_runcomfy.compat import AirflowFailException
 
@@ -20,11 +21,10 @@ if TYPE_CHECKING:
 
     from airflow_provider_runcomfy.batch.engine import BatchRun, RefillResult
     from airflow_provider_runcomfy.batch.progress import Progress
+    from airflow_provider_runcomfy.batch.step import Step
     from airflow_provider_runcomfy.client import AsyncRunComfyClient
     from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 
-#: How long a resumed worker waits in place for jobs about to end, rather than deferring again.
-STAY_SECONDS = 3.0
 #: How long a finished job waits for others before the worker wakes to copy its outputs.
 MAX_WAIT_REFILL = 15.0
 MAX_WAIT_TAIL = 60.0
@@ -173,6 +173,35 @@ class BatchWorkerIO:
                 "done_at_start": progress.done_at_start,
             },
         }
+
+    def _in_place(self, wait_args: dict[str, Any], step: Step, *, waits_so_far: int) -> dict[str, Any] | None:
+        """The wait's arguments for waiting in this worker, or None to defer (``batch.step.waits_in_place``).
+
+        Jobs due sooner than a deferred trigger would hand its event over anyway (its hold for
+        Airflow's defer/resume race: 10 s on Airflow's defaults) are waited for here: deferring
+        would only delay the batch and start another task process. An in-place wait has no lead
+        (the worker is already here) and ends at most ``STAY_SECONDS`` after its expected end, so
+        jobs running late send the part to defer rather than hold the slot.
+        """
+        from airflow_provider_runcomfy.batch.window import Window
+        from airflow_provider_runcomfy.triggers._base import guard_hold
+
+        args = {**wait_args, "lead_seconds": 0.0, "progress": None}
+        now = time.time()
+        expected = Window.from_wait_args(args, log_line=self.log.info).expected_wake(now)
+        stay = guard_hold()
+        if not waits_in_place(step, expected, waits_so_far=waits_so_far, now=now, stay_seconds=stay):
+            return None
+        bound = expected + STAY_SECONDS
+        args["wake_at"] = bound if args["wake_at"] is None else min(float(args["wake_at"]), bound)
+        self.log.info(
+            "The next jobs are due in %.1f s: waiting in this worker rather than deferring (%d of %d such "
+            "waits in this part).",
+            expected - now,
+            waits_so_far + 1,
+            MAX_WAITS_IN_PLACE,
+        )
+        return args
 
     async def _wait_here(self, trigger_kwargs: dict[str, Any]) -> dict[str, Any]:
         """The blocking mode's wait: the trigger's loop, run in the worker."""

@@ -32,6 +32,7 @@ from airflow_provider_runcomfy.arguments import (
     keep_wait_arguments,
 )
 from airflow_provider_runcomfy.batch.owner import OwnershipLost
+from airflow_provider_runcomfy.batch.step import MAX_WAITS_IN_PLACE
 from airflow_provider_runcomfy.client.errors import RunComfyError
 from airflow_provider_runcomfy.compat import AirflowFailException
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
@@ -351,6 +352,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             started_at=float(run.ledger.meta.get("try_started_at") or time.time()),
             done_at_start=int(run.ledger.meta.get("done_at_try_start") or 0),
         )
+        waits_in_place = 0
         while True:
             if run.unchecked_count():
                 self._check(run, report=False)
@@ -394,7 +396,10 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
                 run, step.window, progress, wake_at=step.wake_at, deadline=deadline, tail=step.tail
             )
             run.ledger.compact()
-            if self.deferrable:
+            in_place = (
+                self._in_place(trigger_kwargs, step, waits_so_far=waits_in_place) if self.deferrable else None
+            )
+            if self.deferrable and in_place is None:
                 from airflow_provider_runcomfy.triggers.batch import RunComfyBatchTrigger
 
                 self.defer(
@@ -404,7 +409,12 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
                     if deadline is not None
                     else None,
                 )
-            event = asyncio.run(self._wait_here(trigger_kwargs))
+            if in_place is not None:
+                waits_in_place += 1
+            event = asyncio.run(self._wait_here(in_place or trigger_kwargs))
+            if in_place is not None and not event.get("outcomes"):
+                # The jobs run later than expected: the next wait is deferred, not held here.
+                waits_in_place = MAX_WAITS_IN_PLACE
             if run.limbo():  # the blocking mode reads what the other execution wrote meanwhile
                 run.ledger = L.Ledger(run.folder, run.model_id).load()
             run.apply_outcomes(event.get("outcomes") or [])

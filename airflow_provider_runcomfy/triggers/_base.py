@@ -73,11 +73,19 @@ def runs_in_triggerer() -> bool:
     return isinstance(decoder, type) and isinstance(comms, decoder)
 
 
-def resume_hold() -> float:
-    """Seconds a trigger starting now keeps its event back: the guard in a triggerer, else none."""
-    if os.environ.get(RESUME_GUARD_ENV, "").strip().lower() == "off" or not runs_in_triggerer():
+def guard_hold() -> float:
+    """Seconds a deferred trigger of this deployment keeps its event back (0 with the guard off).
+
+    Also what a batch worker part compares a short wait with before it defers (``batch.step``).
+    """
+    if os.environ.get(RESUME_GUARD_ENV, "").strip().lower() == "off":
         return 0.0
     return resume_guard_seconds()
+
+
+def resume_hold() -> float:
+    """Seconds a trigger starting now keeps its event back: the guard in a triggerer, else none."""
+    return guard_hold() if runs_in_triggerer() else 0.0
 
 
 def hold_events(

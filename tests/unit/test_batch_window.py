@@ -61,6 +61,29 @@ def test_a_job_is_first_read_when_it_is_expected_to_be_done() -> None:
     assert (unknown.due_within(0), unknown.due_within(60)) == (1, 2)
 
 
+def test_the_expected_wake_is_when_the_wake_count_th_job_is_due() -> None:
+    now = time.time()
+    entries = [["r1", "k1", now - 9], ["r2", "k2", now - 5], ["r3", "k3", now]]  # due in 1, 5, 10 s
+    assert window(entries, WakeRule(1, 30.0), expected_seconds=10.0).expected_wake(now) == pytest.approx(
+        now + 1
+    )
+    assert window(entries, WakeRule(2, 30.0), expected_seconds=10.0).expected_wake(now) == pytest.approx(
+        now + 5
+    )
+    # wake_at sooner than the jobs wins; a time already past is "now".
+    rule = WakeRule(3, 30.0, wake_at=now + 2)
+    assert window(entries, rule, expected_seconds=10.0).expected_wake(now) == pytest.approx(now + 2)
+    late = [["r1", "k1", now - 60]]
+    assert window(late, WakeRule(1, 30.0), expected_seconds=10.0).expected_wake(now) == now
+
+
+def test_an_empty_window_is_expected_to_wake_at_its_clock_only() -> None:
+    now = time.time()
+    # A 429 pause of 30 s: nothing in flight, woken by wake_at (not "at once", which would hold the worker).
+    assert window([], WakeRule(1, 30.0, wake_at=now + 30)).expected_wake(now) == pytest.approx(now + 30)
+    assert window([], WakeRule(1, 30.0)).expected_wake(now) == now
+
+
 async def test_finished_jobs_come_back_with_their_keys(
     emu: RunComfyEmulator, client: AsyncRunComfyClient
 ) -> None:

@@ -2,7 +2,7 @@
 
 The core decides; the operator only maps the answer to Airflow (``RunComfyBatchOperator._advance``):
 ``FINISH`` to its return value (after the failure policy), ``WAIT`` to ``defer`` (or the blocking
-wait), ``FAIL`` and ``TIMED_OUT`` to a failed task. So the cycle is tested without Airflow, and a
+wait), ``FAIL`` and ``TIMED_OUT`` to a failed task (a retryable ``FAIL`` to an error Airflow retries). So the cycle is tested without Airflow, and a
 reader finds the batch's next move here rather than in the branches of an Airflow method.
 """
 
@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_runcomfy.batch import ledger as L
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from airflow_provider_runcomfy.batch.engine import BatchRun
     from airflow_provider_runcomfy.batch.submitting import RefillResult
 
@@ -50,6 +52,8 @@ class Step:
 
     :param action: finish, wait, fail or timed out.
     :param message: why it fails (``FAIL``).
+    :param retryable: a retry of the task can get past the failure (``FAIL``): the wait could not
+        read RunComfy for a passing reason, and the retry re-attaches to the jobs in flight.
     :param window: ``[request_id, key, submitted_at]`` of the jobs to wait for (``WAIT``).
     :param wake_at: ``time.time()`` by which the worker must run again even if no job ended
         (a 429 pause, another execution's intents, copies to try again); None: when jobs end.
@@ -58,6 +62,7 @@ class Step:
 
     action: Action
     message: str | None = None
+    retryable: bool = False
     window: list[list[Any]] = field(default_factory=list)
     wake_at: float | None = None
     tail: bool = False
@@ -71,6 +76,31 @@ def after_refill(refill: RefillResult) -> Step | None:
         Action.FAIL,
         message=f"{refill.fatal.message} Nothing more is submitted; the jobs already in flight are recorded "
         "and a clear of the task re-attaches to them.",
+    )
+
+
+def after_wait(event: Mapping[str, Any]) -> Step | None:
+    """What the end of a wait (a trigger's event, or the blocking wait's) asks for; None: go on.
+
+    ``"timeout"``: the batch's deadline passed during the wait (``TIMED_OUT``). ``"error"``: the
+    wait could not read RunComfy (``FAIL``, retryable when the event says a retry may get past it;
+    either way the jobs in flight stay recorded, so the next try or a clear waits for them again).
+    ``"ready"``: jobs ended or the wake time came, so the worker part goes on.
+    """
+    status = event.get("status")
+    if status == "timeout":
+        return Step(Action.TIMED_OUT)
+    if status != "error":
+        return None
+    message = str(event.get("message") or "RunComfy could not be read.")
+    if event.get("retryable"):
+        return Step(
+            Action.FAIL,
+            message=message + " A retry of the task re-attaches to the jobs in flight.",
+            retryable=True,
+        )
+    return Step(
+        Action.FAIL, message=message + " The jobs in flight are recorded; a clear re-attaches to them."
     )
 
 

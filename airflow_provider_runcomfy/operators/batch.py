@@ -307,6 +307,8 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
         return invalid
 
     def _after_wait(self, context: Context, run: BatchRun, event: dict[str, Any]) -> Any:
+        from airflow_provider_runcomfy.batch.step import Action, after_wait
+
         run.apply_outcomes(event.get("outcomes") or [])
         status = event.get("status")
         fired_at = event.get("fired_at")
@@ -319,16 +321,14 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             run.ledger.set_meta(resume_latency=latency if earlier is None else (float(earlier) + latency) / 2)
             # Read the jobs that were expected to end while the worker was on its way.
             run.apply_outcomes(asyncio.run(self._catch_up(run)))
-        if status == "timeout":
+        # The core decides (``batch.step.after_wait``); here its answer becomes Airflow's.
+        step = after_wait(event)
+        if step is not None and step.action is Action.TIMED_OUT:
             self._time_out(context, run, keep_outputs=True)
-        if status == "error":
-            message = str(event.get("message") or "RunComfy could not be read.")
+        if step is not None and step.action is Action.FAIL:
             self._write_manifest(context, run)
-            if event.get("retryable"):
-                raise RunComfyError(message + " A retry of the task re-attaches to the jobs in flight.")
-            raise AirflowFailException(
-                message + " The jobs in flight are recorded; a clear re-attaches to them."
-            )
+            message = str(step.message)
+            raise RunComfyError(message) if step.retryable else AirflowFailException(message)
         return self._advance(context, run)
 
     def _time_out(self, context: Context, run: BatchRun, *, keep_outputs: bool = False) -> None:

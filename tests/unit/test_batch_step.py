@@ -20,6 +20,7 @@ from airflow_provider_runcomfy.batch.step import (
     Action,
     Step,
     after_refill,
+    after_wait,
     next_step,
     waits_in_place,
 )
@@ -144,3 +145,34 @@ def test_a_wait_shorter_than_the_trigger_s_hold_is_made_in_place() -> None:
     assert waits_in_place(wait, NOW + 10.5, waits_so_far=0, now=NOW, stay_seconds=10.0) is False
     # With the guard off (no hold), the floor still applies.
     assert waits_in_place(wait, NOW + STAY_SECONDS, waits_so_far=0, now=NOW, stay_seconds=0.0) is True
+
+
+def test_a_wait_that_ended_with_jobs_or_at_its_wake_time_goes_on() -> None:
+    assert after_wait({"status": "ready", "outcomes": []}) is None
+
+
+def test_a_wait_that_reached_the_batch_s_deadline_times_the_batch_out() -> None:
+    assert after_wait({"status": "timeout"}) == Step(Action.TIMED_OUT)
+
+
+def test_a_wait_that_could_not_read_runcomfy_for_a_passing_reason_fails_so_that_a_retry_re_attaches() -> None:
+    step = after_wait({"status": "error", "message": "RunComfy answered 503 five times.", "retryable": True})
+    assert step == Step(
+        Action.FAIL,
+        message="RunComfy answered 503 five times. A retry of the task re-attaches to the jobs in flight.",
+        retryable=True,
+    )
+
+
+def test_a_wait_refused_for_good_fails_and_says_a_clear_re_attaches() -> None:
+    step = after_wait({"status": "error", "message": "RunComfy rejected the token.", "retryable": False})
+    assert step == Step(
+        Action.FAIL,
+        message="RunComfy rejected the token. The jobs in flight are recorded; a clear re-attaches to them.",
+    )
+    assert step.retryable is False
+    # An error event without a message still tells the user what became of the jobs.
+    unsaid = after_wait({"status": "error"})
+    assert unsaid is not None and unsaid.message == (
+        "RunComfy could not be read. The jobs in flight are recorded; a clear re-attaches to them."
+    )

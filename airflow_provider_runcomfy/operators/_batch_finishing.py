@@ -1,11 +1,10 @@
 """How a batch ends at the Airflow edge: the manifest's XCom, one summary line, the verdict, the lineage.
 
-``BatchFinishing`` and ``BatchLineage`` are parts of ``RunComfyBatchOperator`` (which
-provides ``log``, ``timeout``, ``max_failed_items``, ``inputs``, ``output_dir``), kept apart
-so the operator reads as the cycle it runs. What the batch decides is ``batch.report``'s
-(the rows, the counts, the failure policy as a message or None); this module only turns
-that into Airflow's terms (XCom, ``AirflowFailException``). The OpenLineage naming is
-``outputs.lineage``'s, imported only when the OpenLineage listener asks.
+``BatchFinishing`` and ``BatchLineage`` are built by ``RunComfyBatchOperator`` with what they
+use as constructor arguments, kept apart so the operator reads as the cycle it runs. What the
+batch decides is ``batch.report``'s (the rows, the counts, the failure policy as a message or
+None); this module only turns that into Airflow's terms (XCom, ``AirflowFailException``). The
+OpenLineage naming is ``outputs.lineage``'s, imported only when the OpenLineage listener asks.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.client.errors import JobTimeoutError
@@ -29,16 +29,22 @@ LOGGED_ITEMS = 20
 log = logging.getLogger(__name__)
 
 
+@dataclass
 class BatchFinishing:
-    """The manifest, the last log lines and the verdict of the batch operator."""
+    """The manifest, the last log lines and the verdict of the batch operator.
+
+    :param log: the task's log.
+    :param timeout: the batch's ``timeout`` (named in the timeout's message).
+    :param max_failed_items: the failure policy's limit (``RunComfyBatchOperator``).
+    """
 
     log: Any
     timeout: float | None
     max_failed_items: int | None
-    #: The return value of the last ``_finish`` (for OpenLineage: the listener reads no XCom).
-    _batch_result: dict[str, Any] | None = None
+    #: The return value of the last ``finish`` (for OpenLineage: the listener reads no XCom).
+    result: dict[str, Any] | None = field(default=None, init=False)
 
-    def _write_manifest(self, context: Context, run: BatchRun) -> str:
+    def write_manifest(self, context: Context, run: BatchRun) -> str:
         """Write ``manifest.jsonl`` (failure or not) and push its URI as XCom ``manifest``."""
         from airflow_provider_runcomfy.batch.report import write_batch_manifest
 
@@ -49,7 +55,7 @@ class BatchFinishing:
             self.log.warning("Could not push the manifest's URI to XCom: %s", error)
         return uri
 
-    def _finish(self, context: Context, run: BatchRun, *, timed_out: bool = False) -> dict[str, Any]:
+    def finish(self, context: Context, run: BatchRun, *, timed_out: bool = False) -> dict[str, Any]:
         """Write the manifest, say what happened, then return the summary or fail by the failure policy."""
         from airflow_provider_runcomfy.batch.report import (
             describe_counts,
@@ -58,9 +64,9 @@ class BatchFinishing:
             timeout_message,
         )
 
-        uri = self._write_manifest(context, run)
+        uri = self.write_manifest(context, run)
         result = summary(run, uri)
-        self._batch_result = result
+        self.result = result
         counts = describe_counts(result)
         cost = f"; cost ${result['cost_usd']:.4f}" if result["cost_usd"] is not None else ""
         self.log.info(
@@ -78,7 +84,7 @@ class BatchFinishing:
             raise AirflowFailException(message)
         return result
 
-    def _report_invalid(self, run: BatchRun, invalid: int) -> None:
+    def report_invalid(self, run: BatchRun, invalid: int) -> None:
         """Log why the first invalid items are not submitted (all of them are in the manifest)."""
         from airflow_provider_runcomfy.batch import ledger as L
 
@@ -100,6 +106,7 @@ class BatchFinishing:
             )
 
 
+@dataclass(frozen=True)
 class BatchLineage:
     """``get_openlineage_facets_on_complete`` for ``RunComfyBatchOperator`` (also used on failure).
 
@@ -113,14 +120,19 @@ class BatchLineage:
     Pre-signed URLs never appear: the batch signs files only for the submit and keeps them
     nowhere, and a URL's query (where a signature lives) is dropped from dataset names.
     Lineage never fails the task: any error is logged and no lineage is reported.
+
+    :param model_id: the rendered ``model_id``.
+    :param inputs: the rendered ``inputs``.
+    :param output_dir: the rendered ``output_dir``.
+    :param result: the batch's return value (``BatchFinishing.result``); None before it ended.
     """
 
+    model_id: str
     inputs: Any
     output_dir: Any
-    model_id: str
-    _batch_result: dict[str, Any] | None
+    result: dict[str, Any] | None
 
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+    def facets(self) -> Any:
         """Input source, ``output_dir`` and counts of the batch (see the class docstring)."""
         try:
             return self._batch_lineage()
@@ -157,7 +169,7 @@ class BatchLineage:
         )
 
         run_facets: dict[str, Any] = {}
-        result = self._batch_result
+        result = self.result
         if result is not None:
             counts = {name: int(result.get(name) or 0) for name in BATCH_COUNTS}
             counts["submitted"] = counts["total"] - counts["invalid"] - counts["not_submitted"]

@@ -1,8 +1,9 @@
 """The worker's I/O for a batch: its clients, the refill, the waits it does itself, the cancels.
 
-``BatchWorkerIO`` is a part of ``RunComfyBatchOperator`` (which provides ``hook``,
-``model_id``, ``poll_interval``, ``deferrable`` and the seams), kept apart so the
-operator reads as the cycle it runs. It lives at the Airflow edge, not in ``batch/``,
+``BatchWorker`` is built by ``RunComfyBatchOperator`` when a worker part starts (from the
+rendered template fields), with everything it uses as a constructor argument: the settings,
+the hook, the log and the operator's seams. So the operator reads as the cycle it runs, and
+this part's dependencies are on its face. It lives at the Airflow edge, not in ``batch/``,
 because it reads the task instance and fails the task: ``batch/`` stays free of Airflow,
 as ``client/`` is.
 """
@@ -10,6 +11,8 @@ as ``client/`` is.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.batch.step import MAX_WAITS_IN_PLACE, STAY_SECONDS, waits_in_place
@@ -19,11 +22,13 @@ from airflow_provider_runcomfy.compat import AirflowFailException
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_runcomfy.batch.engine import BatchRun, RefillResult
+    from airflow_provider_runcomfy.batch.engine import BatchRun, BatchSpend, RefillResult
+    from airflow_provider_runcomfy.batch.items import BatchItem
     from airflow_provider_runcomfy.batch.progress import Progress
     from airflow_provider_runcomfy.batch.step import Step
     from airflow_provider_runcomfy.client import AsyncRunComfyClient
     from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
+    from airflow_provider_runcomfy.sources.prepare import PreparedBody
 
 #: How long a finished job waits for others before the worker wakes to copy its outputs.
 MAX_WAIT_REFILL = 15.0
@@ -32,8 +37,26 @@ MAX_WAIT_TAIL = 60.0
 ON_KILL_SECONDS = 20.0
 
 
-class BatchWorkerIO:
-    """Clients and network steps of the batch operator's worker parts."""
+def api_base_url(hook: RunComfyHook) -> str:
+    """The RunComfy API's base URL of the hook's connection (it decides the URL policy of inputs and outputs)."""
+    from airflow_provider_runcomfy.client import DEFAULT_BASE_URL
+
+    return str(hook.settings.get("base_url") or DEFAULT_BASE_URL)
+
+
+@dataclass
+class BatchWorker:
+    """Clients and network steps of the batch operator's worker parts.
+
+    ``model_id`` to ``timeout`` are the operator's arguments of those names (the template fields
+    as rendered for this try).
+
+    :param hook: the operator's hook: its client settings and the cancels of ``on_kill``.
+    :param log: the task's log.
+    :param prepare_items: the operator's inputs seam (``prepare_items``), called for the submits.
+    :param may_submit: the operator's budget seam, asked before each submit.
+    :param stop_reason: why ``may_submit`` refused, for the report.
+    """
 
     model_id: str
     inputs: Any
@@ -46,18 +69,15 @@ class BatchWorkerIO:
     poll_interval: float
     deferrable: bool
     timeout: float | None
+    hook: RunComfyHook
     log: Any
-    prepare_items: Any
-    may_submit: Any
-    _stop_reason: Any
-    _run: BatchRun | None
+    prepare_items: Callable[..., list[PreparedBody]]
+    may_submit: Callable[[BatchItem, BatchSpend], bool]
+    stop_reason: Callable[[], str | None]
+    #: The batch this worker part opened (``on_kill`` cancels its jobs in flight).
+    run: BatchRun | None = field(default=None, init=False)
 
-    if TYPE_CHECKING:
-
-        @property
-        def hook(self) -> RunComfyHook: ...
-
-    def _open(self, context: Context, owner_id: str | None = None) -> BatchRun:
+    def open(self, context: Context, owner_id: str | None = None) -> BatchRun:
         """This worker part's view of the batch: the inputs read, the ledger loaded from ``output_dir``.
 
         ``owner_id`` None: a new execution, which takes the batch over (``batch.owner``) before it
@@ -98,7 +118,7 @@ class BatchWorkerIO:
             ledger = self._load_ledger(folder, items, new_execution=owner_id is None)
         except (L.LedgerReadError, OwnershipLost) as error:
             raise AirflowFailException(str(error)) from error
-        self._run = BatchRun(
+        self.run = BatchRun(
             self.model_id,
             items,
             ledger,
@@ -107,10 +127,10 @@ class BatchWorkerIO:
             max_output_bytes=self.max_output_bytes or DEFAULT_MAX_OUTPUT_BYTES,
             resubmit_unknown=self.on_unknown_submit == "resubmit",
             log=self.log,
-            api_base_url=self._base_url(),
+            api_base_url=api_base_url(self.hook),
             owner=owner,
         )
-        return self._run
+        return self.run
 
     def _load_ledger(self, folder: Any, items: Any, *, new_execution: bool) -> Any:
         """The ledger; a damaged one is rebuilt only when the user asked (``on_damaged_ledger``)."""
@@ -128,7 +148,7 @@ class BatchWorkerIO:
             self.log.warning("Ledger rebuilt: %s", report.describe())
             return L.Ledger(folder, self.model_id).load()
 
-    async def _refill(self, run: BatchRun, pacer: Any, try_number: int) -> RefillResult:
+    async def refill(self, run: BatchRun, pacer: Any, try_number: int) -> RefillResult:
         from airflow_provider_runcomfy.models import validate_input
 
         async with self._async_client(submits=True) as client:
@@ -139,10 +159,10 @@ class BatchWorkerIO:
                 validate=validate_input,
                 may_submit=self.may_submit,
                 try_number=try_number,
-                stop_reason=self._stop_reason,
+                stop_reason=self.stop_reason,
             )
 
-    def _wait_args(
+    def wait_args(
         self,
         run: BatchRun,
         window: list[list[Any]],
@@ -174,7 +194,7 @@ class BatchWorkerIO:
             },
         }
 
-    def _in_place(self, wait_args: dict[str, Any], step: Step, *, waits_so_far: int) -> dict[str, Any] | None:
+    def in_place(self, wait_args: dict[str, Any], step: Step, *, waits_so_far: int) -> dict[str, Any] | None:
         """The wait's arguments for waiting in this worker, or None to defer (``batch.step.waits_in_place``).
 
         Jobs due sooner than a deferred trigger would hand its event over anyway (its hold for
@@ -203,7 +223,7 @@ class BatchWorkerIO:
         )
         return args
 
-    async def _wait_here(self, trigger_kwargs: dict[str, Any]) -> dict[str, Any]:
+    async def wait_here(self, trigger_kwargs: dict[str, Any]) -> dict[str, Any]:
         """The blocking mode's wait: the trigger's loop, run in the worker."""
         from airflow_provider_runcomfy.batch.window import Window
 
@@ -211,7 +231,7 @@ class BatchWorkerIO:
         async with self._async_client(submits=False) as client:
             return await window.wait(client)
 
-    async def _catch_up(self, run: BatchRun) -> list[dict[str, Any]]:
+    async def catch_up(self, run: BatchRun) -> list[dict[str, Any]]:
         """Read the jobs that were expected to end while the worker was on its way.
 
         The trigger woke the worker ahead of the jobs' expected end (``lead_seconds``); when
@@ -238,14 +258,14 @@ class BatchWorkerIO:
                 outcomes = event["outcomes"]
         return outcomes
 
-    def _cancel_now(self) -> None:
+    def cancel_now(self) -> None:
         """Cancel the jobs in flight one by one while the task is being killed, for ``ON_KILL_SECONDS``."""
         from airflow_provider_runcomfy.batch import ledger as L
 
-        if self._run is None:
+        if self.run is None:
             return
         give_up = time.monotonic() + ON_KILL_SECONDS
-        for _, record in self._run.records(L.SUBMITTED):
+        for _, record in self.run.records(L.SUBMITTED):
             if time.monotonic() > give_up:
                 self.log.warning(
                     "Stopped cancelling after %.0f s; remaining jobs may run and be billed.", ON_KILL_SECONDS
@@ -256,13 +276,13 @@ class BatchWorkerIO:
             except RunComfyError as error:
                 self.log.warning("Could not cancel RunComfy request %s: %s", record.request_id, error)
 
-    async def _cancel_vanished(self, run: BatchRun) -> None:
+    async def cancel_vanished(self, run: BatchRun) -> None:
         """Cancel the queued jobs of items no longer in the inputs (their spend still counts)."""
         if run.vanished_in_flight():
             async with self._async_client(submits=False) as client:
                 await run.cancel_vanished(client)
 
-    async def _cancel(self, run: BatchRun, why: str) -> None:
+    async def cancel(self, run: BatchRun, why: str) -> None:
         async with self._async_client(submits=False) as client:
             await run.cancel_in_flight(client, why)
 
@@ -287,12 +307,7 @@ class BatchWorkerIO:
             return 0.0
         return min(float(latency) + 0.5, 0.8 * expected)
 
-    def _base_url(self) -> str:
-        from airflow_provider_runcomfy.client import DEFAULT_BASE_URL
-
-        return str(self.hook.settings.get("base_url") or DEFAULT_BASE_URL)
-
-    def _deadline(self, run: BatchRun) -> float | None:
+    def deadline(self, run: BatchRun) -> float | None:
         if self.timeout is None:
             return None
         return float(run.ledger.meta.get("try_started_at") or time.time()) + float(self.timeout)

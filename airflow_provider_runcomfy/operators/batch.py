@@ -37,7 +37,7 @@ from airflow_provider_runcomfy.client.errors import RunComfyError
 from airflow_provider_runcomfy.compat import AirflowFailException
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
 from airflow_provider_runcomfy.operators._batch_finishing import BatchFinishing, BatchLineage
-from airflow_provider_runcomfy.operators._batch_worker import ON_KILL_SECONDS, BatchWorkerIO
+from airflow_provider_runcomfy.operators._batch_worker import ON_KILL_SECONDS, BatchWorker, api_base_url
 from airflow_provider_runcomfy.operators.links import RunComfyManifestLink, RunComfyOutputLink
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ CHECK_CHUNK = 256
 DEFER_TIMEOUT_MARGIN = policy.DEFER_TIMEOUT_MARGIN
 
 
-class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOperator):
+class RunComfyBatchOperator(BaseOperator):
     """Runs ``model_id`` over every input of ``inputs``: bounded in flight, resumable, never paying twice.
 
     Return value (small whatever N is): ``{"total", "succeeded", "failed", "cancelled",
@@ -122,6 +122,12 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
     template_fields_renderers: ClassVar[dict[str, str]] = {"inputs": "json"}
     operator_extra_links = (RunComfyOutputLink(), RunComfyManifestLink())
     ui_color = "#d8ccff"
+    # Checked and kept in ``__init__`` by ``keep_wait_arguments`` (shared with the other RunComfy tasks).
+    runcomfy_conn_id: str
+    deferrable: bool
+    poll_interval: float
+    output_dir: Any
+    max_output_bytes: int | None
 
     def __init__(
         self,
@@ -173,7 +179,6 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
         self.on_schema_unavailable = check_on_schema_unavailable(on_schema_unavailable)
         self.preflight = check_preflight(preflight)
         self.sign_expiry = check_sign_expiry(sign_expiry)
-        self._run: BatchRun | None = None
 
     # -- seams for the inputs and spend helpers ---------------------------------------------------
 
@@ -196,7 +201,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             for_submit=for_submit,
             preflight=self.preflight,
             sign_expiry=self.sign_expiry or sign_expiry_for(self.timeout),
-            api_base_url=self._base_url(),
+            api_base_url=api_base_url(self.hook),
             log=self.log,
         )
 
@@ -229,6 +234,36 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
         guard: BatchGuard | None = self.__dict__.get("spend_guard")  # never built here: no price read
         return guard.budget.stopped_reason if guard is not None and guard.max_cost_usd is not None else None
 
+    # -- the parts, built when a worker part first needs them (the template fields are rendered) ----
+
+    @cached_property
+    def _worker(self) -> BatchWorker:
+        """The worker's clients, waits and cancels. The seams are this operator's bound methods, so a
+        subclass's ``prepare_items`` or ``may_submit`` is the one asked."""
+        return BatchWorker(
+            model_id=self.model_id,
+            inputs=self.inputs,
+            output_dir=self.output_dir,
+            max_in_flight=self.max_in_flight,
+            max_output_bytes=self.max_output_bytes,
+            on_unknown_submit=self.on_unknown_submit,
+            on_damaged_ledger=self.on_damaged_ledger,
+            runcomfy_conn_id=self.runcomfy_conn_id,
+            poll_interval=self.poll_interval,
+            deferrable=self.deferrable,
+            timeout=self.timeout,
+            hook=self.hook,
+            log=self.log,
+            prepare_items=self.prepare_items,
+            may_submit=self.may_submit,
+            stop_reason=self._stop_reason,
+        )
+
+    @cached_property
+    def _finishing(self) -> BatchFinishing:
+        """The manifest, the last log lines and the verdict; it keeps the return value for the lineage."""
+        return BatchFinishing(log=self.log, timeout=self.timeout, max_failed_items=self.max_failed_items)
+
     # -- Airflow entry points -----------------------------------------------------------------
 
     @cached_property
@@ -237,13 +272,13 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
 
     def execute(self, context: Context) -> Any:
         """Check every input, then submit (or resume) the batch."""
-        run = self._open(context)
+        run = self._worker.open(context)
         invalid = self._check(run)
         if invalid and (
             (invalid == len(run.items) and not run.unchecked_count())
             or (self.max_invalid_items is not None and invalid > self.max_invalid_items)
         ):
-            manifest = self._write_manifest(context, run)
+            manifest = self._finishing.write_manifest(context, run)
             limit = (
                 "every input"
                 if invalid == len(run.items)
@@ -256,7 +291,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
         ti = context["ti"]
         run.start_try(int(ti.try_number), f"{getattr(ti, 'id', '')}:{ti.try_number}")
         run.settle()  # a same-try re-run skips start_try: stale intents of another execution settle here
-        asyncio.run(self._cancel_vanished(run))
+        asyncio.run(self._worker.cancel_vanished(run))
         self._check_budget(run)
         return self._advance(context, run)
 
@@ -273,7 +308,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after a wait: record its outcomes, copy, refill, defer again or finish."""
-        run = self._open(context, owner_id=(event or {}).get("owner"))
+        run = self._worker.open(context, owner_id=(event or {}).get("owner"))
         self._check(run, report=False)
         run.settle()
         return self._after_wait(context, run, event or {})
@@ -283,15 +318,23 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
 
         A deferred task is cancelled by its trigger (``RunComfyBatchTrigger.on_kill``).
         """
-        self._cancel_now()
+        worker: BatchWorker | None = self.__dict__.get("_worker")  # None: no batch was opened here
+        if worker is not None:
+            worker.cancel_now()
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """When the triggerer's own defer timeout fired first: cancel queued jobs, write the manifest."""
         if next_method == "__fail__":
-            run = self._open(context)
-            asyncio.run(self._cancel(run, "the deferral timed out"))
-            self._write_manifest(context, run)
+            run = self._worker.open(context)
+            asyncio.run(self._worker.cancel(run, "the deferral timed out"))
+            self._finishing.write_manifest(context, run)
         return super().resume_execution(next_method, next_kwargs, context)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Input source, ``output_dir`` and counts of the batch (``BatchLineage``); never fails the task."""
+        finishing: BatchFinishing | None = self.__dict__.get("_finishing")  # None: the batch did not end here
+        result = finishing.result if finishing is not None else None
+        return BatchLineage(self.model_id, self.inputs, self.output_dir, result).facets()
 
     # -- the cycle ------------------------------------------------------------------------------
 
@@ -303,7 +346,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             lambda items: self.prepare_items(items, for_submit=False), self.spend_guard.validate, limit=limit
         )
         if invalid and report:
-            self._report_invalid(run, invalid)
+            self._finishing.report_invalid(run, invalid)
         return invalid
 
     def _after_wait(self, context: Context, run: BatchRun, event: dict[str, Any]) -> Any:
@@ -320,13 +363,13 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
             earlier = run.ledger.meta.get("resume_latency")
             run.ledger.set_meta(resume_latency=latency if earlier is None else (float(earlier) + latency) / 2)
             # Read the jobs that were expected to end while the worker was on its way.
-            run.apply_outcomes(asyncio.run(self._catch_up(run)))
+            run.apply_outcomes(asyncio.run(self._worker.catch_up(run)))
         # The core decides (``batch.step.after_wait``); here its answer becomes Airflow's.
         step = after_wait(event)
         if step is not None and step.action is Action.TIMED_OUT:
             self._time_out(context, run, keep_outputs=True)
         if step is not None and step.action is Action.FAIL:
-            self._write_manifest(context, run)
+            self._finishing.write_manifest(context, run)
             message = str(step.message)
             raise RunComfyError(message) if step.retryable else AirflowFailException(message)
         return self._advance(context, run)
@@ -334,10 +377,14 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
     def _time_out(self, context: Context, run: BatchRun, *, keep_outputs: bool = False) -> None:
         """The batch's ``timeout`` passed: cancel the queued jobs, keep what arrived (after a wait),
         write the manifest and raise ``JobTimeoutError`` (a retry resumes the batch)."""
-        asyncio.run(self._cancel(run, f"the batch's timeout of {self.timeout} s passed"))
+        asyncio.run(self._worker.cancel(run, f"the batch's timeout of {self.timeout} s passed"))
         if keep_outputs:
             run.store_outputs()
         self._finish(context, run, timed_out=True)
+
+    def _finish(self, context: Context, run: BatchRun, *, timed_out: bool = False) -> dict[str, Any]:
+        """Write the manifest, say what happened, return the summary or fail (``BatchFinishing.finish``)."""
+        return self._finishing.finish(context, run, timed_out=timed_out)
 
     def _advance(self, context: Context, run: BatchRun) -> Any:
         from airflow_provider_runcomfy.batch import ledger as L
@@ -356,16 +403,16 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
         while True:
             if run.unchecked_count():
                 self._check(run, report=False)
-            deadline = self._deadline(run)
+            deadline = self._worker.deadline(run)
             started = time.monotonic()
             try:
-                refill = asyncio.run(self._refill(run, pacer, int(context["ti"].try_number)))
+                refill = asyncio.run(self._worker.refill(run, pacer, int(context["ti"].try_number)))
             except OwnershipLost as lost:
                 raise AirflowFailException(str(lost)) from lost
             submitted_in = time.monotonic() - started
             failed = after_refill(refill)
             if failed is not None:
-                self._write_manifest(context, run)
+                self._finishing.write_manifest(context, run)
                 raise AirflowFailException(failed.message)
             if refill.stopped == "balance" and refill.message:  # said once, when it happens
                 self.log.error(
@@ -392,12 +439,14 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
                 return self._finish(context, run)
             if step.action is Action.TIMED_OUT:
                 self._time_out(context, run)
-            trigger_kwargs = self._wait_args(
+            trigger_kwargs = self._worker.wait_args(
                 run, step.window, progress, wake_at=step.wake_at, deadline=deadline, tail=step.tail
             )
             run.ledger.compact()
             in_place = (
-                self._in_place(trigger_kwargs, step, waits_so_far=waits_in_place) if self.deferrable else None
+                self._worker.in_place(trigger_kwargs, step, waits_so_far=waits_in_place)
+                if self.deferrable
+                else None
             )
             if self.deferrable and in_place is None:
                 from airflow_provider_runcomfy.triggers.batch import RunComfyBatchTrigger
@@ -411,7 +460,7 @@ class RunComfyBatchOperator(BatchLineage, BatchFinishing, BatchWorkerIO, BaseOpe
                 )
             if in_place is not None:
                 waits_in_place += 1
-            event = asyncio.run(self._wait_here(in_place or trigger_kwargs))
+            event = asyncio.run(self._worker.wait_here(in_place or trigger_kwargs))
             if in_place is not None and not event.get("outcomes"):
                 # The jobs run later than expected: the next wait is deferred, not held here.
                 waits_in_place = MAX_WAITS_IN_PLACE

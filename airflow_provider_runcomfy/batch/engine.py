@@ -90,9 +90,9 @@ class BatchRun(SubmitSteps):
     def records(self, *states: str) -> list[tuple[BatchItem, L.ItemRecord]]:
         """The items in ``states`` and their records, in input order (only those: never a walk over N)."""
         found = [
-            (self.by_key[key], self.ledger.items[key])
+            (self.by_key[key], record)
             for key in self.ledger.keys_in(*states)
-            if key in self.by_key
+            if key in self.by_key and (record := self.ledger.get(key)) is not None
         ]
         found.sort(key=lambda pair: pair[0].index)
         return found

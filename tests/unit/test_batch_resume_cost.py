@@ -192,6 +192,30 @@ def test_a_resumed_part_counts_the_archive_without_reading_it(folder: ObjectStor
         L.Ledger(folder, MODEL).load()  # a new execution reads it all
 
 
+def test_the_part_that_writes_the_manifest_reads_archived_records_one_at_a_time(
+    folder: ObjectStoragePath,
+) -> None:
+    from airflow_provider_runcomfy.batch.report import manifest_rows, summary
+
+    finished_batch(folder, 10)
+    run = resumed(folder, 10)
+    run.apply_outcomes(
+        [{"key": i.key, "request_id": f"r{i.index}", "status": "succeeded"} for i in run.items[5:]]
+    )
+
+    rows = list(manifest_rows(run))
+    result = summary(run, "file:///manifest.jsonl")
+    assert [r["status"] for r in rows] == ["succeeded"] * 10
+    assert [r["request_id"] for r in rows] == [f"r{n}" for n in range(10)]
+    assert result["succeeded"] == 10 and result["cost_usd"] == 2.5
+    assert [item.index for item, _ in run.records(L.SUCCEEDED)] == list(range(10))
+    # Read back for the rows, not taken into memory: the archived five are still only keys.
+    assert sorted(r.index for r in run.ledger.items.values()) == [5, 6, 7, 8, 9]
+    # So the part's compaction adds a file of what became final instead of rewriting every record.
+    run.ledger.compact(force=True)
+    assert [len(p.read_text().splitlines()) for p in archive_files(folder)] == [6, 6]  # 5 records + end
+
+
 def test_a_resumed_part_never_takes_an_archived_item_for_a_new_one(folder: ObjectStoragePath) -> None:
     finished_batch(folder, 6)
     run = resumed(folder, 6)

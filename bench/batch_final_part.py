@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from batch_parts import MODEL, build, peak_rss  # noqa: E402
+from batch_parts import build, peak_rss, resume  # noqa: E402
 
 
 def final_part(work: Path) -> dict[str, float]:
@@ -45,25 +45,13 @@ def final_part(work: Path) -> dict[str, float]:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_runcomfy.batch import ledger as L
-    from airflow_provider_runcomfy.batch.engine import BatchRun
-    from airflow_provider_runcomfy.batch.items import load_items
     from airflow_provider_runcomfy.batch.report import summary, write_batch_manifest
 
     folder = ObjectStoragePath(f"file://{work}/task")
     folder.fs.ls(folder.path)  # fsspec's first use: the same at any N
     rss_base = peak_rss()
     cpu_start = time.process_time()
-    items = load_items(MODEL, str(work / "inputs.jsonl"), folder)
-    run = BatchRun(
-        MODEL,
-        items,
-        L.Ledger(folder, MODEL).load(archive=False),
-        folder,
-        max_in_flight=500,
-        max_output_bytes=1 << 20,
-        resubmit_unknown=False,
-        log=logging.getLogger("bench"),
-    )
+    run = resume(work, folder, 500, logging.getLogger("bench"))
     uri = write_batch_manifest(run)
     result = summary(run, uri)
     bad = run.records(L.FAILED, L.CANCELLED, L.UNKNOWN)

@@ -123,6 +123,24 @@ def build(work: Path, n: int, done: float, max_in_flight: int, ready: int) -> No
     ledger.compact(force=True)
 
 
+def resume(work: Path, folder: Any, max_in_flight: int, log: Any) -> Any:
+    """The batch as a resumed worker part opens it: the inputs read forward, the ledger without its archive."""
+    from airflow_provider_runcomfy.batch import ledger as L
+    from airflow_provider_runcomfy.batch.engine import BatchRun
+    from airflow_provider_runcomfy.batch.items import load_items
+
+    return BatchRun(
+        MODEL,
+        load_items(MODEL, str(work / "inputs.jsonl"), folder),
+        L.Ledger(folder, MODEL).load(archive=False),
+        folder,
+        max_in_flight=max_in_flight,
+        max_output_bytes=1 << 20,
+        resubmit_unknown=False,
+        log=log,
+    )
+
+
 def part(work: Path, max_in_flight: int, base_url: str, token: str) -> dict[str, float]:
     """One resumed worker part over the batch state in ``work`` (runs in its own process)."""
     import asyncio
@@ -130,9 +148,7 @@ def part(work: Path, max_in_flight: int, base_url: str, token: str) -> dict[str,
 
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_runcomfy.batch import ledger as L
-    from airflow_provider_runcomfy.batch.engine import BatchRun
-    from airflow_provider_runcomfy.batch.items import load_items, prepare_items
+    from airflow_provider_runcomfy.batch.items import prepare_items
     from airflow_provider_runcomfy.batch.pacing import SubmitPacer
     from airflow_provider_runcomfy.client import AsyncRunComfyClient, RetryPolicy
     from airflow_provider_runcomfy.models import validate_input
@@ -149,17 +165,7 @@ def part(work: Path, max_in_flight: int, base_url: str, token: str) -> dict[str,
     rss_base = peak_rss()
     cpu_start = time.process_time()
 
-    items = load_items(MODEL, str(work / "inputs.jsonl"), folder)
-    run = BatchRun(
-        MODEL,
-        items,
-        L.Ledger(folder, MODEL).load(archive=False),
-        folder,
-        max_in_flight=max_in_flight,
-        max_output_bytes=1 << 20,
-        resubmit_unknown=False,
-        log=log,
-    )
+    run = resume(work, folder, max_in_flight, log)
     wake = run.wake_count()
     run.apply_outcomes(
         [

@@ -145,3 +145,14 @@ def waits_in_place(
     if step.action is not Action.WAIT or expected_wake is None or waits_so_far >= MAX_WAITS_IN_PLACE:
         return False
     return expected_wake - now <= max(STAY_SECONDS, stay_seconds)
+
+
+def in_place_until(expected_wake: float, *, now: float, stay_seconds: float = STAY_SECONDS) -> float:
+    """When a wait in place gives up although the jobs it waits for have not ended (``time.time()``).
+
+    ``STAY_SECONDS`` after their expected end, or -- when that is sooner -- as long as a deferral
+    made now would take to bring the worker back at the earliest (the trigger's hold): waiting
+    that long costs the batch nothing a deferral would have saved. Jobs whose run time the batch
+    has not learned yet are expected after one ``poll_interval``; this is what catches them.
+    """
+    return max(expected_wake + STAY_SECONDS, now + stay_seconds)

@@ -15,7 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_runcomfy.batch.step import MAX_WAITS_IN_PLACE, STAY_SECONDS, waits_in_place
+from airflow_provider_runcomfy.batch.step import (
+    MAX_WAITS_IN_PLACE,
+    STAY_SECONDS,
+    in_place_until,
+    waits_in_place,
+)
 from airflow_provider_runcomfy.client.errors import RunComfyError
 from airflow_provider_runcomfy.compat import AirflowFailException
 
@@ -200,8 +205,8 @@ class BatchWorker:
         Jobs due sooner than a deferred trigger would hand its event over anyway (its hold for
         Airflow's defer/resume race: 10 s on Airflow's defaults) are waited for here: deferring
         would only delay the batch and start another task process. An in-place wait has no lead
-        (the worker is already here) and ends at most ``STAY_SECONDS`` after its expected end, so
-        jobs running late send the part to defer rather than hold the slot.
+        (the worker is already here) and ends at ``batch.step.in_place_until``; jobs running later
+        than that send the part to defer rather than hold the slot.
         """
         from airflow_provider_runcomfy.batch.window import Window
         from airflow_provider_runcomfy.triggers._base import guard_hold
@@ -212,7 +217,7 @@ class BatchWorker:
         stay = guard_hold()
         if not waits_in_place(step, expected, waits_so_far=waits_so_far, now=now, stay_seconds=stay):
             return None
-        bound = expected + STAY_SECONDS
+        bound = in_place_until(expected, now=now, stay_seconds=stay)
         args["wake_at"] = bound if args["wake_at"] is None else min(float(args["wake_at"]), bound)
         self.log.info(
             "The next jobs are due in %.1f s: waiting in this worker rather than deferring (%d of %d such "

@@ -21,6 +21,7 @@ from airflow_provider_runcomfy.batch.step import (
     Step,
     after_refill,
     after_wait,
+    in_place_until,
     next_step,
     waits_in_place,
 )
@@ -176,3 +177,11 @@ def test_a_wait_refused_for_good_fails_and_says_a_clear_re_attaches() -> None:
     assert unsaid is not None and unsaid.message == (
         "RunComfy could not be read. The jobs in flight are recorded; a clear re-attaches to them."
     )
+
+
+def test_a_wait_in_place_lasts_as_long_as_a_deferral_would_at_least() -> None:
+    # Jobs expected in 1 s: given up 3 s after that, unless the trigger's 10 s hold is longer.
+    assert in_place_until(NOW + 1.0, now=NOW) == NOW + 1.0 + STAY_SECONDS
+    assert in_place_until(NOW + 1.0, now=NOW, stay_seconds=10.0) == NOW + 10.0
+    # Jobs expected later than the hold: 3 s after their expected end.
+    assert in_place_until(NOW + 9.0, now=NOW, stay_seconds=10.0) == NOW + 9.0 + STAY_SECONDS

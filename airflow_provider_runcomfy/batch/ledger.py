@@ -43,10 +43,10 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from airflow_provider_runcomfy.outputs.files import move_into_place, part_file, remove_quietly
 
@@ -363,7 +363,7 @@ class Ledger:
             record = view.get(key)
             if record is not None:
                 self.items[key] = record
-        self._archive = None
+        self._drop_archive_view()
         self._archived = {}
         self._archived_spent = 0.0
         self._by_state = None
@@ -379,6 +379,11 @@ class Ledger:
         if self._archive is None:
             self._archive = ArchiveView.read(self.dir, self._archive_files, self._archived)
         return self._archive
+
+    def _drop_archive_view(self) -> None:
+        if self._archive is not None:
+            self._archive.close()
+            self._archive = None
 
     def _apply(self, event: dict[str, Any]) -> bool:
         """Apply one event if its expectation holds; whether it applied."""
@@ -495,7 +500,7 @@ class Ledger:
                 if entry["name"] not in kept:
                     remove_quietly(fs, f"{self.dir.path}/{entry['name']}")
         self._archive_files = files
-        self._archive = None  # read again (with the new file) if a record is asked for
+        self._drop_archive_view()  # read again (with the new file) if a record is asked for
         # The final records leave memory: a worker that runs the whole batch (``deferrable=False``)
         # holds what is still moving, not N records; one asked for later is read back.
         for record in finals:
@@ -699,12 +704,17 @@ def _parse_line(blob: bytes, start: int, end: int, name: str, ledger_dir: str) -
 
 @dataclass
 class ArchiveView:
-    """The archived records of a ledger: its ``done-*.jsonl`` files held as checked bytes, a record
-    parsed when it is asked for. ``read`` fails (``LedgerDamagedError``) as reading every record would."""
+    """The archived records of a ledger, checked once, each parsed only when it is asked for.
+
+    On a local disk the files stay open and a record is read back by its offsets: the archive is
+    never all in memory, not even while it is checked (a line at a time). On an object store each
+    file is held as its checked bytes (one read per file; a read per record would be a request
+    per record). ``read`` fails (``LedgerDamagedError``) as reading every record would.
+    """
 
     ledger_dir: str
-    blobs: list[tuple[str, bytes]]
-    where: dict[str, tuple[int, int, int]]  # key -> (file, start, end) of its record's line
+    sources: list[tuple[str, bytes | BinaryIO]]  # (file name, its bytes or the open local file)
+    where: dict[str, tuple[int, int, int]]  # key -> (source, start, end) of its record's line
 
     @classmethod
     def read(
@@ -712,38 +722,114 @@ class ArchiveView:
     ) -> ArchiveView:
         """Read and check every archive file; index the lines of the records ``archived`` names (key -> state)."""
         fs, ledger_dir = folder.fs, str(folder)
-        blobs: list[tuple[str, bytes]] = []
+        local = "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol))
+        sources: list[tuple[str, bytes | BinaryIO]] = []
         where: dict[str, tuple[int, int, int]] = {}
-        for entry in files:
-            name = f"{folder.path}/{entry['name']}"
-            blob, spans = _verified_spans(fs, name, ledger_dir)
-            if len(spans) != int(entry.get("lines", -1)):
-                raise LedgerDamagedError(
-                    ledger_dir,
-                    name,
-                    f"has {len(spans)} records where the checkpoint says {entry.get('lines')}",
-                )
-            number = len(blobs)
-            blobs.append((name, blob))
-            for start, end in spans:
-                data = _parse_line(blob, start, end, name, ledger_dir)
-                key = str(data.get("key"))
-                if archived.get(key) == data.get("state"):
+        try:
+            for entry in files:
+                name = f"{folder.path}/{entry['name']}"
+                found: list[tuple[str, int, int]] = []  # kept only once the file proves whole
+
+                def keep(
+                    data: dict[str, Any], start: int, end: int, found: list[tuple[str, int, int]] = found
+                ) -> None:
+                    key = str(data.get("key"))
+                    if archived.get(key) == data.get("state"):
+                        found.append((key, start, end))
+
+                if local:
+                    file = _open_present(name, ledger_dir)
+                    sources.append((name, file))
+                    count = _scan_local(file, name, ledger_dir, keep)
+                else:
+                    blob, spans = _verified_spans(fs, name, ledger_dir)
+                    sources.append((name, blob))
+                    for start, end in spans:
+                        keep(_parse_line(blob, start, end, name, ledger_dir), start, end)
+                    count = len(spans)
+                if count != int(entry.get("lines", -1)):
+                    raise LedgerDamagedError(
+                        ledger_dir,
+                        name,
+                        f"has {count} records where the checkpoint says {entry.get('lines')}",
+                    )
+                number = len(sources) - 1
+                for key, start, end in found:
                     where[key] = (number, start, end)
+        except BaseException:
+            _close_sources(sources)
+            raise
         missing = len(archived) - sum(1 for key in archived if key in where)
         if missing:
+            _close_sources(sources)
             raise LedgerDamagedError(
                 ledger_dir, f"{folder.path}/done-*.jsonl", f"lack {missing} archived records"
             )
-        return cls(ledger_dir, blobs, where)
+        return cls(ledger_dir, sources, where)
 
     def get(self, key: str) -> ItemRecord | None:
         place = self.where.get(key)
         if place is None:
             return None
         number, start, end = place
-        name, blob = self.blobs[number]
-        return ItemRecord.from_json(_parse_line(blob, start, end, name, self.ledger_dir))
+        name, source = self.sources[number]
+        if isinstance(source, bytes):
+            return ItemRecord.from_json(_parse_line(source, start, end, name, self.ledger_dir))
+        line = os.pread(source.fileno(), end - start, start)
+        return ItemRecord.from_json(_parse_line(line, 0, len(line), name, self.ledger_dir))
+
+    def close(self) -> None:
+        _close_sources(self.sources)
+
+
+def _open_present(name: str, ledger_dir: str) -> BinaryIO:
+    try:
+        return open(name, "rb")  # kept open by the view, closed by its ``close``
+    except FileNotFoundError:
+        raise LedgerDamagedError(ledger_dir, name, "vanished while it was being read") from None
+
+
+def _scan_local(
+    file: BinaryIO, name: str, ledger_dir: str, on_line: Callable[[dict[str, Any], int, int], object]
+) -> int:
+    """``_verified_spans`` of a local file a line at a time: ``on_line(record, start, end)`` for each
+    line before its end record; the count of those lines. Raises as ``_verified_spans`` does."""
+    digest = hashlib.sha256()
+    count = 0
+    last: bytes | None = None
+    last_start = offset = 0
+    for line in file:
+        if last is not None:  # not the end record: the line before the one just read
+            digest.update(last)
+            on_line(
+                _parse_line(last, 0, len(last) - 1, name, ledger_dir), last_start, last_start + len(last) - 1
+            )
+            count += 1
+        last, last_start = line, offset
+        offset += len(line)
+    if last is None:
+        raise LedgerDamagedError(ledger_dir, name, "is empty (0 bytes)")
+    if not last.endswith(b"\n"):
+        raise LedgerDamagedError(ledger_dir, name, "is cut mid-line (its last line has no end)")
+    try:
+        end = json.loads(last)
+    except ValueError:
+        end = None
+    if not isinstance(end, dict) or not isinstance(end.get("end"), dict):
+        raise LedgerDamagedError(ledger_dir, name, "is cut short (its end record is missing)")
+    if digest.hexdigest() != end["end"].get("sha256"):
+        raise LedgerDamagedError(ledger_dir, name, "is corrupt (its checksum does not match)")
+    if count != end["end"].get("lines"):
+        raise LedgerDamagedError(
+            ledger_dir, name, f"has {count} lines where its end record says {end['end'].get('lines')}"
+        )
+    return count
+
+
+def _close_sources(sources: Sequence[tuple[str, bytes | BinaryIO]]) -> None:
+    for _, source in sources:
+        if not isinstance(source, bytes):
+            source.close()
 
 
 def _read_json_file(fs: Any, name: str, ledger_dir: str) -> dict[str, Any]:

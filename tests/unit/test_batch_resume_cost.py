@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from _helpers_batch import LOG
@@ -20,6 +20,13 @@ from airflow_provider_runcomfy.batch import items as items_module
 from airflow_provider_runcomfy.batch import ledger as L
 from airflow_provider_runcomfy.batch.engine import BatchRun
 from airflow_provider_runcomfy.batch.items import INPUTS_INDEX, load_items, make_items
+from airflow_provider_runcomfy.batch.report import manifest_rows, summary
+from airflow_provider_runcomfy.outputs.files import resolve_output_dir
+
+if TYPE_CHECKING:
+    from tests.s3_fixture import MotoS3
+
+pytest_plugins = ["tests.s3_fixture"]
 
 MODEL = "blackforestlabs/flux-1-kontext/pro/edit"
 
@@ -195,8 +202,6 @@ def test_a_resumed_part_counts_the_archive_without_reading_it(folder: ObjectStor
 def test_the_part_that_writes_the_manifest_reads_archived_records_one_at_a_time(
     folder: ObjectStoragePath,
 ) -> None:
-    from airflow_provider_runcomfy.batch.report import manifest_rows, summary
-
     finished_batch(folder, 10)
     run = resumed(folder, 10)
     run.apply_outcomes(
@@ -214,6 +219,37 @@ def test_the_part_that_writes_the_manifest_reads_archived_records_one_at_a_time(
     # So the part's compaction adds a file of what became final instead of rewriting every record.
     run.ledger.compact(force=True)
     assert [len(p.read_text().splitlines()) for p in archive_files(folder)] == [6, 6]  # 5 records + end
+
+
+def test_a_local_archive_is_read_back_by_offsets_and_its_damage_still_seen(folder: ObjectStoragePath) -> None:
+    finished_batch(folder, 10)
+    run = resumed(folder, 10)
+    record = run.ledger.get(run.items[2].key)
+    assert record is not None and (record.state, record.request_id) == (L.SUCCEEDED, "r2")
+    view = run.ledger._archive
+    assert view is not None and not any(isinstance(source, bytes) for _, source in view.sources)
+
+    (archive,) = archive_files(folder)
+    lines = archive.read_bytes().splitlines(keepends=True)
+    for damaged, what in [
+        (b"".join(lines[:-1]), "end record is missing"),  # cut at a line boundary
+        (b"".join(lines)[:-7], "cut mid-line"),
+        (b"".join(lines).replace(b'"r2"', b'"r9"'), "checksum does not match"),
+    ]:
+        archive.write_bytes(damaged)
+        with pytest.raises(L.LedgerDamagedError, match=what):
+            resumed(folder, 10).ledger.get(run.items[0].key)
+
+
+def test_an_archive_on_object_storage_is_read_once_per_file(moto_s3: MotoS3) -> None:
+    moto_s3.bucket("ledgers")
+    folder = resolve_output_dir("s3://ledgers/task", probe=False)  # as the operator opens output_dir
+    finished_batch(folder, 6)
+    run = resumed(folder, 6)
+
+    assert [r["request_id"] for r in manifest_rows(run)][:3] == ["r0", "r1", "r2"]
+    view = run.ledger._archive
+    assert view is not None and all(isinstance(source, bytes) for _, source in view.sources)
 
 
 def test_a_resumed_part_never_takes_an_archived_item_for_a_new_one(folder: ObjectStoragePath) -> None:

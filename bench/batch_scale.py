@@ -28,6 +28,7 @@ Examples::
     .venv/bin/python bench/batch_scale.py --n 2000 --mapped-n 200
     .venv/bin/python bench/batch_scale.py --n 10000,100000 --job-seconds 1 --mapped-n 0
     .venv/bin/python bench/batch_scale.py --n 2000 --max-in-flight 200 --job-seconds 5 --mapped-n 0 --output-bytes 2000000
+    .venv/bin/python bench/batch_scale.py ... --default-intervals   # on Airflow's default intervals
 
 A measurement, not a test: nothing fails. Only 127.0.0.1 is contacted; every wait is
 bounded (``--max-minutes``) and the deployment is stopped at the end.
@@ -54,7 +55,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "system"))
 
-from deployment_base import DeploymentError  # noqa: E402
+from deployment_base import AIRFLOW_DEFAULT_INTERVALS, DeploymentError  # noqa: E402
 
 MODEL = "google/nano-banana/edit"
 
@@ -304,6 +305,11 @@ def main() -> int:
         help="pad every output file to about this many bytes (issue 18's real image sizes: 2000000)",
     )
     parser.add_argument("--parallelism", type=int, default=8)
+    parser.add_argument(
+        "--default-intervals",
+        action="store_true",
+        help="run the deployment on Airflow's default scheduler/heartbeat intervals (not the tuned ones)",
+    )
     parser.add_argument("--max-minutes", type=float, default=30.0)
     args = parser.parse_args()
 
@@ -330,6 +336,7 @@ def main() -> int:
             "BENCH_MAPPED_N": str(args.mapped_n),
             "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, args.mapped_n)),
             "AIRFLOW__CORE__DEFAULT_POOL_TASK_SLOT_COUNT": "100000",
+            **(AIRFLOW_DEFAULT_INTERVALS if args.default_intervals else {}),
         }
         deployment = AirflowDeployment(dags, env, parallelism=args.parallelism)
         deployment.start()

@@ -211,7 +211,7 @@ class BatchWorker:
         from airflow_provider_runcomfy.batch.window import Window
         from airflow_provider_runcomfy.triggers._base import guard_hold
 
-        args = {**wait_args, "lead_seconds": 0.0, "progress": None}
+        args = {**wait_args, "lead_seconds": 0.0}
         now = time.time()
         expected = Window.from_wait_args(args, log_line=self.log.info).expected_wake(now)
         stay = guard_hold()

@@ -285,6 +285,35 @@ def test_the_blocking_mode_runs_the_same_batch_in_the_worker(
     assert "Deferring" not in run.output and emu.journal.count("submit") == 4
 
 
+def test_jobs_due_before_a_deferral_could_return_are_waited_for_in_place_longer_ones_deferred(
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
+) -> None:
+    # Jobs of 0.3 s, three at a time: due long before the trigger's hold (10 s on Airflow's
+    # defaults) would let a deferred worker come back, so the worker waits for them itself.
+    emu.add_rule(prompt_contains="short", run_seconds=0.3)
+    short = run_batch(airflow_env, emu, "it_batch", [item(n, "short") for n in range(9)], tmp_path / "short")
+
+    short.assert_states(batch="success")
+    assert "waiting in this worker rather than deferring" in short.output
+    assert "Pausing task as DEFERRED" not in short.output
+    assert sorted(submits_per_item(emu).values()) == [1] * 9
+
+    # With a 3 s hold (intervals of 0), jobs of 4 s are deferred for.
+    emu.add_rule(prompt_contains="long", run_seconds=4)
+    conf = {"inputs": [item(n, "long") for n in range(100, 103)], "output_dir": f"file://{tmp_path / 'long'}"}
+    quick_hold = {
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "0",
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0",
+    }
+    long = airflow_env.dags_test("it_batch", conf=conf, env={**emu.airflow_conn_env(), **quick_hold})
+
+    long.assert_states(batch="success")
+    # Their run time not known yet, the first part may wait in place a moment; that wait comes
+    # back empty (jobs of 4 s, a bound of ~3 s) and the part defers.
+    assert "Pausing task as DEFERRED" in long.output
+    assert sorted(submits_per_item(emu).values()) == [1] * 12
+
+
 def test_out_of_balance_stops_submitting_at_once_and_keeps_what_is_in_flight(
     airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:

@@ -206,7 +206,9 @@ def test_a_triggerer_killed_mid_batch_loses_nothing_and_submits_nothing(
 ) -> None:
     """4. The triggerer SIGKILLed mid-batch, a new one started: N submits, every output once."""
     tag = "sys-killtrig"
-    run_id = run_batch(airflow, emulator, tag, tmp_path, run_seconds=3, submitted=N // 3)
+    # Jobs longer than this deployment's defer/resume hold (5 s): the batch defers between refills
+    # instead of waiting in place, so there is a trigger to lose.
+    run_id = run_batch(airflow, emulator, tag, tmp_path, run_seconds=8, submitted=N // 3)
     airflow.wait_for_trigger(DAG_ID, run_id, "batch", timeout=120)
     airflow.kill_triggerer()
     # The jobs in flight finish while no triggerer watches (the emulator says when they have).

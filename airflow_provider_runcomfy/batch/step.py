@@ -1,9 +1,10 @@
 """What a batch does after a worker part's submits and copies: finish, wait for its jobs, or fail.
 
 The core decides; the operator only maps the answer to Airflow (``RunComfyBatchOperator._advance``):
-``FINISH`` to its return value (after the failure policy), ``WAIT`` to ``defer`` (or the blocking
-wait), ``FAIL`` and ``TIMED_OUT`` to a failed task (a retryable ``FAIL`` to an error Airflow retries). So the cycle is tested without Airflow, and a
-reader finds the batch's next move here rather than in the branches of an Airflow method.
+``FINISH`` to its return value (after the failure policy), ``WAIT`` to ``defer`` (or a wait in
+the worker), ``FAIL`` and ``TIMED_OUT`` to a failed task (a retryable ``FAIL`` to an error Airflow
+retries). So the cycle is tested without Airflow, and a reader finds the batch's next move here
+rather than in the branches of an Airflow method.
 """
 
 from __future__ import annotations

@@ -234,14 +234,10 @@ class Window:
         """
         times = [] if self.rule.wake_at is None else [self.rule.wake_at]
         needed = self.rule.wake_count - len(self.outcomes)
-        if needed <= 0 or not (self._heap or times):
-            times.append(now)
-        elif not self._heap:
-            pass  # nothing in flight: only the clock wakes it
-        elif len(self._heap) >= needed:
+        if needed > 0 and self._heap:  # fewer in flight than needed: the last of them
             times.append(heapq.nsmallest(needed, (entry.next_poll for entry in self._heap))[-1])
-        else:  # fewer in flight than the rule asks for: the last of them (then the rule wakes anyway)
-            times.append(max(entry.next_poll for entry in self._heap))
+        elif needed <= 0 or not times:  # nothing in flight with a clock set: only the clock wakes it
+            times.append(now)
         return max(now, min(times))
 
     def due_within(self, seconds: float) -> int:

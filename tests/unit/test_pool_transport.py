@@ -267,6 +267,26 @@ async def test_tls_is_verified_and_trusts_the_ca_in_ssl_cert_file(
         assert (await trusting.get_status("abc")).status.value == "in_progress"
 
 
+def test_clients_share_one_ssl_context_per_trust_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch's worker part makes a client per refill and per wait; building an SSL context
+    # loads the CA bundle each time (~30 ms of CPU), so the transports of a process share one --
+    # but never across different trust settings (the test above switches SSL_CERT_FILE).
+    ca_file = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    first, second = _transport.AiohttpTransport(), _transport.AiohttpTransport()
+    assert first._ssl is second._ssl
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    trusting = _transport.AiohttpTransport()
+    assert trusting._ssl is not first._ssl
+    assert _transport.AiohttpTransport()._ssl is trusting._ssl
+    unverified = _transport.AiohttpTransport(verify=False)
+    assert unverified._ssl is not trusting._ssl
+    assert unverified._ssl.verify_mode is ssl.CERT_NONE
+
+
 async def test_the_token_shows_in_no_error_or_log_over_the_fast_transport(
     runcomfy_emulator: RunComfyEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:

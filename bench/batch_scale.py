@@ -41,12 +41,14 @@ import json
 import math
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import textwrap
 import threading
 import time
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +106,14 @@ class Figures:
     cpu: float
     slot: float
     submits: int
+    reads: int  # RunComfy reads (status and result) of the jobs: how well the polls are timed
     db_rows: int
     db_tables: dict[str, int]
     triggerer_rss: int
     workloads: int
     parts: list[tuple[float, int]]  # (CPU-s, peak RSS) of each worker part
     size: int = 0  # the batch's N (``n`` is the items paid for when the run did not finish)
+    submit_times: list[float] = dataclass_field(default_factory=list)  # when each accepted submit arrived
 
     def row(self) -> str:
         return (
@@ -220,6 +224,22 @@ class RssWatch(threading.Thread):
             self.peak = max(self.peak, rss)
 
 
+def slot_gaps(submit_times: list[float], max_in_flight: int, job_seconds: float) -> list[float]:
+    """How long each place in the window stood empty: from a job's end to the submit that took its place.
+
+    The k-th submit after the first ``max_in_flight`` takes the place of the k-th job to end (jobs
+    of ``job_seconds``, no queue: each ends that long after its submit arrived). The mean is what
+    the batch adds to every job over the RunComfy-bound ideal.
+    """
+    ends = sorted(t + job_seconds for t in submit_times)
+    return [max(0.0, start - end) for start, end in zip(submit_times[max_in_flight:], ends, strict=False)]
+
+
+def reads_of(emu: Any) -> int:
+    """Status and result requests the emulator has answered so far."""
+    return len(emu.journal.of("status")) + len(emu.journal.of("result"))
+
+
 def table_rows(db: Path) -> dict[str, int]:
     with sqlite3.connect(db, timeout=30) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
@@ -230,6 +250,7 @@ def run_one(deployment: Any, emu: Any, dag_id: str, n: int, ideal: float, max_mi
     cpu = CpuMeter(deployment)
     before_rows = table_rows(deployment.home / "airflow.db")
     before_submits = sum(1 for e in emu.journal.of("submit") if e.status_code == 200)
+    before_reads = reads_of(emu)
     workloads_before = len(deployment.workloads())
     rss = RssWatch(deployment)
     rss.start()
@@ -260,7 +281,9 @@ def run_one(deployment: Any, emu: Any, dag_id: str, n: int, ideal: float, max_mi
     grown = {
         t: after_rows[t] - before_rows.get(t, 0) for t in after_rows if after_rows[t] != before_rows.get(t, 0)
     }
-    submits = sum(1 for e in emu.journal.of("submit") if e.status_code == 200) - before_submits
+    accepted = [e.at for e in emu.journal.of("submit") if e.status_code == 200]
+    submits = len(accepted) - before_submits
+    reads = reads_of(emu) - before_reads
     return Figures(
         name=dag_id,
         n=n if not state.startswith("unfinished") else submits,  # per item: the items paid for so far
@@ -270,6 +293,8 @@ def run_one(deployment: Any, emu: Any, dag_id: str, n: int, ideal: float, max_mi
         cpu=cpu_after - cpu_before,
         slot=sum(w.duration for w in workloads),
         submits=submits,
+        reads=reads,
+        submit_times=sorted(accepted[before_submits:]),
         db_rows=sum(grown.values()),
         db_tables=grown,
         triggerer_rss=rss.peak,
@@ -375,9 +400,18 @@ def main() -> int:
     print()
     for figures in results:
         print(
-            f"{figures.name}: {figures.workloads} task workloads; DB rows added by table: {figures.db_tables}"
+            f"{figures.name}: {figures.workloads} task workloads; {figures.reads / max(1, figures.submits):.2f} "
+            f"RunComfy reads per job; DB rows added by table: {figures.db_tables}"
         )
     batches = [f for f in results if f.name == "bench_batch"]
+    for figures in batches:
+        gaps = sorted(slot_gaps(figures.submit_times, args.max_in_flight, args.job_seconds))
+        if gaps:
+            print(
+                f"bench_batch N={figures.size:,}: a place in the window stood empty between a job's end and the "
+                f"next submit {statistics.mean(gaps):.2f} s on average (median {gaps[len(gaps) // 2]:.2f} s, "
+                f"p90 {gaps[int(0.9 * len(gaps))]:.2f} s)"
+            )
     print()
     print(
         "| N | worker parts | CPU-s per part (median / p90 / max) | peak RSS per part, MB (median / p90 / max) |"

@@ -12,10 +12,10 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.batch import ledger as L
+from airflow_provider_runcomfy.batch.copies import CopyPool
 from airflow_provider_runcomfy.batch.items import BatchItem, ItemList
 from airflow_provider_runcomfy.batch.lean import clip, slim_outcome
 from airflow_provider_runcomfy.batch.owner import INTENT_GRACE, Owner
@@ -81,6 +81,7 @@ class BatchRun(SubmitSteps):
         self.log = log
         self.api_base_url = api_base_url
         self.owner = owner
+        self._copies = CopyPool(DOWNLOAD_CONCURRENCY)
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -327,67 +328,84 @@ class BatchRun(SubmitSteps):
 
     # -- copying --------------------------------------------------------------------------------
 
-    def store_outputs(self) -> int:
-        """Copy the outputs of finished jobs to ``outputs/`` (threads); record each item's copies."""
+    def start_copies(self) -> int:
+        """Start copying the outputs of finished jobs to ``outputs/`` on threads; how many items were started.
+
+        The copies go on while the worker does other things (its wait for the next jobs);
+        ``record_copies`` writes what they kept to the ledger.
+        """
         todo = self.records(L.FINISHED)
         if not todo:
             return 0
         from airflow_provider_runcomfy.batch.copies import copy_item_outputs
 
         folder = self.folder / "outputs"
-        folder.fs.makedirs(folder.path, exist_ok=True)
+        if not self._copies:
+            folder.fs.makedirs(folder.path, exist_ok=True)
+        return self._copies.start(
+            todo,
+            lambda item, record: copy_item_outputs(
+                folder, item, record, self.max_output_bytes, self.api_base_url
+            ),
+        )
+
+    def copying(self) -> int:
+        """Items whose copies were started and not recorded yet."""
+        return len(self._copies)
+
+    def record_copies(self, *, wait: bool) -> int:
+        """Record the copies that ended (``wait``: every copy started, once it ends); the outputs kept."""
         events: list[dict[str, Any]] = []
         kept = 0
-        with ThreadPoolExecutor(DOWNLOAD_CONCURRENCY, thread_name_prefix="runcomfy-copy") as pool:
-            futures = [
-                (
-                    item,
-                    record,
-                    pool.submit(
-                        copy_item_outputs, folder, item, record, self.max_output_bytes, self.api_base_url
-                    ),
-                )
-                for item, record in todo
-            ]
-            for item, record, future in futures:
-                guard = {"request_id": record.request_id}
-                try:
-                    stored = future.result()
-                except (RunComfyError, ValueError) as error:
-                    # A malformed output URL (``ValueError`` from URL parsing, whatever its class) fails
-                    # this item, not the batch.
-                    message = (
-                        error.message
-                        if isinstance(error, RunComfyError)
-                        else f"malformed output URL: {error}"
-                    )
-                    failures = record.copy_failures + 1
-                    final = not getattr(error, "retryable", False) or failures >= MAX_COPY_FAILURES
-                    self.log.warning(
-                        "Item %d: keeping the outputs of %s failed: %s",
-                        item.index,
-                        record.request_id,
-                        clip(message),
-                    )
-                    # Final: the item failed. Else counted, and a later worker part tries the copy again.
-                    extra: dict[str, Any]
-                    happened, extra = Event.KEEP_RETRY, {}
-                    if final:
-                        happened = Event.KEEP_FAILED
-                        extra["error"] = clip(
-                            f"the job succeeded but its outputs could not be kept: {message}"
-                        )
-                    events.append(
-                        change(happened, item.key, [L.FINISHED], guard=guard, copy_failures=failures, **extra)
-                    )
-                    continue
+        for item, record, future in self._copies.ended(wait=wait):
+            guard = {"request_id": record.request_id}
+            error = future.exception()
+            if error is None:
+                stored = future.result()
                 kept += len(stored)
                 events.append(change(Event.KEPT, item.key, [L.FINISHED], guard=guard, stored=stored))
-                if len(events) >= 100:  # recorded as they come, so a crash re-copies little
-                    self.ledger.append(events)
-                    events = []
+            elif isinstance(error, (RunComfyError, ValueError)):
+                events.append(self._copy_failed(item, record, error))
+            else:
+                raise error
+            if len(events) >= 100:  # recorded as they come, so a crash re-copies little
+                self.ledger.append(events)
+                events = []
         self.ledger.append(events)
         return kept
+
+    def store_outputs(self) -> int:
+        """Copy the outputs of every finished job now, and record them; the outputs kept."""
+        self.start_copies()
+        return self.record_copies(wait=True)
+
+    def close_copies(self) -> None:
+        """End this part's copy threads (copies not recorded are made again by a later part)."""
+        self._copies.close()
+
+    def _copy_failed(self, item: BatchItem, record: L.ItemRecord, error: Exception) -> dict[str, Any]:
+        """A copy that failed: counted, and final when it cannot pass or failed too often."""
+        # A malformed output URL (``ValueError`` from URL parsing, whatever its class) fails this
+        # item, not the batch.
+        message = error.message if isinstance(error, RunComfyError) else f"malformed output URL: {error}"
+        failures = record.copy_failures + 1
+        final = not getattr(error, "retryable", False) or failures >= MAX_COPY_FAILURES
+        self.log.warning(
+            "Item %d: keeping the outputs of %s failed: %s", item.index, record.request_id, clip(message)
+        )
+        # Final: the item failed. Else counted, and a later worker part tries the copy again.
+        guard = {"request_id": record.request_id}
+        if final:
+            error_text = clip(f"the job succeeded but its outputs could not be kept: {message}")
+            return change(
+                Event.KEEP_FAILED,
+                item.key,
+                [L.FINISHED],
+                guard=guard,
+                copy_failures=failures,
+                error=error_text,
+            )
+        return change(Event.KEEP_RETRY, item.key, [L.FINISHED], guard=guard, copy_failures=failures)
 
     # -- refill planning ------------------------------------------------------------------------
 

@@ -29,9 +29,12 @@ LIMBO_RECHECK = 5.0
 #: starts and reads the ledger) takes longer, so for jobs this close to their end it would hold
 #: the batch up and cost a process start; the operator raises it to the trigger's hold.
 STAY_SECONDS = 3.0
-#: Waits in place one worker part makes at most before it defers anyway: the part's memory and
-#: CPU stay bounded whatever N is, and the slot is given back now and then.
-MAX_WAITS_IN_PLACE = 20
+#: How long a worker part may go on waiting in place (from its start) before it defers anyway:
+#: the part's memory and CPU stay bounded whatever N is, and the slot is given back now and then.
+#: A time, not a count of waits: a deferral costs the batch at least the trigger's hold (10 s on
+#: Airflow's defaults) when jobs are short, so this bounds that cost to about a sixth of the run,
+#: however small the refills are (20 waits lasted 30 s of a 5 s-job batch, 20 s of a 1 s-job one).
+MAX_SECONDS_IN_PLACE = 60.0
 
 
 class Action(StrEnum):
@@ -132,18 +135,19 @@ def waits_in_place(
     step: Step,
     expected_wake: float | None,
     *,
-    waits_so_far: int,
+    part_started: float,
     now: float,
     stay_seconds: float = STAY_SECONDS,
 ) -> bool:
     """Wait for the next refill in the worker (True) or defer (False).
 
     In place only when the jobs are expected to be due within ``stay_seconds`` (short jobs, or
-    a part whose submits and copies took most of the jobs' run time) and the part has made
-    fewer than ``MAX_WAITS_IN_PLACE`` such waits. ``expected_wake`` is the in-place wait's own
-    estimate (``Window.expected_wake``); None when there is no estimate (defer).
+    a part whose submits and copies took most of the jobs' run time) and the part started
+    (``part_started``, ``time.time()``) less than ``MAX_SECONDS_IN_PLACE`` ago. ``expected_wake``
+    is the in-place wait's own estimate (``Window.expected_wake``); None when there is no
+    estimate (defer).
     """
-    if step.action is not Action.WAIT or expected_wake is None or waits_so_far >= MAX_WAITS_IN_PLACE:
+    if step.action is not Action.WAIT or expected_wake is None or now - part_started >= MAX_SECONDS_IN_PLACE:
         return False
     return expected_wake - now <= max(STAY_SECONDS, stay_seconds)
 

@@ -48,6 +48,7 @@ class BatchFinishing:
         """Write ``manifest.jsonl`` (failure or not) and push its URI as XCom ``manifest``."""
         from airflow_provider_runcomfy.batch.report import write_batch_manifest
 
+        run.record_copies(wait=True)  # the copies still going on are in the manifest, kept or failed
         uri = write_batch_manifest(run)
         try:
             context["ti"].xcom_push(key="manifest", value=uri)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.batch.step import (
-    MAX_WAITS_IN_PLACE,
+    MAX_SECONDS_IN_PLACE,
     STAY_SECONDS,
     in_place_until,
     waits_in_place,
@@ -199,7 +199,9 @@ class BatchWorker:
             },
         }
 
-    def in_place(self, wait_args: dict[str, Any], step: Step, *, waits_so_far: int) -> dict[str, Any] | None:
+    def in_place(
+        self, wait_args: dict[str, Any], step: Step, *, part_started: float
+    ) -> dict[str, Any] | None:
         """The wait's arguments for waiting in this worker, or None to defer (``batch.step.waits_in_place``).
 
         Jobs due sooner than a deferred trigger would hand its event over anyway (its hold for
@@ -215,16 +217,16 @@ class BatchWorker:
         now = time.time()
         expected = Window.from_wait_args(args, log_line=self.log.info).expected_wake(now)
         stay = guard_hold()
-        if not waits_in_place(step, expected, waits_so_far=waits_so_far, now=now, stay_seconds=stay):
+        if not waits_in_place(step, expected, part_started=part_started, now=now, stay_seconds=stay):
             return None
         bound = in_place_until(expected, now=now, stay_seconds=stay)
         args["wake_at"] = bound if args["wake_at"] is None else min(float(args["wake_at"]), bound)
         self.log.info(
-            "The next jobs are due in %.1f s: waiting in this worker rather than deferring (%d of %d such "
-            "waits in this part).",
+            "The next jobs are due in %.1f s: waiting in this worker rather than deferring (this part has "
+            "run %.0f s; it defers after %.0f s).",
             expected - now,
-            waits_so_far + 1,
-            MAX_WAITS_IN_PLACE,
+            now - part_started,
+            MAX_SECONDS_IN_PLACE,
         )
         return args
 

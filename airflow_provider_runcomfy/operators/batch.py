@@ -32,7 +32,6 @@ from airflow_provider_runcomfy.arguments import (
     keep_wait_arguments,
 )
 from airflow_provider_runcomfy.batch.owner import OwnershipLost
-from airflow_provider_runcomfy.batch.step import MAX_WAITS_IN_PLACE
 from airflow_provider_runcomfy.client.errors import RunComfyError
 from airflow_provider_runcomfy.compat import AirflowFailException
 from airflow_provider_runcomfy.hooks.runcomfy import RunComfyHook
@@ -387,6 +386,13 @@ class RunComfyBatchOperator(BaseOperator):
         return self._finishing.finish(context, run, timed_out=timed_out)
 
     def _advance(self, context: Context, run: BatchRun) -> Any:
+        """The worker part's cycle (``_cycle``); its copy threads end with it, whatever the way out."""
+        try:
+            return self._cycle(context, run)
+        finally:
+            run.close_copies()
+
+    def _cycle(self, context: Context, run: BatchRun) -> Any:
         from airflow_provider_runcomfy.batch import ledger as L
         from airflow_provider_runcomfy.batch.pacing import SubmitPacer
         from airflow_provider_runcomfy.batch.progress import Progress
@@ -399,7 +405,8 @@ class RunComfyBatchOperator(BaseOperator):
             started_at=float(run.ledger.meta.get("try_started_at") or time.time()),
             done_at_start=int(run.ledger.meta.get("done_at_try_start") or 0),
         )
-        waits_in_place = 0
+        part_started = time.time()
+        defer_next = False  # a wait in place came back empty: the jobs run later than learned
         while True:
             if run.unchecked_count():
                 self._check(run, report=False)
@@ -421,15 +428,19 @@ class RunComfyBatchOperator(BaseOperator):
                     len(run.records(L.SUBMITTED)),
                     refill.message,
                 )
+            # The copies go on during the wait for the next jobs; with none in flight they are what is left.
             started = time.monotonic()
-            kept = run.store_outputs()
+            run.start_copies()
+            kept = run.record_copies(wait=not run.in_flight())
             self.log.info(
-                "This worker part: %d submitted in %.1f s (%d refused by 429s), %d outputs kept in %.1f s.",
+                "This worker part: %d submitted in %.1f s (%d refused by 429s), %d outputs kept in %.1f s "
+                "(%d items still copying).",
                 refill.submitted,
                 submitted_in,
                 refill.refused,
                 kept,
                 time.monotonic() - started,
+                run.copying(),
             )
             progress.done = run.done_count()
             progress.maybe_log(self.log.info, in_flight=len(run.records(L.SUBMITTED)), force=True)
@@ -444,13 +455,14 @@ class RunComfyBatchOperator(BaseOperator):
             )
             run.ledger.compact()
             in_place = (
-                self._worker.in_place(trigger_kwargs, step, waits_so_far=waits_in_place)
-                if self.deferrable
+                self._worker.in_place(trigger_kwargs, step, part_started=part_started)
+                if self.deferrable and not defer_next
                 else None
             )
             if self.deferrable and in_place is None:
                 from airflow_provider_runcomfy.triggers.batch import RunComfyBatchTrigger
 
+                run.record_copies(wait=True)  # nothing is left copying when the part ends
                 self.defer(
                     trigger=RunComfyBatchTrigger(**trigger_kwargs),
                     method_name="execute_complete",
@@ -458,12 +470,10 @@ class RunComfyBatchOperator(BaseOperator):
                     if deadline is not None
                     else None,
                 )
-            if in_place is not None:
-                waits_in_place += 1
             event = asyncio.run(self._worker.wait_here(in_place or trigger_kwargs))
             if in_place is not None and not event.get("outcomes"):
                 # The jobs run later than expected: the next wait is deferred, not held here.
-                waits_in_place = MAX_WAITS_IN_PLACE
+                defer_next = True
             if run.limbo():  # the blocking mode reads what the other execution wrote meanwhile
                 run.ledger = L.Ledger(run.folder, run.model_id).load()
             run.apply_outcomes(event.get("outcomes") or [])

@@ -314,6 +314,28 @@ def test_jobs_due_before_a_deferral_could_return_are_waited_for_in_place_longer_
     assert sorted(submits_per_item(emu).values()) == [1] * 12
 
 
+def test_outputs_are_copied_while_the_next_jobs_are_waited_for_and_submitted(
+    airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
+) -> None:
+    # Jobs of 0.3 s, three at a time, whose output files take 2.5 s each to arrive: the copies of
+    # one round must not hold up the next rounds (they go on while the worker waits and submits).
+    delay = 2.5
+    emu.add_rule(prompt_contains="slowcopy", run_seconds=0.3)
+    emu.add_fault("file", "delay", times=None, seconds=delay)
+    run = run_batch(airflow_env, emu, "it_batch", [item(n, "slowcopy") for n in range(9)], tmp_path)
+
+    run.assert_states(batch="success")
+    assert sorted(submits_per_item(emu).values()) == [1] * 9
+    assert [row["status"] for row in manifest(tmp_path, run)] == ["succeeded"] * 9
+    assert len(list((task_folder(tmp_path, run) / "outputs").iterdir())) == 9
+    files = [e.at for e in emu.journal.of("file")]
+    submits = [e.at for e in emu.journal.of("submit") if e.status_code == 200]
+    # A submit arrived while an earlier round's output was still on its way (a copy blocking the
+    # worker would leave no submit between a file request and its answer).
+    assert any(f + 0.2 < s < f + delay - 0.2 for f in files for s in submits), (files, submits)
+    assert "items still copying" in run.output
+
+
 def test_out_of_balance_stops_submitting_at_once_and_keeps_what_is_in_flight(
     airflow_env: AirflowEnv, emu: RunComfyEmulator, tmp_path: Path
 ) -> None:

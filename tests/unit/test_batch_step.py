@@ -15,7 +15,7 @@ from airflow_provider_runcomfy.batch import ledger as L
 from airflow_provider_runcomfy.batch.engine import BatchRun
 from airflow_provider_runcomfy.batch.step import (
     LIMBO_RECHECK,
-    MAX_WAITS_IN_PLACE,
+    MAX_SECONDS_IN_PLACE,
     STAY_SECONDS,
     Action,
     Step,
@@ -120,32 +120,34 @@ def test_a_refused_token_fails_the_batch_and_says_a_clear_re_attaches() -> None:
 
 def test_a_wait_shorter_than_a_deferral_s_round_trip_is_made_in_place() -> None:
     wait = Step(Action.WAIT, window=[["req-0", "k", NOW]])
-    assert waits_in_place(wait, NOW + 1.0, waits_so_far=0, now=NOW) is True
-    assert waits_in_place(wait, NOW + STAY_SECONDS, waits_so_far=0, now=NOW) is True
+    assert waits_in_place(wait, NOW + 1.0, part_started=NOW, now=NOW) is True
+    assert waits_in_place(wait, NOW + STAY_SECONDS, part_started=NOW, now=NOW) is True
     # Jobs due later than that: the worker defers (the slot is free while they run).
-    assert waits_in_place(wait, NOW + STAY_SECONDS + 0.1, waits_so_far=0, now=NOW) is False
+    assert waits_in_place(wait, NOW + STAY_SECONDS + 0.1, part_started=NOW, now=NOW) is False
     # No estimate (the batch's job time is not known yet): defer.
-    assert waits_in_place(wait, None, waits_so_far=0, now=NOW) is False
+    assert waits_in_place(wait, None, part_started=NOW, now=NOW) is False
 
 
-def test_a_worker_part_defers_after_its_share_of_waits_in_place() -> None:
+def test_a_worker_part_defers_once_it_has_run_its_time_in_place() -> None:
+    # However many waits it made: the bound is the part's age, so small refills do not shorten it.
     wait = Step(Action.WAIT, window=[["req-0", "k", NOW]])
-    assert waits_in_place(wait, NOW, waits_so_far=MAX_WAITS_IN_PLACE - 1, now=NOW) is True
-    assert waits_in_place(wait, NOW, waits_so_far=MAX_WAITS_IN_PLACE, now=NOW) is False
+    started = NOW - MAX_SECONDS_IN_PLACE
+    assert waits_in_place(wait, NOW, part_started=started + 0.5, now=NOW) is True
+    assert waits_in_place(wait, NOW, part_started=started, now=NOW) is False
 
 
 def test_only_a_wait_is_made_in_place() -> None:
     for action in (Action.FINISH, Action.FAIL, Action.TIMED_OUT):
-        assert waits_in_place(Step(action), NOW, waits_so_far=0, now=NOW) is False
+        assert waits_in_place(Step(action), NOW, part_started=NOW, now=NOW) is False
 
 
 def test_a_wait_shorter_than_the_trigger_s_hold_is_made_in_place() -> None:
     # The trigger would keep its event back 10 s (Airflow's defaults): a job due in 8 s is waited for here.
     wait = Step(Action.WAIT, window=[["req-0", "k", NOW]])
-    assert waits_in_place(wait, NOW + 8.0, waits_so_far=0, now=NOW, stay_seconds=10.0) is True
-    assert waits_in_place(wait, NOW + 10.5, waits_so_far=0, now=NOW, stay_seconds=10.0) is False
+    assert waits_in_place(wait, NOW + 8.0, part_started=NOW, now=NOW, stay_seconds=10.0) is True
+    assert waits_in_place(wait, NOW + 10.5, part_started=NOW, now=NOW, stay_seconds=10.0) is False
     # With the guard off (no hold), the floor still applies.
-    assert waits_in_place(wait, NOW + STAY_SECONDS, waits_so_far=0, now=NOW, stay_seconds=0.0) is True
+    assert waits_in_place(wait, NOW + STAY_SECONDS, part_started=NOW, now=NOW, stay_seconds=0.0) is True
 
 
 def test_a_wait_that_ended_with_jobs_or_at_its_wake_time_goes_on() -> None:

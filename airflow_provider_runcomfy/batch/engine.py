@@ -357,21 +357,23 @@ class BatchRun(SubmitSteps):
         """Record the copies that ended (``wait``: every copy started, once it ends); the outputs kept."""
         events: list[dict[str, Any]] = []
         kept = 0
-        for item, record, future in self._copies.ended(wait=wait):
-            guard = {"request_id": record.request_id}
-            error = future.exception()
-            if error is None:
-                stored = future.result()
-                kept += len(stored)
-                events.append(change(Event.KEPT, item.key, [L.FINISHED], guard=guard, stored=stored))
-            elif isinstance(error, (RunComfyError, ValueError)):
-                events.append(self._copy_failed(item, record, error))
-            else:
-                raise error
-            if len(events) >= 100:  # recorded as they come, so a crash re-copies little
-                self.ledger.append(events)
-                events = []
-        self.ledger.append(events)
+        try:
+            for item, record, future in self._copies.ended(wait=wait):
+                guard = {"request_id": record.request_id}
+                error = future.exception()
+                if error is None:
+                    stored = future.result()
+                    kept += len(stored)
+                    events.append(change(Event.KEPT, item.key, [L.FINISHED], guard=guard, stored=stored))
+                elif isinstance(error, (RunComfyError, ValueError)):
+                    events.append(self._copy_failed(item, record, error))
+                else:
+                    raise error  # not the item's fault (a full disk): the part fails, the copies before count
+                if len(events) >= 100:  # recorded as they come, so a crash re-copies little
+                    self.ledger.append(events)
+                    events = []
+        finally:
+            self.ledger.append(events)
         return kept
 
     def store_outputs(self) -> int:

@@ -14,11 +14,14 @@ made, in the same run, by the package as committed at ``REV`` (``git archive`` i
 folder, put first on ``PYTHONPATH``) and by the working tree, side by side with
 their ratio, so a change to the copy path is measured against what it replaces
 on the same machine and load. ``--compare ''`` measures the working tree alone.
+``--threads 1,8`` shares the copies out among that many threads (one store and
+downloader, as a batch's copy threads share one), each count side by side.
 
     .venv/bin/python bench/copy_memory.py                              # 1 x 50 MB, before/after
     .venv/bin/python bench/copy_memory.py --bytes 2000000 --files 100  # real image sizes
     .venv/bin/python bench/copy_memory.py --bytes 200000000 --files 1 --compare ''
     .venv/bin/python bench/copy_memory.py --bomb                       # a refused 1 GiB bomb
+    .venv/bin/python bench/copy_memory.py --bytes 2000000 --files 200 --compare '' --threads 1,8
 
 A benchmark, not a test: it prints numbers and asserts only that the copies are whole.
 """
@@ -56,8 +59,11 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child(url: str, request_id: str, output_dir: str, files: int) -> None:
+def child(url: str, request_id: str, output_dir: str, files: int, threads: int = 1) -> None:
     """The measured process: import what a worker has, then copy one output ``files`` times.
+
+    ``threads`` > 1: the copies are shared out among that many threads with one store (and
+    downloader), as a batch's copy threads share one.
 
     ``files`` 0: the output is a compression bomb; one copy is tried with a 1 MB cap.
     """
@@ -94,7 +100,15 @@ def child(url: str, request_id: str, output_dir: str, files: int) -> None:
     store = OutputStore(
         ObjectStoragePath(output_dir), max_output_bytes=512 * 1024 * 1024, api_base_url=api_base_url
     )
-    copies = store.keep(request_id, [url] * files)
+    if threads == 1:
+        copies = store.keep(request_id, [url] * files)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        shares = [files // threads + (t < files % threads) for t in range(threads)]
+        with ThreadPoolExecutor(threads) as pool:
+            done = pool.map(lambda t: store.keep(f"{request_id}-{t}", [url] * shares[t]), range(threads))
+            copies = [copy for kept in done for copy in kept]
     seconds = time.monotonic() - started
     cpu = cpu_seconds() - cpu
     result = {
@@ -123,14 +137,16 @@ def export_package(rev: str, into: Path) -> Path:
     return into
 
 
-def measure(url: str, request_id: str, files: int, pythonpath: Path | None) -> dict[str, object]:
+def measure(
+    url: str, request_id: str, files: int, pythonpath: Path | None, threads: int = 1
+) -> dict[str, object]:
     """One child run on a fresh ``output_dir``; checks every copy is whole."""
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run(
-            [sys.executable, __file__, "--child", url, request_id, f"file://{tmp}", str(files)],
+            [sys.executable, __file__, "--child", url, request_id, f"file://{tmp}", str(files), str(threads)],
             capture_output=True,
             text=True,
             timeout=600,
@@ -172,12 +188,20 @@ def main() -> int:
         help=f"the output is a 1 GiB gzip-in-gzip bomb, copied with a {BOMB_CAP // 1_000_000} MB cap",
     )
     parser.add_argument(
-        "--child", nargs=4, metavar=("URL", "REQUEST_ID", "OUTPUT_DIR", "FILES"), help=argparse.SUPPRESS
+        "--threads",
+        default="1",
+        help="copy threads, or several to compare side by side (1,8); the batch copies on 8 (default 1)",
+    )
+    parser.add_argument(
+        "--child",
+        nargs=5,
+        metavar=("URL", "REQUEST_ID", "OUTPUT_DIR", "FILES", "THREADS"),
+        help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
     if args.child:
-        url, request_id, output_dir, files = args.child
-        child(url, request_id, output_dir, int(files))
+        url, request_id, output_dir, files, threads = args.child
+        child(url, request_id, output_dir, int(files), int(threads))
         return 0
     if not 1 <= args.files <= 1000 or not 1 <= args.runs <= 10:
         parser.error("--files is 1..1000 and --runs 1..10 (bounded runs)")
@@ -202,10 +226,15 @@ def main() -> int:
         if args.bomb:
             emu.add_fault("file", "gzip_bomb", times=None, size=1 << 30)
             return bomb(url, request_id, sides, args.runs)
-        results: dict[str, list[dict[str, object]]] = {name: [] for name in sides}
-        for _ in range(args.runs):  # interleaved, so both sides see the same load
+        thread_counts = [int(t) for t in str(args.threads).split(",")]
+        if not all(1 <= t <= 32 for t in thread_counts):
+            parser.error("--threads are 1..32")
+        results: dict[str, list[dict[str, object]]] = {}
+        for _ in range(args.runs):  # interleaved, so every side sees the same load
             for name, path in sides.items():
-                results[name].append(measure(url, request_id, args.files, path))
+                for threads in thread_counts:
+                    label = name if len(thread_counts) == 1 else f"{name}, {threads} thread(s)"
+                    results.setdefault(label, []).append(measure(url, request_id, args.files, path, threads))
 
     total_mb = args.files * args.bytes / 1e6
     print(
@@ -221,13 +250,13 @@ def main() -> int:
         }
         row = rows[name]
         print(
-            f"{name:<22}: {row['cpu_per_mb'] * 1000:6.2f} CPU-ms per MB, {row['mb_per_s']:6.0f} MB/s, "
+            f"{name:<32}: {row['cpu_per_mb'] * 1000:6.2f} CPU-ms per MB, {row['mb_per_s']:6.0f} MB/s, "
             f"peak RSS +{row['added_mb']:.1f} MB over a {row['before_mb']:.0f} MB baseline"
         )
     if len(rows) == 2:
-        (_, old_row), (_, new_row) = rows.items()
+        (old_name, old_row), (new_name, new_row) = rows.items()
         print(
-            f"working tree / {args.compare}: CPU per MB x{new_row['cpu_per_mb'] / old_row['cpu_per_mb']:.2f}, "
+            f"{new_name} / {old_name}: CPU per MB x{new_row['cpu_per_mb'] / old_row['cpu_per_mb']:.2f}, "
             f"throughput x{new_row['mb_per_s'] / old_row['mb_per_s']:.2f}, "
             f"peak RSS added {old_row['added_mb']:.1f} -> {new_row['added_mb']:.1f} MB"
         )
@@ -252,7 +281,7 @@ def measure_bomb(url: str, request_id: str, pythonpath: Path | None) -> dict[str
         env["PYTHONPATH"] = str(pythonpath)
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run(
-            [sys.executable, __file__, "--child", url, request_id, f"file://{tmp}", "0"],
+            [sys.executable, __file__, "--child", url, request_id, f"file://{tmp}", "0", "1"],
             capture_output=True,
             text=True,
             timeout=600,

@@ -1,13 +1,16 @@
 """What the batch tests build again and again: a worker part's view of a batch, its ledger read back.
 
 ``open_batch`` is ``BatchRun`` as the worker opens it (the ledger loaded from ``folder``),
-and ``ready`` records every item as ready to submit. (``queued_emu`` and ``queued_client``,
+``ready`` records every item as ready to submit, ``refill`` submits what the window allows
+to the emulator, as the worker's refill does, and ``wait_all`` records the outcomes of every
+job in flight once they ended. (``queued_emu`` and ``queued_client``,
 for tests whose jobs must stay queued, are fixtures in ``conftest.py``.)
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,12 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_runcomfy.batch import ledger as L
 from airflow_provider_runcomfy.batch.engine import BatchRun
-from airflow_provider_runcomfy.batch.items import make_items
+from airflow_provider_runcomfy.batch.items import BatchItem, make_items
+from airflow_provider_runcomfy.batch.pacing import SubmitPacer
+from airflow_provider_runcomfy.batch.submitting import BatchSpend
+from airflow_provider_runcomfy.batch.window import WakeRule, Window
+from airflow_provider_runcomfy.client import AsyncRunComfyClient, RetryPolicy
+from airflow_provider_runcomfy.emulator import RunComfyEmulator
 
 LOG = logging.getLogger("batch-tests")
 
@@ -47,3 +55,41 @@ def ready(run: BatchRun) -> BatchRun:
     """Every item recorded as ready to submit, as the worker does before its first refill."""
     run.ledger.append([{"key": i.key, "index": i.index, "state": L.READY} for i in run.items])
     return run
+
+
+async def refill(run: BatchRun, emu: RunComfyEmulator, pacer: SubmitPacer | None = None) -> int:
+    """One refill against the emulator, every input sent as given; how many jobs it accepted."""
+
+    def prepare(items: Sequence[BatchItem]) -> list[Any]:
+        return [item.input for item in items]
+
+    def may_submit(item: BatchItem, spend: BatchSpend) -> bool:
+        return True
+
+    async with AsyncRunComfyClient(
+        emu.token, base_url=emu.base_url, retry=RetryPolicy(max_attempts=1)
+    ) as client:
+        result = await run.refill(
+            client,
+            pacer or SubmitPacer(),
+            prepare=prepare,
+            validate=lambda model_id, payload: payload,
+            may_submit=may_submit,
+            try_number=1,
+        )
+    return result.submitted
+
+
+async def wait_all(run: BatchRun, emu: RunComfyEmulator) -> None:
+    """Wait (the trigger's loop, polling fast) for every job in flight, and record the outcomes."""
+    async with AsyncRunComfyClient(emu.token, base_url=emu.base_url) as client:
+        window = Window(
+            run.in_flight(),
+            model_id=run.model_id,
+            poll_interval=0.05,
+            rule=WakeRule(len(run.in_flight()), 30.0),
+            deadline=time.time() + 30,
+        )
+        event = await window.wait(client)
+    assert event["status"] == "ready", event
+    run.apply_outcomes(event["outcomes"])

@@ -11,20 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from _helpers_batch import refill, wait_all
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_runcomfy.batch import ledger as L
 from airflow_provider_runcomfy.batch.engine import BatchRun
-from airflow_provider_runcomfy.batch.items import BatchItem, make_items
+from airflow_provider_runcomfy.batch.items import make_items
 from airflow_provider_runcomfy.batch.owner import Owner
-from airflow_provider_runcomfy.batch.pacing import SubmitPacer
-from airflow_provider_runcomfy.batch.submitting import BatchSpend
-from airflow_provider_runcomfy.batch.window import WakeRule, Window
-from airflow_provider_runcomfy.client import AsyncRunComfyClient, RetryPolicy
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT as MODEL
 
@@ -49,44 +44,14 @@ def open_run(folder: ObjectStoragePath, emu: RunComfyEmulator) -> BatchRun:
     )
 
 
-async def submit_and_wait(run: BatchRun, emu: RunComfyEmulator) -> None:
-    def prepare(items: Sequence[BatchItem]) -> list[Any]:
-        return [item.input for item in items]
-
-    def may_submit(item: BatchItem, spend: BatchSpend) -> bool:
-        return True
-
-    async with AsyncRunComfyClient(
-        emu.token, base_url=emu.base_url, retry=RetryPolicy(max_attempts=1)
-    ) as client:
-        result = await run.refill(
-            client,
-            SubmitPacer(),
-            prepare=prepare,
-            validate=lambda model_id, payload: payload,
-            may_submit=may_submit,
-            try_number=1,
-        )
-        assert result.submitted == N
-        window = Window(
-            run.in_flight(),
-            model_id=MODEL,
-            poll_interval=0.05,
-            rule=WakeRule(N, 30.0),
-            deadline=time.time() + 30,
-        )
-        event = await window.wait(client)
-    assert event["status"] == "ready", event
-    run.apply_outcomes(event["outcomes"])
-
-
 def finished_jobs(folder: ObjectStoragePath, emu: RunComfyEmulator) -> BatchRun:
     """N jobs that succeeded, their outputs not copied yet."""
     emu.set_config(queue_seconds=0, run_seconds=0)
     run = open_run(folder, emu)
     run.ledger.append([{"key": i.key, "index": i.index, "state": L.READY} for i in run.items])
     run.start_try(1, f"try-{time.time()}")
-    asyncio.run(submit_and_wait(run, emu))
+    assert asyncio.run(refill(run, emu)) == N
+    asyncio.run(wait_all(run, emu))
     assert [r.state for r in run.ledger] == [L.FINISHED] * N
     return run
 

@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers_batch import refill, wait_all
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_runcomfy.batch import ledger as L
 from airflow_provider_runcomfy.batch.engine import BatchRun
-from airflow_provider_runcomfy.batch.items import BatchItem, make_items
+from airflow_provider_runcomfy.batch.items import make_items
 from airflow_provider_runcomfy.batch.owner import Owner
-from airflow_provider_runcomfy.batch.pacing import SubmitPacer
 from airflow_provider_runcomfy.batch.reconcile import reconcile
 from airflow_provider_runcomfy.batch.report import manifest_rows
-from airflow_provider_runcomfy.batch.submitting import BatchSpend
-from airflow_provider_runcomfy.batch.window import WakeRule, Window
-from airflow_provider_runcomfy.client import AsyncRunComfyClient, RetryPolicy
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT as MODEL
 from airflow_provider_runcomfy.outputs.manifest import write_manifest
@@ -59,44 +55,9 @@ def open_run(folder: ObjectStoragePath, emu: RunComfyEmulator, *, max_in_flight:
     )
 
 
-async def refill(run: BatchRun, emu: RunComfyEmulator) -> int:
-    def prepare(items: Sequence[BatchItem]) -> list[Any]:
-        return [item.input for item in items]
-
-    def may_submit(item: BatchItem, spend: BatchSpend) -> bool:
-        return True
-
-    async with AsyncRunComfyClient(
-        emu.token, base_url=emu.base_url, retry=RetryPolicy(max_attempts=1)
-    ) as client:
-        result = await run.refill(
-            client,
-            SubmitPacer(),
-            prepare=prepare,
-            validate=lambda model_id, payload: payload,
-            may_submit=may_submit,
-            try_number=1,
-        )
-    return result.submitted
-
-
 def start(run: BatchRun) -> None:
     run.ledger.append([{"key": i.key, "index": i.index, "state": L.READY} for i in run.items])
     run.start_try(1, f"try-{time.time()}")
-
-
-async def wait_all(run: BatchRun, emu: RunComfyEmulator) -> None:
-    async with AsyncRunComfyClient(emu.token, base_url=emu.base_url) as client:
-        window = Window(
-            run.in_flight(),
-            model_id=MODEL,
-            poll_interval=0.05,
-            rule=WakeRule(len(run.in_flight()), 30.0),
-            deadline=time.time() + 30,
-        )
-        event = await window.wait(client)
-    assert event["status"] == "ready", event
-    run.apply_outcomes(event["outcomes"])
 
 
 def finished_batch(folder: ObjectStoragePath, emu: RunComfyEmulator) -> BatchRun:

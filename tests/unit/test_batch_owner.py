@@ -11,20 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
+from _helpers_batch import refill
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_runcomfy.batch import ledger as L
 from airflow_provider_runcomfy.batch.engine import BatchRun
-from airflow_provider_runcomfy.batch.items import BatchItem, make_items
+from airflow_provider_runcomfy.batch.items import make_items
 from airflow_provider_runcomfy.batch.owner import Owner, OwnershipLost
 from airflow_provider_runcomfy.batch.pacing import SubmitPacer
-from airflow_provider_runcomfy.batch.submitting import BatchSpend
-from airflow_provider_runcomfy.client import AsyncRunComfyClient, RetryPolicy
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT as MODEL
 
@@ -45,27 +42,6 @@ def open_run(folder: ObjectStoragePath, emu: RunComfyEmulator, owner: Owner) -> 
         log=LOG,
         owner=owner,
     )
-
-
-async def refill(run: BatchRun, emu: RunComfyEmulator) -> int:
-    def prepare(items: Sequence[BatchItem]) -> list[Any]:
-        return [item.input for item in items]
-
-    def may_submit(item: BatchItem, spend: BatchSpend) -> bool:
-        return True
-
-    async with AsyncRunComfyClient(
-        emu.token, base_url=emu.base_url, retry=RetryPolicy(max_attempts=1)
-    ) as client:
-        result = await run.refill(
-            client,
-            SubmitPacer(max_concurrency=N, concurrency=N),
-            prepare=prepare,
-            validate=lambda model_id, payload: payload,
-            may_submit=may_submit,
-            try_number=1,
-        )
-    return result.submitted
 
 
 def paid_per_item(emu: RunComfyEmulator) -> Counter[str]:
@@ -149,7 +125,7 @@ def test_an_intent_from_a_dead_execution_becomes_unknown_after_the_grace(
     run.start_try(2, "after-a-crash")
     assert not run.limbo()
     assert sorted(r.state for r in run.ledger) == [L.UNKNOWN] * N
-    assert asyncio.run(refill(run, queued_emu)) == 0
+    assert asyncio.run(refill(run, queued_emu, SubmitPacer(max_concurrency=N, concurrency=N))) == 0
 
 
 def test_a_late_request_id_still_attaches_to_an_item_reported_unknown(folder: ObjectStoragePath) -> None:

@@ -32,8 +32,9 @@ STAY_SECONDS = 3.0
 #: How long a worker part may go on waiting in place (from its start) before it defers anyway:
 #: the part's memory and CPU stay bounded whatever N is, and the slot is given back now and then.
 #: A time, not a count of waits: a deferral costs the batch at least the trigger's hold (10 s on
-#: Airflow's defaults) when jobs are short, so this bounds that cost to about a sixth of the run,
-#: however small the refills are (20 waits lasted 30 s of a 5 s-job batch, 20 s of a 1 s-job one).
+#: Airflow's defaults) when jobs are short, so this bounds that cost to about a seventh of the run
+#: (10 s in 70), however small the refills are (20 waits lasted 30 s of a 5 s-job batch of 2 MB
+#: outputs, ``bench/batch_scale.py``).
 MAX_SECONDS_IN_PLACE = 60.0
 
 

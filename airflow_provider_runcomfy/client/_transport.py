@@ -69,8 +69,8 @@ def _ssl_context(verify: bool) -> ssl.SSLContext:
 
     Building one loads the CA bundle: about 30 ms of CPU. A batch's worker part makes a client
     for each refill and each wait (each ``asyncio.run`` has its own event loop, and an aiohttp
-    session belongs to one), so built per client this was over a third of a worker part's own
-    CPU in a 2,000-item run (py-spy). An ``SSLContext`` may be shared by connections, sessions
+    session belongs to one), so built per client this was 37% of the samples of a worker part's
+    main thread in a 2,000-item run (py-spy). An ``SSLContext`` may be shared by connections, sessions
     and threads; ``SSL_CERT_FILE``/``SSL_CERT_DIR`` are part of the key, as httpx reads them.
     """
     key = (bool(verify), os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))

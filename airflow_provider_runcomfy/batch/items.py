@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 import threading
 from collections import Counter
 from collections.abc import Container, Iterator, Mapping, Sequence
@@ -431,7 +432,7 @@ def _read_index(folder: ObjectStoragePath, model_id: str, uri: str) -> dict[str,
         if not target.exists():
             return None
         header, body = L.read_verified(target.fs, target.path, str(folder))
-        keys = str(body["keys"]).split(" ") if body["keys"] else []
+        keys = [sys.intern(key) for key in str(body["keys"]).split(" ")] if body["keys"] else []
         offsets = list(body["offsets"])
     except (L.LedgerReadError, KeyError, TypeError, ValueError):
         return None  # rebuilt from the file: the index is a shortcut, never a record of payment

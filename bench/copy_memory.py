@@ -22,6 +22,7 @@ downloader, as a batch's copy threads share one), each count side by side.
     .venv/bin/python bench/copy_memory.py --bytes 200000000 --files 1 --compare ''
     .venv/bin/python bench/copy_memory.py --bomb                       # a refused 1 GiB bomb
     .venv/bin/python bench/copy_memory.py --bytes 2000000 --files 200 --compare '' --threads 1,8
+    .venv/bin/python bench/copy_memory.py --bytes 2000000 --files 200 --compare '' --threads 1,8 --loop
 
 A benchmark, not a test: it prints numbers and asserts only that the copies are whole.
 """
@@ -39,6 +40,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Runs of each side; the median is printed (one run is noisy on a shared 2-core machine).
@@ -59,11 +61,16 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child(url: str, request_id: str, output_dir: str, files: int, threads: int = 1) -> None:
+def child(
+    url: str, request_id: str, output_dir: str, files: int, threads: int = 1, loop: bool = False
+) -> None:
     """The measured process: import what a worker has, then copy one output ``files`` times.
 
     ``threads`` > 1: the copies are shared out among that many threads with one store (and
-    downloader), as a batch's copy threads share one.
+    downloader), as a batch's copy threads share one (``batch.copies.ThreadCopies``).
+
+    ``loop``: the copies are made on one event loop, ``threads`` at a time, as a batch copies to
+    a local disk (``batch.copies.LoopCopies``: ``AsyncOutputDownloader``, ``acopy_output``).
 
     ``files`` 0: the output is a compression bomb; one copy is tried with a 1 MB cap.
     """
@@ -100,7 +107,9 @@ def child(url: str, request_id: str, output_dir: str, files: int, threads: int =
     store = OutputStore(
         ObjectStoragePath(output_dir), max_output_bytes=512 * 1024 * 1024, api_base_url=api_base_url
     )
-    if threads == 1:
+    if loop:
+        copies = on_loop(ObjectStoragePath(output_dir), api_base_url, request_id, url, files, threads)
+    elif threads == 1:
         copies = store.keep(request_id, [url] * files)
     else:
         from concurrent.futures import ThreadPoolExecutor
@@ -124,6 +133,33 @@ def child(url: str, request_id: str, output_dir: str, files: int, threads: int =
     print(json.dumps(result))
 
 
+def on_loop(
+    folder: Any, api_base_url: str, request_id: str, url: str, files: int, concurrency: int
+) -> list[Any]:
+    """``files`` copies of ``url`` into ``folder`` on one event loop, ``concurrency`` at a time."""
+    import asyncio
+
+    from airflow_provider_runcomfy.client._aiodownload import AsyncOutputDownloader
+    from airflow_provider_runcomfy.outputs.files import acopy_output
+
+    async def run() -> list[Any]:
+        downloader = AsyncOutputDownloader(max_bytes=512 * 1024 * 1024, api_base_url=api_base_url)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(n: int) -> Any:
+            async with gate:
+                return await acopy_output(
+                    downloader, folder, f"{request_id}_{n}", url, label=f"copy {n}", request_id=request_id
+                )
+
+        try:
+            return list(await asyncio.gather(*(one(n) for n in range(files))))
+        finally:
+            await downloader.aclose()
+
+    return asyncio.run(run())
+
+
 def export_package(rev: str, into: Path) -> Path:
     """The package as committed at ``rev``, unpacked under ``into`` (for ``PYTHONPATH``)."""
     archive = subprocess.run(
@@ -138,7 +174,7 @@ def export_package(rev: str, into: Path) -> Path:
 
 
 def measure(
-    url: str, request_id: str, files: int, pythonpath: Path | None, threads: int = 1
+    url: str, request_id: str, files: int, pythonpath: Path | None, threads: int = 1, loop: bool = False
 ) -> dict[str, object]:
     """One child run on a fresh ``output_dir``; checks every copy is whole."""
     env = dict(os.environ)
@@ -146,7 +182,16 @@ def measure(
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run(
-            [sys.executable, __file__, "--child", url, request_id, f"file://{tmp}", str(files), str(threads)],
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                url,
+                request_id,
+                f"file://{tmp}",
+                str(files),
+                f"loop{threads}" if loop else str(threads),
+            ],
             capture_output=True,
             text=True,
             timeout=600,
@@ -193,6 +238,11 @@ def main() -> int:
         help="copy threads, or several to compare side by side (1,8); the batch copies on 8 (default 1)",
     )
     parser.add_argument(
+        "--loop",
+        action="store_true",
+        help="also copy on one event loop, as many at a time as each --threads count (a batch on a local disk)",
+    )
+    parser.add_argument(
         "--child",
         nargs=5,
         metavar=("URL", "REQUEST_ID", "OUTPUT_DIR", "FILES", "THREADS"),
@@ -201,7 +251,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         url, request_id, output_dir, files, threads = args.child
-        child(url, request_id, output_dir, int(files), int(threads))
+        loop = threads.startswith("loop")
+        child(url, request_id, output_dir, int(files), int(threads.removeprefix("loop")), loop)
         return 0
     if not 1 <= args.files <= 1000 or not 1 <= args.runs <= 10:
         parser.error("--files is 1..1000 and --runs 1..10 (bounded runs)")
@@ -233,8 +284,15 @@ def main() -> int:
         for _ in range(args.runs):  # interleaved, so every side sees the same load
             for name, path in sides.items():
                 for threads in thread_counts:
-                    label = name if len(thread_counts) == 1 else f"{name}, {threads} thread(s)"
+                    label = (
+                        name if len(thread_counts) == 1 and not args.loop else f"{name}, {threads} thread(s)"
+                    )
                     results.setdefault(label, []).append(measure(url, request_id, args.files, path, threads))
+                    if args.loop:
+                        label = f"{name}, loop of {threads}"
+                        results.setdefault(label, []).append(
+                            measure(url, request_id, args.files, path, threads, loop=True)
+                        )
 
     total_mb = args.files * args.bytes / 1e6
     print(

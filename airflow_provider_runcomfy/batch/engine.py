@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_runcomfy.batch import ledger as L
-from airflow_provider_runcomfy.batch.copies import CopyPool
+from airflow_provider_runcomfy.batch.copies import copy_pool
 from airflow_provider_runcomfy.batch.items import BatchItem, ItemList
 from airflow_provider_runcomfy.batch.lean import clip, slim_outcome
 from airflow_provider_runcomfy.batch.owner import INTENT_GRACE, Owner
@@ -81,7 +81,7 @@ class BatchRun(SubmitSteps):
         self.log = log
         self.api_base_url = api_base_url
         self.owner = owner
-        self._copies = CopyPool(DOWNLOAD_CONCURRENCY)
+        self._copies = copy_pool(DOWNLOAD_CONCURRENCY, folder / "outputs", max_output_bytes, api_base_url)
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -106,8 +106,12 @@ class BatchRun(SubmitSteps):
             if r.request_id
         ]
 
+    def count(self, *states: str) -> int:
+        """How many items are in ``states``: ``len(records(...))`` without reading or sorting a record."""
+        return self.ledger.count_in(states, self.by_key)
+
     def ready_count(self) -> int:
-        return len(self.records(L.READY))
+        return self.count(L.READY)
 
     def unchecked_count(self) -> int:
         """Items not checked yet (pre-flight overlaps submitting: see ``check``'s ``limit``)."""
@@ -117,7 +121,7 @@ class BatchRun(SubmitSteps):
         """Spend over EVERY record of the task instance: every try, and items no longer in the inputs."""
         return BatchSpend(
             spent_usd=round(self.ledger.spent_usd(), 6),
-            in_flight=len(self.records(L.SUBMITTED)),
+            in_flight=self.count(L.SUBMITTED),
             submitted=self.ledger.count_in(_PAID_STATES, self.by_key),
             ready=self.ready_count(),
         )
@@ -329,7 +333,7 @@ class BatchRun(SubmitSteps):
     # -- copying --------------------------------------------------------------------------------
 
     def start_copies(self) -> int:
-        """Start copying the outputs of finished jobs to ``outputs/`` on threads; how many items were started.
+        """Start copying the outputs of finished jobs to ``outputs/`` (``batch.copies``); how many items were started.
 
         The copies go on while the worker does other things (its wait for the next jobs);
         ``record_copies`` writes what they kept to the ledger.
@@ -337,17 +341,10 @@ class BatchRun(SubmitSteps):
         todo = self.records(L.FINISHED)
         if not todo:
             return 0
-        from airflow_provider_runcomfy.batch.copies import copy_item_outputs
-
-        folder = self.folder / "outputs"
         if not self._copies:
+            folder = self._copies.folder
             folder.fs.makedirs(folder.path, exist_ok=True)
-        return self._copies.start(
-            todo,
-            lambda item, record: copy_item_outputs(
-                folder, item, record, self.max_output_bytes, self.api_base_url
-            ),
-        )
+        return self._copies.start(todo)
 
     def copying(self) -> int:
         """Items whose copies were started and not recorded yet."""
@@ -377,12 +374,18 @@ class BatchRun(SubmitSteps):
         return kept
 
     def store_outputs(self) -> int:
-        """Copy the outputs of every finished job now, and record them; the outputs kept."""
-        self.start_copies()
-        return self.record_copies(wait=True)
+        """Copy the outputs of every finished job now, and record them; the outputs kept.
+
+        The copies end with it: this is what a part does last (a batch that timed out).
+        """
+        try:
+            self.start_copies()
+            return self.record_copies(wait=True)
+        finally:
+            self.close_copies()
 
     def close_copies(self) -> None:
-        """End this part's copy threads (copies not recorded are made again by a later part)."""
+        """End this part's copies (those not recorded are made again by a later part)."""
         self._copies.close()
 
     def _copy_failed(self, item: BatchItem, record: L.ItemRecord, error: Exception) -> dict[str, Any]:
@@ -413,7 +416,7 @@ class BatchRun(SubmitSteps):
 
     def wake_count(self) -> int:
         """Finished jobs that make waking the worker worth it: a share of the window, or all at the end."""
-        window = len(self.records(L.SUBMITTED))
+        window = self.count(L.SUBMITTED)
         if (self.ready_count() or self.unchecked_count()) and not self.stopped:
             return max(1, min(window, math.ceil(self.max_in_flight * REFILL_FRACTION)))
         return max(1, window)

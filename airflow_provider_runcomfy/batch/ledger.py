@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from airflow_provider_runcomfy.outputs.files import move_into_place, part_file, remove_quietly
+from airflow_provider_runcomfy.outputs.files import is_local, move_into_place, part_file, remove_quietly
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -736,7 +736,7 @@ class ArchiveView:
     ) -> ArchiveView:
         """Read and check every archive file; index the lines of the records ``archived`` names (key -> state)."""
         fs, ledger_dir = folder.fs, str(folder)
-        local = "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol))
+        local = is_local(fs)
         sources: list[tuple[str, bytes | BinaryIO]] = []
         where: dict[str, int] = {}
         try:

@@ -74,6 +74,7 @@ class SubmitSteps:
     resubmit_unknown: bool
     owner: Owner | None
     records: Callable[..., list[tuple[BatchItem, L.ItemRecord]]]
+    count: Callable[..., int]
     spend: Callable[[], BatchSpend]
 
     @property
@@ -105,7 +106,7 @@ class SubmitSteps:
         result = RefillResult(stopped=self.stopped)
         if self.stopped:
             return result
-        room = self.max_in_flight - len(self.records(L.SUBMITTED))
+        room = self.max_in_flight - self.count(L.SUBMITTED)
         queue = deque(item for item, _ in self.records(L.READY))
         active: set[asyncio.Task[tuple[BatchItem, dict[str, Any], RunComfyError | None]]] = set()
         pending_events: list[dict[str, Any]] = []

@@ -56,7 +56,7 @@ ADDRESSES = "runcomfy_addresses"
 
 #: Redirects followed for one URL.
 MAX_REDIRECTS = 5
-_REDIRECTS = (301, 302, 303, 307, 308)
+REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class URLRefused(Exception):
@@ -448,27 +448,20 @@ class Opener:
             response = self._transport(current).handle_request(request)
             response.request = request
             location = response.headers.get("location")
-            if response.status_code not in _REDIRECTS or not location:
+            if response.status_code not in REDIRECTS or not location:
                 try:
                     yield current, response
                 finally:
                     response.close()
                 return
             response.close()
-            try:
-                _split(location)  # judged as sent: httpx would re-encode what does not parse
-                previous, current = current, str(httpx.URL(current).join(location))
-            except (URLMalformed, httpx.InvalidURL):
-                raise MalformedURLError(f"{what} {_shown(url)} redirected to a malformed URL.") from None
-        raise OutputDownloadError(
-            f"{what.capitalize()} {shown_url(url)} redirected more than {MAX_REDIRECTS} times; "
-            "it was not fetched."
-        )
+            previous, current = current, redirect_target(url, current, location, what)
+        raise too_many_redirects(url, what)
 
     def _transport(self, url: str) -> httpx.BaseTransport:
         if self._given is not None:
             return self._given
-        proxy = _proxy_for(url)
+        proxy = proxy_for(url)
         with self._lock:  # two threads must not each build (and one leak) a pool for one proxy
             transport = self._transports.get(proxy)
             if transport is None:
@@ -484,9 +477,32 @@ class Opener:
         return httpx.HTTPTransport(proxy=proxy, limits=self._limits)
 
 
-def _proxy_for(url: str) -> str | None:
-    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``NO_PROXY``...), as httpx reads it."""
-    proxies = urllib.request.getproxies()
+def redirect_target(url: str, current: str, location: str, what: str) -> str:
+    """Where a redirect from ``current`` (asked for as ``url``) leads; ``MalformedURLError`` if nowhere sane.
+
+    Judged as sent: httpx and aiohttp would re-encode what does not parse. The target still has
+    to pass the policy, as the first URL did.
+    """
+    try:
+        _split(location)
+        return str(httpx.URL(current).join(location))
+    except (URLMalformed, httpx.InvalidURL):
+        raise MalformedURLError(f"{what} {_shown(url)} redirected to a malformed URL.") from None
+
+
+def too_many_redirects(url: str, what: str) -> OutputDownloadError:
+    return OutputDownloadError(
+        f"{what.capitalize()} {shown_url(url)} redirected more than {MAX_REDIRECTS} times; it was not fetched."
+    )
+
+
+def proxy_for(url: str, proxies: Mapping[str, str] | None = None) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``NO_PROXY``...), as httpx reads it.
+
+    :param proxies: ``urllib.request.getproxies()`` as read before (it walks the whole environment:
+        5% of a batch worker's interpreter time when read for each of its copies); None: read now.
+    """
+    proxies = urllib.request.getproxies() if proxies is None else proxies
     parts = urlsplit(url)
     proxy = proxies.get(parts.scheme) or proxies.get("all")
     if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):

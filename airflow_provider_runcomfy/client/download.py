@@ -30,7 +30,7 @@ import hashlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -230,76 +230,39 @@ class OutputDownloader(Closing):
                 parts = list(self._body(url, response, deadline))
                 return Fetched(url, final_url, response.status_code, response.headers, b"".join(parts))
         except httpx.TransportError as error:
-            raise _broke_off(url, error) from None
+            raise broke_off(url, error) from None
 
     # -- one attempt -----------------------------------------------------------------------------
 
     def _attempt(self, url: str, open_sink: OpenSink, deadline: float) -> Download:
         try:
             with self._opener.open(url, "GET", "the output", self._deadline(url, deadline)) as (_, response):
-                _check_status(url, response)
-                content_type, extension = media_type(url, response.headers.get("content-type"))
-                announced = _content_length(response)
-                if announced is not None and announced > self.max_bytes:
-                    raise self._too_large(url, f"the server announced {announced} bytes")
+                answer = Answer.check(url, response.status_code, response.headers, self.max_bytes)
                 with open_sink() as sink:
                     pieces = self._body(url, response, deadline)
-                    if announced is not None and announced >= WRITE_BEHIND_BYTES:
+                    if answer.announced is not None and answer.announced >= WRITE_BEHIND_BYTES:
                         size, digest = _write_behind(pieces, sink)
                     else:
                         size, digest = _write(pieces, sink)
-                    if announced is not None and _identity(response) and size != announced:
-                        raise OutputTransferError(
-                            f"The download of {shown_url(url)} ended after {size} of {announced} bytes."
-                        )
+                    answer.check_whole(size)
         except httpx.TransportError as error:
             # Includes a body cut short: h11 notices the missing bytes of Content-Length.
-            raise _broke_off(url, error) from None
-        return Download(
-            source_url=url,
-            bytes=size,
-            sha256=digest.hexdigest(),
-            content_type=content_type,
-            extension=extension,
-        )
+            raise broke_off(url, error) from None
+        return answer.download(size, digest)
 
     def _body(self, url: str, response: httpx.Response, deadline: float) -> Iterator[bytes]:
         """The body's bytes, inflated a bounded piece at a time, counted against the cap and the deadline."""
-        try:
-            # A response built in memory (a test's MockTransport) was read when it was made;
-            # its stream still holds the raw bytes. Otherwise the pieces come as the connection
-            # reads them (64 KiB): re-cutting them to a fixed size would copy every byte twice more.
-            chunks = response.stream if response.is_stream_consumed else response.iter_raw()
-            if _identity(response):
-                # The common case (pictures are not compressed again): counted here, no decoder.
-                size = 0
-                for chunk in chunks:  # type: ignore[union-attr]
-                    _check_deadline(url, deadline, self.max_seconds)
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise BodyTooLargeError(self.max_bytes)
-                    yield chunk
-                return
-            decoder = BoundedDecoder(response.headers.get("content-encoding"), self.max_bytes)
-            for chunk in chunks:  # type: ignore[union-attr]
-                _check_deadline(url, deadline, self.max_seconds)
-                yield from decoder.feed(chunk)
-            yield from decoder.finish()
-        except BodyTooLargeError:
-            raise self._too_large(url, f"more than {self.max_bytes} bytes arrived") from None
-        except BodyEncodingError as error:
-            raise OutputDownloadError(
-                f"The answer for {shown_url(url)} could not be decoded ({error}); it was not kept."
-            ) from None
+        # A response built in memory (a test's MockTransport) was read when it was made; its
+        # stream still holds the raw bytes. Otherwise the pieces come as the connection reads
+        # them (64 KiB): re-cutting them to a fixed size would copy every byte twice more.
+        chunks = response.stream if response.is_stream_consumed else response.iter_raw()
+        body = Body(url, response.headers, self.max_bytes, deadline, self.max_seconds)
+        for chunk in chunks:  # type: ignore[union-attr]
+            yield from body.feed(chunk)
+        yield from body.finish()
 
     def _deadline(self, url: str, deadline: float) -> Callable[[], None]:
         return lambda: _check_deadline(url, deadline, self.max_seconds)
-
-    def _too_large(self, url: str, what: str) -> OutputTooLargeError:
-        return OutputTooLargeError(
-            f"The output {shown_url(url)} is larger than max_output_bytes={self.max_bytes} ({what}); "
-            "it was not kept. Raise max_output_bytes on the task if outputs this large are expected."
-        )
 
 
 @dataclass(frozen=True)
@@ -418,17 +381,107 @@ def _check_deadline(url: str, deadline: float, max_seconds: float) -> None:
         )
 
 
-def _broke_off(url: str, error: httpx.TransportError) -> OutputTransferError:
+def broke_off(url: str, error: Exception) -> OutputTransferError:
+    """A connection that failed or broke off (httpx's or aiohttp's error), as the user's error."""
     return OutputTransferError(
         f"The download of {shown_url(url)} broke off ({type(error).__name__}: {truncate(error, 200)})."
     )
 
 
-def _check_status(url: str, response: httpx.Response) -> None:
-    status = response.status_code
+def too_large(url: str, max_bytes: int, what: str) -> OutputTooLargeError:
+    return OutputTooLargeError(
+        f"The output {shown_url(url)} is larger than max_output_bytes={max_bytes} ({what}); "
+        "it was not kept. Raise max_output_bytes on the task if outputs this large are expected."
+    )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An output host's answer, judged by its status and headers before any byte of it is kept.
+
+    Shared by the threads' downloads (``OutputDownloader``) and the batch's event loop
+    (``_aiodownload``): whatever reads the bytes, an answer is judged the same way.
+    """
+
+    url: str
+    content_type: str
+    extension: str
+    announced: int | None  # Content-Length, when it counts the bytes that arrive
+    identity: bool
+
+    @classmethod
+    def check(cls, url: str, status: int, headers: Mapping[str, str], max_bytes: int) -> Answer:
+        """The answer as kept, or the user's error: a status that is not 200, a type that is not a
+        picture or video, a size announced over the cap."""
+        _check_status(url, status, headers)
+        content_type, extension = media_type(url, headers.get("content-type"))
+        announced = _content_length(headers)
+        if announced is not None and announced > max_bytes:
+            raise too_large(url, max_bytes, f"the server announced {announced} bytes")
+        return cls(url, content_type, extension, announced, _identity(headers))
+
+    def check_whole(self, size: int) -> None:
+        """``OutputTransferError`` when fewer (or more) bytes arrived than Content-Length said."""
+        if self.announced is not None and self.identity and size != self.announced:
+            raise OutputTransferError(
+                f"The download of {shown_url(self.url)} ended after {size} of {self.announced} bytes."
+            )
+
+    def download(self, size: int, digest: Any) -> Download:
+        return Download(
+            source_url=self.url,
+            bytes=size,
+            sha256=digest.hexdigest(),
+            content_type=self.content_type,
+            extension=self.extension,
+        )
+
+
+class Body:
+    """A body's bytes as they arrive: inflated a bounded piece at a time (after any
+    ``Content-Encoding``), counted against the cap, and within the download's deadline."""
+
+    def __init__(
+        self, url: str, headers: Mapping[str, str], max_bytes: int, deadline: float, max_seconds: float
+    ) -> None:
+        self.url, self.max_bytes, self.deadline, self.max_seconds = url, max_bytes, deadline, max_seconds
+        # The common case (pictures are not compressed again): counted here, no decoder.
+        self._decoder = (
+            None if _identity(headers) else BoundedDecoder(headers.get("content-encoding"), max_bytes)
+        )
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        """What ``chunk`` (as received) gives, a bounded piece at a time."""
+        _check_deadline(self.url, self.deadline, self.max_seconds)
+        if self._decoder is None:
+            self._size += len(chunk)
+            if self._size > self.max_bytes:
+                raise too_large(self.url, self.max_bytes, f"more than {self.max_bytes} bytes arrived")
+            yield chunk
+            return
+        yield from self._decoded(self._decoder.feed(chunk))
+
+    def finish(self) -> Iterator[bytes]:
+        """What the decoder still held once the last chunk arrived."""
+        if self._decoder is not None:
+            yield from self._decoded(self._decoder.finish())
+
+    def _decoded(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            yield from pieces
+        except BodyTooLargeError:
+            raise too_large(self.url, self.max_bytes, f"more than {self.max_bytes} bytes arrived") from None
+        except BodyEncodingError as error:
+            raise OutputDownloadError(
+                f"The answer for {shown_url(self.url)} could not be decoded ({error}); it was not kept."
+            ) from None
+
+
+def _check_status(url: str, status: int, headers: Mapping[str, str]) -> None:
     if status == 200:
         return
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    retry_after = parse_retry_after(headers.get("Retry-After"))
     if status == 429 or status >= 500:
         raise OutputTransferError(
             f"The output host answered HTTP {status} for {shown_url(url)}.",
@@ -447,11 +500,11 @@ def _check_status(url: str, response: httpx.Response) -> None:
     )
 
 
-def _content_length(response: httpx.Response) -> int | None:
-    value = response.headers.get("content-length", "")
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("content-length", "")
     return int(value) if value.strip().isdigit() else None
 
 
-def _identity(response: httpx.Response) -> bool:
+def _identity(headers: Mapping[str, str]) -> bool:
     """Whether the body arrives as sent (no Content-Encoding), so Content-Length counts its bytes."""
-    return response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
+    return headers.get("content-encoding", "identity").strip().lower() in ("", "identity")

@@ -425,7 +425,7 @@ class RunComfyBatchOperator(BaseOperator):
                 self.log.error(
                     "RunComfy says the account is out of balance: no more items are submitted; the %d jobs in "
                     "flight are kept. %s",
-                    len(run.records(L.SUBMITTED)),
+                    run.count(L.SUBMITTED),
                     refill.message,
                 )
             # The copies go on during the wait for the next jobs; with none in flight they are what is left.
@@ -443,7 +443,7 @@ class RunComfyBatchOperator(BaseOperator):
                 run.copying(),
             )
             progress.done = run.done_count()
-            progress.maybe_log(self.log.info, in_flight=len(run.records(L.SUBMITTED)), force=True)
+            progress.maybe_log(self.log.info, in_flight=run.count(L.SUBMITTED), force=True)
             # The core decides (``batch.step``); here its answer becomes Airflow's.
             step = next_step(run, refill, deadline=deadline)
             if step.action is Action.FINISH:

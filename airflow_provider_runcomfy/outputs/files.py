@@ -27,11 +27,19 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from airflow_provider_runcomfy.client._limits import truncate
-from airflow_provider_runcomfy.client.download import CHUNK_SIZE, OutputDownloader, OutputDownloadError, Sink
+from airflow_provider_runcomfy.client.download import (
+    CHUNK_SIZE,
+    Download,
+    OutputDownloader,
+    OutputDownloadError,
+    Sink,
+)
 from airflow_provider_runcomfy.client.errors import InvalidInputError, OutputStorageError
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_runcomfy.client._aiodownload import AsyncOutputDownloader
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +241,12 @@ def run_directory(output_dir: Any, *, dag_id: str, run_id: str) -> ObjectStorage
     return resolve_output_dir(output_dir, probe=False) / safe_segment(dag_id) / safe_segment(run_id)
 
 
+def is_local(fs: Any) -> bool:
+    """Whether ``fs`` (an fsspec filesystem) is the local disk: writes are quick syscalls, files can stay open."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "file" in protocols or "local" in protocols
+
+
 def write_atomically(path: ObjectStoragePath, write: Callable[[Sink], None]) -> ObjectStoragePath:
     """Write a file through ``write(sink)`` to a part file, then move it onto ``path``.
 
@@ -269,33 +283,64 @@ def copy_output(
     :param label: names the output in an error ("Output 2 of RunComfy request abc").
     :param request_id: the request the output belongs to, carried by the error.
     """
-    fs, root = folder.fs, folder.path
-    parts: list[str] = []
+    copy = _Copy(folder, stem, label, request_id)
+    try:
+        download = downloader.download(url, copy.open_part)
+    except OutputDownloadError as error:
+        raise copy.labelled(error) from error
+    return copy.placed(url, download)
+
+
+async def acopy_output(
+    downloader: AsyncOutputDownloader,
+    folder: ObjectStoragePath,
+    stem: str,
+    url: str,
+    *,
+    label: str,
+    request_id: str,
+) -> StoredOutput:
+    """``copy_output`` on an event loop (a batch's copies to a local disk, ``batch.copies``)."""
+    copy = _Copy(folder, stem, label, request_id)
+    try:
+        download = await downloader.download(url, copy.open_part)
+    except OutputDownloadError as error:
+        raise copy.labelled(error) from error
+    return copy.placed(url, download)
+
+
+class _Copy:
+    """One output's way into ``{folder}/{stem}.{ext}``: its part files, its name, its errors."""
+
+    def __init__(self, folder: ObjectStoragePath, stem: str, label: str, request_id: str) -> None:
+        self.folder, self.stem, self.label, self.request_id = folder, stem, label, request_id
+        self.fs, self.root = folder.fs, folder.path
+        self.parts: list[str] = []
 
     @contextmanager
-    def open_part() -> Iterator[Sink]:
-        with part_file(fs, f"{root}/{stem}") as (part, sink):
-            parts.append(part)
+    def open_part(self) -> Iterator[Sink]:
+        with part_file(self.fs, f"{self.root}/{self.stem}") as (part, sink):
+            self.parts.append(part)
             yield sink
 
-    try:
-        download = downloader.download(url, open_part)
-    except OutputDownloadError as error:
-        raise type(error)(
-            f"{label}: {error.message}",
+    def labelled(self, error: OutputDownloadError) -> OutputDownloadError:
+        return type(error)(
+            f"{self.label}: {error.message}",
             status_code=error.status_code,
             retry_after=error.retry_after,
-            request_id=request_id,
-        ) from error
-    name = f"{stem}.{download.extension}"
-    move_into_place(fs, parts[-1], f"{root}/{name}")
-    return StoredOutput(
-        uri=str(folder / name),
-        source_url=url,
-        bytes=download.bytes,
-        sha256=download.sha256,
-        content_type=download.content_type,
-    )
+            request_id=self.request_id,
+        )
+
+    def placed(self, url: str, download: Download) -> StoredOutput:
+        name = f"{self.stem}.{download.extension}"
+        move_into_place(self.fs, self.parts[-1], f"{self.root}/{name}")
+        return StoredOutput(
+            uri=str(self.folder / name),
+            source_url=url,
+            bytes=download.bytes,
+            sha256=download.sha256,
+            content_type=download.content_type,
+        )
 
 
 @contextmanager

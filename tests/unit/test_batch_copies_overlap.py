@@ -1,6 +1,7 @@
 """A batch's copies go on while its worker does other things, and are recorded once, by the worker.
 
-Real jobs on the emulator over HTTP, a real ledger and real copies on a local disk. The
+Real jobs on the emulator over HTTP, a real ledger and real copies on a local disk (one event
+loop copies there) and on S3 (a moto server; threads copy there, as uploads block). The
 emulator answers every output file 1.5 s late (a ``delay`` fault on ``file``), so the copies
 are still on their way when the worker looks: what a user must get is every output kept
 once, recorded in the ledger only when it is whole, and nothing copied twice.
@@ -12,16 +13,24 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from _helpers_batch import refill, wait_all
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_runcomfy.batch import ledger as L
+from airflow_provider_runcomfy.batch.copies import LoopCopies, ThreadCopies
 from airflow_provider_runcomfy.batch.engine import BatchRun
 from airflow_provider_runcomfy.batch.items import make_items
 from airflow_provider_runcomfy.batch.owner import Owner
 from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.models import FLUX_KONTEXT_PRO_EDIT as MODEL
+from airflow_provider_runcomfy.outputs.files import resolve_output_dir
+
+if TYPE_CHECKING:
+    from tests.s3_fixture import MotoS3
+
+pytest_plugins = ["tests.s3_fixture"]
 
 N = 5
 #: How late the emulator answers each output file: far longer than the few steps between looks.
@@ -54,6 +63,35 @@ def finished_jobs(folder: ObjectStoragePath, emu: RunComfyEmulator) -> BatchRun:
     asyncio.run(wait_all(run, emu))
     assert [r.state for r in run.ledger] == [L.FINISHED] * N
     return run
+
+
+def test_a_local_folder_is_copied_to_on_one_loop_and_an_object_store_on_threads(
+    runcomfy_emulator: RunComfyEmulator, tmp_path: Path, moto_s3: MotoS3
+) -> None:
+    moto_s3.bucket("outputs")
+    local = open_run(ObjectStoragePath(f"file://{tmp_path}"), runcomfy_emulator)
+    remote = open_run(resolve_output_dir("s3://outputs/task", probe=False), runcomfy_emulator)
+    assert type(local._copies) is LoopCopies
+    assert type(remote._copies) is ThreadCopies
+
+
+def test_copies_to_an_object_store_go_on_in_the_background_too(
+    runcomfy_emulator: RunComfyEmulator, moto_s3: MotoS3
+) -> None:
+    emu = runcomfy_emulator
+    moto_s3.bucket("outputs")
+    folder = resolve_output_dir("s3://outputs/task", probe=False)
+    run = finished_jobs(folder, emu)
+    emu.add_fault("file", "delay", times=None, seconds=FILE_DELAY)
+    try:
+        assert run.start_copies() == N
+        assert run.copying() == N and run.record_copies(wait=False) == 0
+        assert run.record_copies(wait=True) == N
+    finally:
+        run.close_copies()
+    assert [r.state for r in run.ledger] == [L.SUCCEEDED] * N
+    kept = [p for p in (folder / "outputs").iterdir() if not p.name.endswith(".part")]
+    assert len(kept) == N and len(emu.journal.of("file")) == N
 
 
 def kept_files(tmp_path: Path) -> list[Path]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _helpers_download import Sinks
 
 from airflow_provider_runcomfy.client import Outcome, OutcomeKind, RunComfyClient
 from airflow_provider_runcomfy.client.download import (
@@ -38,29 +39,6 @@ from airflow_provider_runcomfy.emulator import RunComfyEmulator
 from airflow_provider_runcomfy.operators.runcomfy import FluxKontextProEditOperator
 
 FLUX = "blackforestlabs/flux-1-kontext/pro/edit"
-
-
-class Sinks:
-    """Sinks handed to the downloader, one per attempt, remembering which were discarded."""
-
-    def __init__(self) -> None:
-        self.opened: list[io.BytesIO] = []
-        self.discarded: list[io.BytesIO] = []
-
-    @contextmanager
-    def open(self) -> Iterator[io.BytesIO]:
-        sink = io.BytesIO()
-        self.opened.append(sink)
-        try:
-            yield sink
-        except BaseException:
-            self.discarded.append(sink)
-            raise
-
-    @property
-    def kept(self) -> bytes:
-        (kept,) = [s for s in self.opened if s not in self.discarded]
-        return kept.getvalue()
 
 
 class StateStore(dict):  # type: ignore[type-arg]

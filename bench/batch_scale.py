@@ -457,6 +457,10 @@ def main() -> int:
                 f"| {figures.size:,} | {one['parts']:.0f} | {one['cpu_median']:.2f} / {one['cpu_p90']:.2f} / "
                 f"{one['cpu_max']:.2f} | {one['rss_median']:.0f} / {one['rss_p90']:.0f} / {one['rss_max']:.0f} |"
             )
+    for figures in batches:  # which part is the largest (the first of a try, the last, ...)
+        if figures.parts:
+            shown = ", ".join(f"{cpu:.1f}/{rss / 2**20:.0f}" for cpu, rss in figures.parts)
+            print(f"N={figures.size:,}: each part in the order it ended (CPU-s/peak RSS MB): {shown}")
     if len(batches) > 1 and summaries[0] and summaries[-1]:
         small, large = summaries[0], summaries[-1]
         print(

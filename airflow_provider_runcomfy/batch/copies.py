@@ -14,8 +14,8 @@ per output, 150 items' copies took about a second of every 5 s cycle). Two kinds
 
 - ``LoopCopies``: one event loop on one thread (``client._aiodownload``), for a local disk.
   Eight copy threads took turns at the interpreter lock dozens of times per MB, with the
-  worker's own thread too: 2 MB outputs cost 5.2 CPU-ms per MB on eight threads, 2.1 on one
-  loop with eight downloads (``bench/copy_memory.py``).
+  worker's own thread too: 2 MB outputs cost 5.6 CPU-ms per MB on eight threads, 2.6 on one
+  loop with eight downloads (``bench/copy_memory.py --threads 8 --loop``, side by side).
 - ``ThreadCopies``: threads sharing one ``OutputDownloader``, for object stores, whose
   writes (uploads) block and would hold up a loop's other copies.
 """

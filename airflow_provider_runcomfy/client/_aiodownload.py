@@ -2,9 +2,9 @@
 
 Why a second reader: a batch copies many outputs at once. On threads (``OutputDownloader``),
 eight copies that each receive, hash and write hand the interpreter lock to each other dozens of
-times per MB; at 2 MB per output that doubled the CPU of a copy (``bench/copy_memory.py``:
-5.2 CPU-ms per MB on eight threads, 2.7 on one). One event loop keeps as many downloads going
-with one thread, and aiohttp parses HTTP in C and reads up to 256 KiB at a time.
+times per MB; at 2 MB per output that doubled the CPU of a copy. One event loop keeps as many
+downloads going with one thread, and aiohttp parses HTTP in C (``bench/copy_memory.py --threads
+1,8 --loop``: 5.6 CPU-ms per MB on eight threads, 2.7 on one, 2.6 on one loop of eight).
 
 The rules are the same, and mostly the same code:
 
@@ -19,7 +19,9 @@ The rules are the same, and mostly the same code:
 - retries by the same ``RetryPolicy``, each attempt in a fresh sink.
 
 Used where the sink's writes are quick and local (a batch's ``outputs/`` on a local disk):
-a write here holds the whole loop, so an object store's uploads stay on threads.
+a write here holds the whole loop, so an object store's uploads stay on threads. The policy's
+host lookups run on the loop's thread too (``socket.getaddrinfo``, once a minute per host:
+``CachingResolver``); a slow one holds the other copies for that long, never the worker.
 This module knows nothing of Airflow.
 """
 
